@@ -1,0 +1,32 @@
+# Two commands: `make run` runs the platform, `make test` runs every test.
+# Each sets up .venv from the pinned requirements first (needs only Python 3.11+).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test down lint bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test: requirements.txt requirements-test.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
+
+run: $(VENV)/.runtime
+	$(BIN)/python driver.py
+
+down: $(VENV)/.runtime
+	$(BIN)/python driver.py down
+
+test: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.test
+	$(BIN)/python bench/run_all.py

@@ -1,0 +1,1 @@
+"""Ray actors and the supervision runtime they share."""

@@ -1,0 +1,152 @@
+"""API actor: uvicorn serving the Starlette app inside an async actor, itself supervised."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import ray
+import uvicorn
+
+from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
+from actors.health import HEALTH_KILL_AFTER_S
+from actors.subsystem import Subsystem, SubsystemSpec
+from api.app import create_app
+from api.backend import LIVENESS_DEADLINE_S, Unavailable, UnknownSubsystem
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_SPEC = SubsystemSpec("api", interval_s=1.0, actor=API_ACTOR)
+SELF_PROBE_TIMEOUT_S = 2.0
+HEALTH_WATCH_INTERVAL_S = 1.0
+
+
+class PlatformBackend:
+    """The HTTP layer's view of the platform: registry calls with deadlines, fault routing."""
+
+    def __init__(self, settings: Settings, api: ApiActor) -> None:
+        self.settings = settings
+        self.health = NamedActor("health", settings.ray_namespace)
+        self._api = api
+
+    @property
+    def draining(self) -> bool:
+        return self._api.is_draining
+
+    async def _health(self, method: str, *args: Any) -> Any:
+        try:
+            return await self.health.call(method, *args, timeout_s=LIVENESS_DEADLINE_S)
+        except ACTOR_UNAVAILABLE as exc:
+            raise Unavailable(f"health registry did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
+
+    async def liveness(self) -> dict[str, Any]:
+        return await self._health("snapshot")
+
+    async def readiness(self) -> dict[str, Any]:
+        return await self._health("readiness")
+
+    async def inject_fault(self, subsystem: str, fault: str, seconds: float | None) -> None:
+        if subsystem == self._api.name:
+            await self._api.inject_fault(fault, seconds)
+            return
+        expectation = await self._health("expectation", subsystem)
+        if expectation is None or not expectation.get("actor"):
+            raise UnknownSubsystem(subsystem)
+        target = NamedActor(expectation["actor"], expectation.get("namespace") or self.settings.ray_namespace)
+        try:
+            # A `block` or `exit` fault may take the target down before it answers.
+            await target.call("inject_fault", fault, seconds, timeout_s=LIVENESS_DEADLINE_S)
+        except ACTOR_UNAVAILABLE as exc:
+            if fault in ("raise", "hang"):
+                raise Unavailable(f"subsystem {subsystem} did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
+
+
+@ray.remote
+class ApiActor(Subsystem):
+    """Serves the API; its tick is a real request through its own HTTP stack.
+
+    It also watches the HealthActor: silent for HEALTH_KILL_AFTER_S, it is killed for Ray to
+    restart, at most once per that period.
+    """
+
+    spec = API_SPEC
+
+    def __init__(self, settings: Settings, admin_token: str) -> None:
+        self.is_draining = False
+        self.backend = PlatformBackend(settings, self)
+        self.app = create_app(self.backend, admin_token=admin_token, fault_injection=settings.enable_fault_injection)
+        self.base_url = f"http://{settings.api_host}:{settings.api_port}"
+        self.health_kills = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._server: uvicorn.Server | None = None
+        super().__init__(settings)
+        self.supervise("api.http", self._serve)
+        self.supervise("api.health-watch", self._watch_health)
+
+    async def _serve(self) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        server = self._server = uvicorn.Server(config)
+        try:
+            await server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind; here that becomes a restartable error.
+            raise RuntimeError(f"cannot serve on {self.base_url} (API_HOST/API_PORT)") from None
+        raise RuntimeError("HTTP server stopped")
+
+    async def setup(self) -> None:
+        # The first self-probe waits for the server to listen, instead of failing on a race.
+        deadline = time.monotonic() + SELF_PROBE_TIMEOUT_S * 5
+        while not (self._server is not None and self._server.started):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"HTTP server not listening on {self.base_url}")
+            await asyncio.sleep(0.05)
+
+    async def tick(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SELF_PROBE_TIMEOUT_S))
+        async with self._session.get(f"{self.base_url}/livez") as response:
+            if response.status != 200:
+                raise RuntimeError(f"self-probe GET /livez answered {response.status}")
+
+    def progress(self) -> dict[str, Any]:
+        return {"url": self.base_url, "draining": self.is_draining, "health_kills": self.health_kills}
+
+    async def _watch_health(self) -> None:
+        health = NamedActor("health", self.settings.ray_namespace)
+        last_answer = time.monotonic()
+        last_kill = 0.0
+        while True:
+            await asyncio.sleep(HEALTH_WATCH_INTERVAL_S)
+            try:
+                await health.call("ping", timeout_s=LIVENESS_DEADLINE_S)
+                last_answer = time.monotonic()
+                continue
+            except ACTOR_UNAVAILABLE as exc:
+                log.warning("health registry did not answer: %s", type(exc).__name__)
+            now = time.monotonic()
+            if now - last_answer > HEALTH_KILL_AFTER_S and now - last_kill > HEALTH_KILL_AFTER_S:
+                if health.kill(restart=True):
+                    self.health_kills += 1
+                    last_kill = now
+                    log.error("health registry silent for %.0f s; killed for restart", now - last_answer)
+
+    async def set_draining(self, draining: bool) -> None:
+        self.is_draining = draining
+
+
+def api_actor(settings: Settings, admin_token: str) -> Any:
+    """Create or attach to the API actor of `settings.ray_namespace`."""
+    return ApiActor.options(name=API_ACTOR, namespace=settings.ray_namespace, **ACTOR_OPTIONS).remote(
+        settings, admin_token
+    )

@@ -1,0 +1,116 @@
+"""Item isolation: one tenant's failing item is recorded and quarantined, the tick goes on."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from actors.supervised import Clock, describe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemRecord:
+    """What is known about one item's recent failures."""
+
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    quarantined_version: Hashable | None = None
+    quarantined: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of running one item's work: ok, failed (with error), or skipped (quarantined)."""
+
+    ok: bool
+    skipped: bool = False
+    error: str | None = None
+    quarantined_now: bool = False
+    value: Any = None
+
+
+class ItemGuard:
+    """Runs per-item work so that one item's exception never escapes into the tick.
+
+    An exception from the work is recorded against the item's key; after `max_failures`
+    consecutive failures the key is quarantined and skipped until its `version` changes (the
+    item was edited) or `release(key)` is called. Exceptions listed in `propagate` (for
+    example a lost Redis connection, which is nobody's item's fault) are re-raised for the
+    recover loop; so is cancellation.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 3,
+        propagate: tuple[type[BaseException], ...] = (),
+        on_quarantine: Callable[[Hashable, str], Awaitable[None]] | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        if max_failures < 1:
+            raise ValueError(f"max_failures must be >= 1, got {max_failures}")
+        self.max_failures = max_failures
+        self._propagate = propagate
+        self._on_quarantine = on_quarantine
+        self._clock = clock
+        self._items: dict[Hashable, ItemRecord] = {}
+
+    @property
+    def quarantined(self) -> int:
+        """How many items are quarantined now."""
+        return sum(1 for r in self._items.values() if r.quarantined)
+
+    def record(self, key: Hashable) -> ItemRecord | None:
+        return self._items.get(key)
+
+    def quarantined_keys(self) -> list[Hashable]:
+        return [k for k, r in self._items.items() if r.quarantined]
+
+    def release(self, key: Hashable) -> bool:
+        """Operator release: forget the item's failures. Returns whether it was quarantined."""
+        record = self._items.pop(key, None)
+        return bool(record and record.quarantined)
+
+    def forget(self, keep: set[Hashable]) -> None:
+        """Drop records of items that no longer exist."""
+        for key in [k for k in self._items if k not in keep]:
+            del self._items[key]
+
+    async def run(self, key: Hashable, work: Callable[[], Awaitable[Any]], *, version: Hashable = None) -> Outcome:
+        """Run `work` for `key` unless it is quarantined at this `version`."""
+        record = self._items.get(key)
+        if record is not None and record.quarantined:
+            if record.quarantined_version == version:
+                return Outcome(ok=False, skipped=True, error=record.last_error)
+            log.info("item %s changed; released from quarantine", key)
+            record = self._items[key] = ItemRecord()
+        try:
+            value = await work()
+        except self._propagate:
+            raise
+        except Exception as exc:  # isolating one item's failure from the others is the point
+            return await self._failed(key, exc, version)
+        if record is not None:
+            del self._items[key]
+        return Outcome(ok=True, value=value)
+
+    async def _failed(self, key: Hashable, exc: Exception, version: Hashable) -> Outcome:
+        record = self._items.setdefault(key, ItemRecord())
+        record.failures += 1
+        record.last_error = describe(exc)
+        record.last_error_at = self._clock()
+        log.warning("item %s failed (%d in a row): %s", key, record.failures, record.last_error, exc_info=exc)
+        if record.failures < self.max_failures:
+            return Outcome(ok=False, error=record.last_error)
+        record.quarantined = True
+        record.quarantined_version = version
+        log.error("item %s quarantined after %d failures: %s", key, record.failures, record.last_error)
+        if self._on_quarantine is not None:
+            await self._on_quarantine(key, record.last_error)
+        return Outcome(ok=False, error=record.last_error, quarantined_now=True)

@@ -1,0 +1,180 @@
+"""Subsystem base: a subsystem writes its tick; the base supervises, beats, reports, injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from actors.handles import HEALTH_ACTOR, NamedActor, identity
+from actors.heartbeat import Heartbeats
+from actors.registry import Expectation
+from actors.supervised import RecoverLoop, RestartPolicy
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("raise", "hang", "block", "exit")
+REPORT_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class SubsystemSpec:
+    """A supervised subsystem's declaration, validated at construction (like an OTP child spec)."""
+
+    name: str
+    interval_s: float
+    stale_after_s: float = 0.0
+    kill_after_s: float = 0.0
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    actor: str | None = None
+
+    def __post_init__(self) -> None:
+        # Expectation validates the name and the interval/stale/kill thresholds.
+        checked = self.expectation(namespace=None)
+        object.__setattr__(self, "stale_after_s", checked.stale_after_s)
+        object.__setattr__(self, "kill_after_s", checked.kill_after_s)
+
+    def expectation(self, namespace: str | None, registered_at: float = 0.0) -> Expectation:
+        return Expectation(
+            name=self.name,
+            interval_s=self.interval_s,
+            stale_after_s=self.stale_after_s,
+            kill_after_s=self.kill_after_s,
+            actor=self.actor or self.name,
+            namespace=namespace,
+            registered_at=registered_at,
+        )
+
+
+class Subsystem:
+    """Base class of every subsystem actor.
+
+    Its loops start from `__init__`, so when Ray restarts the actor process they come back
+    with no outside call. The main loop runs `tick()` every `interval_s` under a RecoverLoop
+    and beats after each completed tick; subclasses may add loops with `supervise()`.
+    """
+
+    spec: ClassVar[SubsystemSpec]
+
+    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+        if spec is not None:
+            self.spec = spec  # type: ignore[misc]
+        self.settings = settings
+        self.name = self.spec.name
+        self._health = NamedActor(HEALTH_ACTOR, settings.ray_namespace)
+        pid, node = identity()
+        self.heartbeats = Heartbeats(self._send_beats, pid=pid, node=node)
+        self.loops: dict[str, RecoverLoop] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fault: str | None = None
+        self.main_loop = self.supervise(self.name, self._work, self.spec.policy, report=True)
+        self.supervise(f"{self.name}.heartbeats", self.heartbeats.run)
+
+    # -- for subclasses --------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Run at the start of every (re)start of the main loop, before the first tick."""
+
+    async def tick(self) -> None:
+        """One unit of the subsystem's work. Raise to have the runtime restart the loop."""
+        raise NotImplementedError
+
+    def progress(self) -> Any:
+        """Sent with each beat and shown in /admin/liveness."""
+        return None
+
+    def quarantined(self) -> int:
+        """How many items this subsystem has quarantined."""
+        return 0
+
+    def supervise(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        policy: RestartPolicy | None = None,
+        *,
+        report: bool = False,
+    ) -> RecoverLoop:
+        """Run `body` under its own RecoverLoop, started now; `report` sends its state to health."""
+        loop = RecoverLoop(name, body, policy)
+        self.loops[name] = loop
+        if report:
+            self.heartbeats.watch(name, lambda: {**loop.status(), "quarantined": self.quarantined()})
+        self._tasks.append(asyncio.get_running_loop().create_task(loop.run(), name=name))
+        return loop
+
+    # -- runtime ---------------------------------------------------------------------------
+
+    async def _send_beats(self, batch: dict[str, Any]) -> None:
+        await self._health.call("report", batch, timeout_s=REPORT_TIMEOUT_S)
+
+    async def _work(self) -> None:
+        await self.setup()
+        while True:
+            await self._take_fault()
+            await self.tick()
+            self.heartbeats.beat(self.name, self.progress())
+            await asyncio.sleep(self.spec.interval_s)
+
+    async def _take_fault(self) -> None:
+        fault, self._fault = self._fault, None
+        if fault == "raise":
+            raise RuntimeError("injected fault: raise")
+        if fault == "hang":
+            log.warning("%s: injected fault: hang", self.name)
+            await asyncio.Event().wait()
+
+    # -- remote methods --------------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        return {"name": self.name, "pid": os.getpid()}
+
+    async def status(self) -> dict[str, Any]:
+        """Every loop's state in this process."""
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "loops": {name: loop.status() for name, loop in self.loops.items()},
+            "progress": self.progress(),
+        }
+
+    async def inject_fault(self, fault: str, seconds: float | None = None) -> bool:
+        """Contract fault injection; refuses unless ENABLE_FAULT_INJECTION=1."""
+        if not self.settings.enable_fault_injection:
+            raise PermissionError("fault injection is disabled (ENABLE_FAULT_INJECTION)")
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
+        log.warning("%s: fault %s injected (seconds=%s)", self.name, fault, seconds)
+        loop = asyncio.get_running_loop()
+        if fault in ("raise", "hang"):
+            self._fault = fault
+        elif fault == "block":
+            loop.call_soon(_block, seconds)
+        else:
+            loop.call_soon(os._exit, 1)
+        return True
+
+    async def stop(self) -> None:
+        """Cancel every loop, wait for them (bounded), and report the final STOPPED state."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(self.heartbeats.flush(), STOP_TIMEOUT_S)
+        except Exception as exc:  # best effort: the registry shows STALLED instead of STOPPED
+            log.warning("%s: final report failed: %s", self.name, exc)
+
+
+def _block(seconds: float | None) -> None:
+    """Block the event loop (the `block` fault): a CPU-bound or sync-I/O wedge."""
+    if seconds is not None:
+        time.sleep(seconds)
+        return
+    while True:
+        time.sleep(3600)

@@ -1,0 +1,1 @@
+"""Starlette app factory and routes."""

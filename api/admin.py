@@ -1,0 +1,50 @@
+"""Admin routes: /admin/liveness (the registry's view) and /admin/faults (game days)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from actors.subsystem import FAULTS
+from api.auth import require_admin
+from api.backend import Backend, Unavailable, UnknownSubsystem
+from api.errors import ApiError, error, read_json
+
+
+async def liveness(request: Request) -> JSONResponse:
+    require_admin(request)
+    backend: Backend = request.app.state.backend
+    try:
+        snapshot = await backend.liveness()
+    except Unavailable as exc:
+        return error(503, str(exc))
+    return JSONResponse(snapshot)
+
+
+async def faults(request: Request) -> JSONResponse:
+    if not request.app.state.fault_injection:
+        return error(404, "not found")
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "body must be a JSON object")
+    subsystem, fault, seconds = body.get("subsystem"), body.get("fault"), body.get("seconds")
+    if not isinstance(subsystem, str) or not subsystem:
+        raise ApiError(422, "subsystem: required, a subsystem name")
+    if fault not in FAULTS:
+        raise ApiError(422, f"fault: must be one of {', '.join(FAULTS)}")
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 3600
+    ):
+        raise ApiError(422, "seconds: must be a number in (0, 3600]")
+    unknown = set(body) - {"subsystem", "fault", "seconds"}
+    if unknown:
+        raise ApiError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
+    backend: Backend = request.app.state.backend
+    try:
+        await backend.inject_fault(subsystem, fault, seconds)
+    except UnknownSubsystem:
+        raise ApiError(422, f"subsystem: unknown subsystem {subsystem!r}") from None
+    except Unavailable as exc:
+        return error(503, str(exc))
+    return JSONResponse({"subsystem": subsystem, "fault": fault, "seconds": seconds}, status_code=202)

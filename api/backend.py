@@ -1,0 +1,32 @@
+"""What the HTTP layer needs from the platform, as a protocol (the API actor implements it)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+LIVENESS_DEADLINE_S = 2.0
+
+
+class Unavailable(Exception):
+    """The registry (or another actor) did not answer within its deadline."""
+
+
+class UnknownSubsystem(Exception):
+    """A fault named a subsystem the registry does not expect."""
+
+
+class Backend(Protocol):
+    @property
+    def draining(self) -> bool: ...
+
+    async def liveness(self) -> dict[str, Any]:
+        """The registry snapshot; raises Unavailable past LIVENESS_DEADLINE_S."""
+        ...
+
+    async def readiness(self) -> dict[str, Any]:
+        """`{"ready": bool, "unhealthy": [names]}`; raises Unavailable past the deadline."""
+        ...
+
+    async def inject_fault(self, subsystem: str, fault: str, seconds: float | None) -> None:
+        """Deliver a fault; raises UnknownSubsystem or Unavailable."""
+        ...

