@@ -1,0 +1,82 @@
+"""Item isolation: a failing item never stops the others; quarantine and release."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.isolation import ItemGuard
+
+
+class Transient(Exception):
+    pass
+
+
+async def test_one_bad_item_does_not_stop_the_tick_and_is_quarantined_after_three() -> None:
+    quarantined: list[tuple] = []
+
+    async def on_quarantine(key, error):
+        quarantined.append((key, error))
+
+    guard = ItemGuard(on_quarantine=on_quarantine)
+    done: list[str] = []
+
+    async def work(key: str) -> None:
+        if key == "bad":
+            raise ValueError("corrupt row")
+        done.append(key)
+
+    for _ in range(5):
+        for key in ("a", "bad", "b"):
+            await guard.run(key, lambda k=key: work(k), version=1)
+    assert done == ["a", "b"] * 5
+    assert guard.quarantined == 1
+    assert quarantined == [("bad", "ValueError: corrupt row")]
+    record = guard.record("bad")
+    assert record is not None and record.failures == 3 and record.last_error == "ValueError: corrupt row"
+    skipped = await guard.run("bad", lambda: work("bad"), version=1)
+    assert skipped.skipped and not skipped.ok
+
+
+async def test_success_resets_the_count() -> None:
+    guard = ItemGuard()
+    fail = [True, True, False, True, True]
+    for f in fail:
+
+        async def work(f=f):
+            if f:
+                raise RuntimeError("x")
+
+        await guard.run("k", work)
+    assert guard.quarantined == 0
+    assert guard.record("k").failures == 2
+
+
+async def test_changed_item_and_operator_release_lift_quarantine() -> None:
+    guard = ItemGuard(max_failures=1)
+
+    async def bad():
+        raise RuntimeError("x")
+
+    async def good():
+        return 42
+
+    await guard.run("k", bad, version="v1")
+    assert guard.quarantined == 1
+    assert (await guard.run("k", good, version="v1")).skipped
+    outcome = await guard.run("k", good, version="v2")
+    assert outcome.ok and outcome.value == 42
+    assert guard.quarantined == 0
+    await guard.run("k", bad, version="v2")
+    assert guard.release("k") is True
+    assert (await guard.run("k", good, version="v2")).ok
+
+
+async def test_transient_errors_propagate_to_the_recover_loop() -> None:
+    guard = ItemGuard(propagate=(Transient,))
+
+    async def work():
+        raise Transient("redis gone")
+
+    with pytest.raises(Transient):
+        await guard.run("k", work)
+    assert guard.record("k") is None

@@ -1,0 +1,130 @@
+"""Registry: verdicts, restart accounting, kill decisions and the original's query semantics."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.registry import Expectation, Record, Registry
+from actors.supervised import LoopState
+
+T0 = 1_000_000.0
+
+
+def registry(*names: str, interval_s: float = 1.0) -> Registry:
+    reg = Registry(booted_at=T0)
+    for name in names:
+        reg.register(Expectation(name, interval_s, actor=name, namespace="ns", registered_at=T0))
+    return reg
+
+
+def beat(reg: Registry, name: str, now: float, *, pid: int = 10, state: str = "RUNNING", **extra) -> None:
+    report = {"state": state, "exception_restarts": extra.pop("exceptions", 0), "tick_age_s": 0.0, **extra}
+    reg.ingest({"pid": pid, "node": "n1", "reports": {name: report}}, now)
+
+
+def test_defaults_follow_the_interval() -> None:
+    e = Expectation("x", 5.0)
+    assert e.stale_after_s == 11.0
+    assert e.kill_after_s == 22.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"interval_s": 0}, "interval_s"),
+        ({"interval_s": 5, "stale_after_s": 4}, "stale_after_s"),
+        ({"interval_s": 1, "stale_after_s": 3, "kill_after_s": 2}, "kill_after_s"),
+        ({"name": "", "interval_s": 1}, "name"),
+    ],
+)
+def test_bad_expectations_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Expectation(**{"name": "x", **kwargs})
+
+
+def test_unknown_name_is_stale_and_known_name_by_age() -> None:
+    reg = registry("a")
+    assert reg.is_healthy(["a"], 5, T0) is False  # never ticked
+    beat(reg, "a", T0 + 1)
+    assert reg.last_tick("a") == T0 + 1
+    assert reg.is_healthy(["a"], 5, T0 + 2) is True
+    assert reg.is_healthy(["a", "nobody"], 5, T0 + 2) is False
+    assert reg.is_healthy(["a"], 5, T0 + 7) is False
+    assert reg.last_tick("nobody") is None
+
+
+def test_never_seen_subsystem_is_reported_not_invisible() -> None:
+    reg = registry("a", "b")
+    beat(reg, "a", T0 + 1)
+    snap = reg.snapshot(T0 + 1.5)
+    assert set(snap["subsystems"]) == {"a", "b"}
+    assert snap["healthy"] is False
+    b = snap["subsystems"]["b"]
+    assert (b["state"], b["healthy"], b["last_tick_at"], b["seconds_ago"]) == ("STARTING", False, None, None)
+    assert reg.verdict("b", T0 + 3.5).state is LoopState.STALLED
+    assert reg.unhealthy(T0 + 1.5) == ["b"]
+
+
+def test_running_goes_stalled_after_stale_after_s() -> None:
+    reg = registry("a")
+    beat(reg, "a", T0)
+    assert reg.verdict("a", T0 + 3.0).state is LoopState.RUNNING
+    assert reg.verdict("a", T0 + 3.1).state is LoopState.STALLED
+    assert reg.snapshot(T0 + 1)["subsystems"]["a"]["seconds_ago"] == 1.0
+
+
+def test_backoff_is_unhealthy_at_once_and_stale_only_past_its_retry() -> None:
+    reg = registry("a")
+    beat(reg, "a", T0)
+    beat(reg, "a", T0 + 1, state="BACKOFF", exceptions=1, next_retry_at=T0 + 31, last_error="E: x")
+    v = reg.verdict("a", T0 + 20)
+    assert (v.state, v.healthy) == (LoopState.BACKOFF, False)
+    assert reg.verdict("a", T0 + 34.5).state is LoopState.STALLED
+    assert reg.due_for_kill(T0 + 36) == []
+    assert [e.name for e in reg.due_for_kill(T0 + 37.1)] == ["a"]
+
+
+def test_exception_restarts_accumulate_across_process_restarts() -> None:
+    reg = registry("a")
+    beat(reg, "a", T0, pid=1, exceptions=2)
+    beat(reg, "a", T0 + 1, pid=1, exceptions=3)
+    beat(reg, "a", T0 + 2, pid=2, exceptions=1)  # new process; its own counter restarts
+    assert reg.records["a"].restarts == {"exception": 4, "process": 1, "stalled": 0}
+
+
+def test_watchdog_kill_counts_stalled_not_process_and_at_most_once_per_period() -> None:
+    reg = registry("a")
+    beat(reg, "a", T0, pid=1)
+    assert reg.due_for_kill(T0 + 6) == []
+    assert [e.name for e in reg.due_for_kill(T0 + 6.1)] == ["a"]
+    reg.killed("a", T0 + 6.1)
+    assert reg.due_for_kill(T0 + 10) == []
+    beat(reg, "a", T0 + 8, pid=2)
+    assert reg.records["a"].restarts == {"exception": 0, "process": 0, "stalled": 1}
+    assert reg.verdict("a", T0 + 8.5).state is LoopState.RUNNING
+
+
+def test_stopped_and_unregistered_are_never_killed() -> None:
+    reg = registry("a")
+    reg.register(Expectation("no-actor", 1.0, registered_at=T0))
+    beat(reg, "a", T0, state="STOPPED")
+    assert reg.verdict("a", T0 + 100).state is LoopState.STOPPED
+    assert reg.due_for_kill(T0 + 100) == []
+
+
+def test_restarted_registry_forgives_only_its_own_absence() -> None:
+    old = registry("a")
+    beat(old, "a", T0)
+    reborn = Registry(booted_at=T0 + 20)
+    reborn.register(old.expected["a"])
+    reborn.records["a"] = Record.from_json(old.records["a"].to_json())
+    assert reborn.last_tick("a") == T0
+    assert reborn.verdict("a", T0 + 21).state is LoopState.RUNNING
+    assert reborn.verdict("a", T0 + 23.1).state is LoopState.STALLED
+
+
+def test_failed_is_unhealthy() -> None:
+    reg = registry("a")
+    beat(reg, "a", T0, state="FAILED", exceptions=11, next_retry_at=T0 + 30)
+    assert reg.verdict("a", T0 + 1).state is LoopState.FAILED
+    assert reg.snapshot(T0 + 1)["subsystems"]["a"]["next_retry_at"] == "1970-01-12T13:47:10.000Z"
