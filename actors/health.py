@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -40,13 +41,15 @@ class HealthService:
         self._clock = clock
         self.registry = Registry(booted_at=clock())
         self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.expected_key = keys.health_expected(settings.ray_namespace)
+        self.records_key = keys.health_records(settings.ray_namespace)
         self.loaded = asyncio.Event()
         self.kills = 0
 
     async def load(self) -> None:
         """Read registrations and records persisted by an earlier incarnation."""
-        expected = await self.redis.hgetall(keys.HEALTH_EXPECTED)
-        records = await self.redis.hgetall(keys.HEALTH_RECORDS)
+        expected = await self.redis.hgetall(self.expected_key)
+        records = await self.redis.hgetall(self.records_key)
         for raw in expected.values():
             try:
                 self.registry.register(Expectation.from_json(raw))
@@ -72,13 +75,13 @@ class HealthService:
                     expectation = self.registry.expected.get(name)
                     record = self.registry.records.get(name)
                     if expectation is None:
-                        pipe.hdel(keys.HEALTH_EXPECTED, name)
+                        pipe.hdel(self.expected_key, name)
                     else:
-                        pipe.hset(keys.HEALTH_EXPECTED, name, expectation.to_json())
+                        pipe.hset(self.expected_key, name, expectation.to_json())
                     if record is None:
-                        pipe.hdel(keys.HEALTH_RECORDS, name)
+                        pipe.hdel(self.records_key, name)
                     else:
-                        pipe.hset(keys.HEALTH_RECORDS, name, record.to_json())
+                        pipe.hset(self.records_key, name, record.to_json())
                 await pipe.execute()
         except BaseException:
             self.registry.dirty |= dirty
@@ -155,8 +158,8 @@ class HealthActor:
 
     # -- remote methods --------------------------------------------------------------------
 
-    async def ping(self) -> bool:
-        return self.service.loaded.is_set()
+    async def ping(self) -> dict[str, Any]:
+        return {"loaded": self.service.loaded.is_set(), "pid": os.getpid()}
 
     async def report(self, batch: dict[str, Any]) -> None:
         await self.service.loaded.wait()

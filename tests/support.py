@@ -1,0 +1,169 @@
+"""Integration helpers: a deployed platform, a small test subsystem, HTTP and polling."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+import redis.asyncio as aioredis
+
+from actors.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
+from actors.subsystem import Subsystem, SubsystemSpec
+from actors.supervised import RestartPolicy
+from driver import Deployment
+from settings import Settings
+from store.embedded import free_port
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float, interval_s: float = 0.1, what: str = "") -> T:
+    """Poll `condition` until it returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        try:
+            last = condition()
+        except Exception as exc:  # a condition that raises is "not yet", e.g. connection refused
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}: last {last!r}")
+        time.sleep(interval_s)
+
+
+def http(
+    method: str, url: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None, timeout_s: float = 5
+) -> tuple[int, Any]:
+    """One real HTTP request; returns (status, decoded JSON body or text)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, payload = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, exc.read()
+    try:
+        return status, json.loads(payload) if payload else None
+    except json.JSONDecodeError:
+        return status, payload.decode(errors="replace")
+
+
+@ray.remote
+class Ticker(Subsystem):
+    """A test subsystem whose tick does real Redis I/O (INCR ticker:{name})."""
+
+    def __init__(self, settings: Settings, spec: SubsystemSpec) -> None:
+        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.ticks = 0
+        super().__init__(settings, spec)
+
+    async def tick(self) -> None:
+        self.ticks = await self.redis.incr(f"ticker:{self.name}")
+
+    def progress(self) -> dict[str, int]:
+        return {"ticks": self.ticks}
+
+
+@dataclass
+class Platform:
+    """A deployment in its own namespace on the session's Ray, with helpers to drive it."""
+
+    settings: Settings
+    deployment: Deployment
+    tickers: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.deployment.api_url
+
+    def get(self, path: str, *, token: str | None = ADMIN_TOKEN, timeout_s: float = 5) -> tuple[int, Any]:
+        return http("GET", self.url + path, token=token, timeout_s=timeout_s)
+
+    def post(self, path: str, body: Any = None, *, token: str | None = ADMIN_TOKEN, **kw: Any) -> tuple[int, Any]:
+        return http("POST", self.url + path, body, token=token, **kw)
+
+    def liveness(self) -> dict[str, Any]:
+        status, body = self.get("/admin/liveness")
+        assert status == 200, (status, body)
+        return body
+
+    def subsystem(self, name: str) -> dict[str, Any]:
+        return self.liveness()["subsystems"][name]
+
+    def wait_state(self, name: str, state: str, timeout_s: float = 30, **expect: Any) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            sub = self.subsystem(name)
+            if sub["state"] != state:
+                return None
+            for key, value in expect.items():
+                if key.startswith("restarts_"):
+                    if sub["restarts"][key.removeprefix("restarts_")] != value:
+                        return None
+                elif sub[key] != value:
+                    return None
+            return sub
+
+        return wait_for(check, timeout_s, what=f"{name} {state} {expect}")
+
+    def fault(self, name: str, fault: str, seconds: float | None = None) -> None:
+        body: dict[str, Any] = {"subsystem": name, "fault": fault}
+        if seconds is not None:
+            body["seconds"] = seconds
+        status, reply = self.post("/admin/faults", body)
+        assert status == 202, (status, reply)
+
+    def add_ticker(self, name: str, interval_s: float = 1.0, policy: RestartPolicy | None = None) -> Any:
+        """Start a Ticker actor named `name` and register it with the HealthActor."""
+        spec = SubsystemSpec(name, interval_s=interval_s, policy=policy or RestartPolicy())
+        expectation = asdict(spec.expectation(self.settings.ray_namespace))
+        health = NamedActor(HEALTH_ACTOR, self.settings.ray_namespace)
+        health.call_sync("register", [expectation], timeout_s=30)
+        handle = Ticker.options(name=name, namespace=self.settings.ray_namespace, **ACTOR_OPTIONS).remote(
+            self.settings, spec
+        )
+        ray.get(handle.ping.remote(), timeout=30)
+        self.tickers.append(name)
+        return handle
+
+    def remove_ticker(self, name: str) -> None:
+        NamedActor(name, self.settings.ray_namespace).kill(restart=False)
+        NamedActor(HEALTH_ACTOR, self.settings.ray_namespace).call_sync("unregister", name, timeout_s=30)
+        self.tickers.remove(name)
+
+    def close(self) -> None:
+        for name in list(self.tickers):
+            NamedActor(name, self.settings.ray_namespace).kill(restart=False)
+        self.deployment.drain()
+
+
+def start_platform(redis_url: str, data_dir: Path, *, fault_injection: bool = True) -> Platform:
+    """Deploy health + API in a fresh namespace of the session's Ray."""
+    settings = Settings(
+        ray_namespace=f"t{uuid.uuid4().hex[:10]}",
+        redis_url=redis_url,
+        data_dir=data_dir,
+        api_port=free_port(),
+        admin_token=ADMIN_TOKEN,
+        enable_fault_injection=fault_injection,
+    )
+    deployment = Deployment(settings)
+    deployment.up()
+    platform = Platform(settings, deployment)
+    wait_for(lambda: platform.get("/readyz")[0] == 200, 30, what="readyz 200")
+    return platform
