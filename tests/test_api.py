@@ -1,0 +1,115 @@
+"""HTTP contract: probes, admin auth, body limits, validation, JSON errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import ADMIN_TOKEN, Platform, http, start_platform
+
+
+def test_livez(platform: Platform) -> None:
+    assert platform.get("/livez", token=None) == (200, {"status": "ok"})
+
+
+def test_readyz_when_every_subsystem_is_healthy(platform: Platform) -> None:
+    assert platform.get("/readyz", token=None) == (200, {"status": "ready"})
+
+
+def test_liveness_lists_expected_subsystems_with_the_contract_fields(platform: Platform) -> None:
+    body = platform.liveness()
+    assert body["healthy"] is True
+    assert body["checked_at"].endswith("Z")
+    api = body["subsystems"]["api"]
+    for key in (
+        "state",
+        "healthy",
+        "last_tick_at",
+        "seconds_ago",
+        "interval_s",
+        "stale_after_s",
+        "restarts",
+        "last_error",
+        "last_error_at",
+        "next_retry_at",
+        "pid",
+        "node",
+        "quarantined",
+    ):
+        assert key in api, key
+    assert api["state"] == "RUNNING" and isinstance(api["seconds_ago"], float)
+    assert set(api["restarts"]) == {"exception", "process", "stalled"}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [None, "wrong-token-wrong-token-wrong", ADMIN_TOKEN[:-1], ADMIN_TOKEN + "x", ""],
+)
+def test_admin_routes_need_the_admin_token(platform: Platform, token: str | None) -> None:
+    status, body = platform.get("/admin/liveness", token=token)
+    assert status == 401 and "error" in body
+    status, body = platform.post("/admin/faults", {"subsystem": "api", "fault": "raise"}, token=token)
+    assert status == 401 and "error" in body
+
+
+def test_other_auth_schemes_are_refused(platform: Platform) -> None:
+    with socket.create_connection(("127.0.0.1", platform.settings.api_port), timeout=5) as sock:
+        sock.sendall(f"GET /admin/liveness HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {ADMIN_TOKEN}\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 401")
+
+
+def test_body_over_one_mib_is_413(platform: Platform) -> None:
+    big = json.dumps({"subsystem": "api", "fault": "raise", "pad": "x" * (1024 * 1024)}).encode()
+    status, body = platform.post("/admin/faults", raw=big)
+    assert status == 413 and "larger than" in body["error"]
+
+
+def test_invalid_json_is_400(platform: Platform) -> None:
+    status, body = platform.post("/admin/faults", raw=b"{not json")
+    assert status == 400 and "JSON" in body["error"]
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ([], "body"),
+        ({"fault": "raise"}, "subsystem"),
+        ({"subsystem": "api", "fault": "melt"}, "fault"),
+        ({"subsystem": "api", "fault": "block", "seconds": -1}, "seconds"),
+        ({"subsystem": "api", "fault": "block", "seconds": "5"}, "seconds"),
+        ({"subsystem": "nobody", "fault": "raise"}, "subsystem"),
+        ({"subsystem": "api", "fault": "raise", "extra": 1}, "extra"),
+    ],
+)
+def test_bad_fault_requests_are_422_naming_the_field(platform: Platform, payload, field: str) -> None:
+    status, body = platform.post("/admin/faults", payload)
+    assert status == 422 and field in body["error"], body
+
+
+def test_unknown_route_and_method_are_json_errors(platform: Platform) -> None:
+    status, body = platform.get("/nope")
+    assert status == 404 and body == {"error": "Not Found"}
+    status, body = http("DELETE", platform.url + "/livez")
+    assert status == 405 and "error" in body
+
+
+def test_api_raise_fault_is_counted_and_recovered(platform: Platform) -> None:
+    platform.fault("api", "raise")
+    sub = platform.wait_state("api", "RUNNING", restarts_exception=1)
+    assert sub["last_error"] == "RuntimeError: injected fault: raise"
+
+
+@pytest.fixture(scope="module")
+def platform_without_faults(ray_session: dict, redis_url: str, tmp_path_factory) -> Iterator[Platform]:
+    deployed = start_platform(redis_url, tmp_path_factory.mktemp("nofaults"), fault_injection=False)
+    yield deployed
+    deployed.close()
+
+
+def test_faults_are_404_unless_enabled(platform_without_faults: Platform) -> None:
+    status, body = platform_without_faults.post("/admin/faults", {"subsystem": "api", "fault": "exit"})
+    assert status == 404 and "error" in body
+    assert platform_without_faults.get("/livez")[0] == 200
