@@ -107,6 +107,10 @@ class Deployment:
         """Readiness 503, then stop actors in reverse start order within the drain timeout."""
         deadline = time.monotonic() + self.settings.drain_timeout_s
         namespace = self.settings.ray_namespace
+        if not ray.is_initialized():  # failed before connecting: only Redis may be ours
+            if self.redis is not None:
+                self.redis.stop()
+            return
 
         def remaining() -> float:
             return max(0.1, deadline - time.monotonic())
@@ -156,15 +160,16 @@ def main(argv: list[str]) -> int:
     if argv[1:]:
         print(f"usage: {argv[0]} [down]", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     deployment = Deployment(settings, SUBSYSTEMS)
     try:
         deployment.up()
-    except Exception:
+    except BaseException:  # includes Ctrl-C during start: leave nothing half-deployed
         deployment.drain()
         raise
+    # Installed after ray.init(), which sets its own SIGTERM handler.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     print(f"API: {deployment.api_url}", flush=True)
     if deployment.token_path is not None:
         print(f"admin token: {deployment.token_path}", flush=True)

@@ -25,7 +25,7 @@ def test_health_gauges_are_exported(platform: Platform, ray_session: dict) -> No
     text = wait_for(exported, 60, interval_s=1, what="subsystem_healthy gauge")
     assert re.search(r'ray_subsystem_seconds_since_tick\{[^}]*subsystem="metered"', text)
     for reason in ("exception", "process", "stalled"):
-        assert re.search(rf'ray_subsystem_restarts\{{[^}}]*reason="{reason}"[^}}]*subsystem="metered"', text) or re.search(
-            rf'ray_subsystem_restarts\{{[^}}]*subsystem="metered"[^}}]*reason="{reason}"', text
-        )
+        assert re.search(
+            rf'ray_subsystem_restarts\{{[^}}]*reason="{reason}"[^}}]*subsystem="metered"', text
+        ) or re.search(rf'ray_subsystem_restarts\{{[^}}]*subsystem="metered"[^}}]*reason="{reason}"', text)
     platform.remove_ticker("metered")

@@ -1,0 +1,124 @@
+"""The driver as users run it: a fresh local platform, re-attachment, draining, bad settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import ray
+
+from store.embedded import answers, free_port
+from tests.support import http, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def driver(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    full_env.update(env)
+    return subprocess.Popen(
+        [sys.executable, "driver.py", *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+    process.send_signal(sig)
+    return process.wait(timeout_s)
+
+
+def admin_get(url: str, token: str) -> tuple[int, dict]:
+    return http("GET", url + "/admin/liveness", token=token)
+
+
+def test_fresh_local_platform_comes_up_and_drains(tmp_path: Path) -> None:
+    """README command 1 in a fresh directory: own local Ray, embedded Redis, generated token."""
+    port = free_port()
+    data = tmp_path / "data"
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "driver.log"
+    process = driver({"API_PORT": str(port), "DATA_DIR": str(data)}, log=log)
+    try:
+        wait_for(lambda: http("GET", url + "/readyz")[0] == 200, 90, interval_s=0.5, what="readyz 200")
+        token_file = data / "admin_token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        status, body = admin_get(url, token)
+        assert status == 200 and body["healthy"] is True
+        assert {name: sub["state"] for name, sub in body["subsystems"].items()} == {"api": "RUNNING"}
+        output = log.read_text()
+        assert f"API: {url}" in output and f"admin token: {token_file}" in output
+        redis_url = f"redis://127.0.0.1:{(data / 'redis.port').read_text().strip()}/0"
+        assert answers(redis_url)
+    finally:
+        code = stop(process)
+    assert code == 0, log.read_text()
+    assert "stopped" in log.read_text()
+    assert not answers(redis_url)
+    assert (data / "appendonly.aof").exists() or (data / "appendonlydir").exists()
+
+
+def test_bad_setting_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "driver.py"],
+        cwd=ROOT,
+        env={**os.environ, "API_PORT": "eighty", "DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "API_PORT" in result.stderr
+
+
+def test_second_driver_reattaches_and_never_duplicates(ray_session: dict, redis_url: str, tmp_path: Path) -> None:
+    """Driver 1 dies hard (detached actors live on); driver 2 re-attaches to the same actors."""
+    namespace = f"reattach{os.getpid()}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "RAY_ADDRESS": ray_session["gcs_address"],
+        "RAY_AUTH_MODE": "token",  # as the README says for attaching to a Ray 2.60 cluster
+        "RAY_NAMESPACE": namespace,
+        "REDIS_URL": redis_url,
+        "API_PORT": str(port),
+        "DATA_DIR": str(tmp_path),
+        "ADMIN_TOKEN": "reattach-admin-token-0123456789",
+    }
+    first = driver(env, log=tmp_path / "first.log")
+    wait_for(lambda: http("GET", url + "/readyz")[0] == 200, 90, interval_s=0.5, what="first driver ready")
+    pids = {n: s["pid"] for n, s in admin_get(url, env["ADMIN_TOKEN"])[1]["subsystems"].items()}
+    stop(first, signal.SIGKILL)
+    assert http("GET", url + "/livez")[0] == 200  # detached: the platform outlives its driver
+
+    second = driver(env, log=tmp_path / "second.log")
+    try:
+        wait_for(lambda: "API:" in (tmp_path / "second.log").read_text(), 90, interval_s=0.5, what="second up")
+        named = sorted(
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace
+        )
+        assert named == ["api", "health"]
+        body = admin_get(url, env["ADMIN_TOKEN"])[1]
+        assert {n: s["pid"] for n, s in body["subsystems"].items()} == pids
+        assert body["subsystems"]["api"]["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
+    finally:
+        assert stop(second) == 0
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
+    assert named == []
+    wait_for(lambda: not _listening(port), 10, what="API stopped")
+
+
+def _listening(port: int) -> bool:
+    try:
+        http("GET", f"http://127.0.0.1:{port}/livez", timeout_s=1)
+    except OSError:
+        return False
+    return True
