@@ -90,20 +90,15 @@ def test_job_submit_runs_the_platform_and_job_stop_drains_it(head: dict[str, str
     address, api_port, job_id = head["address"], free_port(), "platform-under-test"
     url = f"http://127.0.0.1:{api_port}"
     runtime_env = {"env_vars": {"API_PORT": str(api_port), "DATA_DIR": str(tmp_path), "ADMIN_TOKEN": ADMIN_TOKEN}}
-    submitted = job_cli(
-        address,
-        "submit",
-        "--no-wait",
-        "--submission-id",
-        job_id,
-        "--working-dir",
-        ".",
-        "--runtime-env-json",
-        json.dumps(runtime_env),
-        "--",
-        "python",
-        "driver.py",
-    )
+    submit_args = ["submit", "--no-wait", "--submission-id", job_id, "--working-dir", "."]
+    submit_args += ["--runtime-env-json", json.dumps(runtime_env), "--", "python", "driver.py"]
+
+    def submit() -> subprocess.CompletedProcess[str] | None:
+        # Right after start the head may answer "No available agent to submit job": try again.
+        result = job_cli(address, *submit_args)
+        return None if result.returncode != 0 and "No available agent" in result.stderr else result
+
+    submitted = wait_for(submit, 60, interval_s=1, what="job agent accepts the submission")
     assert submitted.returncode == 0, submitted.stderr
     try:
         try:
