@@ -34,13 +34,20 @@ def ray_env() -> dict[str, str]:
 def head() -> Iterator[dict[str, str]]:
     """A one-node cluster from `ray start --head --block`, stopped by its pid afterwards."""
     temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")  # short: Ray's unix sockets live here
-    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    # Every port this head listens on is chosen free, so it never collides with the
+    # session's own Ray (whose dashboard agent already holds Ray's default 52365).
+    names = ("gcs", "dashboard", "metrics", "agent_http", "agent_grpc", "runtime_env", "client")
+    ports = {name: free_port() for name in names}
     process = subprocess.Popen(
         [
             str(BIN / "ray"), "start", "--head", "--block",
             f"--port={ports['gcs']}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
             f"--metrics-export-port={ports['metrics']}",
+            f"--dashboard-agent-listen-port={ports['agent_http']}",
+            f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+            f"--runtime-env-agent-port={ports['runtime_env']}",
+            f"--ray-client-server-port={ports['client']}",
             "--num-cpus=2", f"--temp-dir={temp_dir}",
         ],
         env=ray_env(),

@@ -1,0 +1,64 @@
+"""Shared set-up for benchmarks: a local Ray, a real redis-server, a deployed platform."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)  # Ray workers import actors/ from the driver's directory
+
+import ray  # noqa: E402
+
+from store.embedded import EmbeddedRedis  # noqa: E402
+from tests.support import Platform, start_platform  # noqa: E402
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[None]:
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[EmbeddedRedis]:
+    with tempfile.TemporaryDirectory(prefix="bench-redis") as data:
+        server = EmbeddedRedis(Path(data))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def platform() -> Iterator[Platform]:
+    """Ray + Redis + health and API actors, torn down afterwards."""
+    with local_ray(), redis_server() as server, tempfile.TemporaryDirectory(prefix="bench-data") as data:
+        deployed = start_platform(server.url, Path(data))
+        try:
+            yield deployed
+        finally:
+            deployed.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def summary(values: list[float], unit: str = "ms", scale: float = 1000.0) -> str:
+    return (
+        f"p50 {percentile(values, 50) * scale:.2f} {unit}, p99 {percentile(values, 99) * scale:.2f} {unit}, "
+        f"mean {statistics.fmean(values) * scale:.2f} {unit} (n={len(values)})"
+    )
