@@ -81,7 +81,7 @@ class Deployment:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+        return self.settings.api_url
 
     def up(self) -> None:
         """Start Redis if embedded, then health, the subsystems and the API; wait until each answers."""
@@ -94,7 +94,11 @@ class Deployment:
         connect_ray(settings)
         health = health_actor(settings)
         self.handles = [(HEALTH_ACTOR, health)]
-        ray.get(health.ping.remote(), timeout=START_TIMEOUT_S)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ray.get(health.ping.remote(), timeout=START_TIMEOUT_S)["loaded"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"health registry could not load from Redis within {START_TIMEOUT_S:g} s")
+            time.sleep(0.1)
         specs = [spec for spec, _ in self.subsystems] + [API_SPEC]
         expectations = [dataclasses.asdict(s.expectation(settings.ray_namespace)) for s in specs]
         ray.get(health.register.remote(expectations, True), timeout=START_TIMEOUT_S)

@@ -67,6 +67,11 @@ class Settings:
     metrics_export_port: int | None = None
     drain_timeout_s: float = 2.5
 
+    @property
+    def api_url(self) -> str:
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate settings; raises ValueError naming the first bad key."""

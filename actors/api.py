@@ -10,17 +10,19 @@ from typing import Any
 import aiohttp
 import ray
 import uvicorn
+from ray.exceptions import RayTaskError
 
 from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
 from actors.health import HEALTH_KILL_AFTER_S
 from actors.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
-from api.backend import LIVENESS_DEADLINE_S, Unavailable, UnknownSubsystem
+from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownSubsystem
 from settings import Settings
 
 log = logging.getLogger(__name__)
 
-API_SPEC = SubsystemSpec("api", interval_s=1.0, actor=API_ACTOR)
+# A 2 s interval leaves room for a slow self-probe (2 s deadline) on a loaded machine.
+API_SPEC = SubsystemSpec("api", interval_s=2.0, actor=API_ACTOR)
 SELF_PROBE_TIMEOUT_S = 2.0
 HEALTH_WATCH_INTERVAL_S = 1.0
 
@@ -44,14 +46,21 @@ class PlatformBackend:
             raise Unavailable(f"health registry did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
 
     async def liveness(self) -> dict[str, Any]:
-        return await self._health("snapshot")
+        snapshot = await self._health("snapshot")
+        if not snapshot.pop("loaded", False):
+            # An empty, unloaded registry must not read as "nothing expected".
+            raise Unavailable("health registry is still loading its state from Redis")
+        return snapshot
 
     async def readiness(self) -> dict[str, Any]:
         return await self._health("readiness")
 
     async def inject_fault(self, subsystem: str, fault: str, seconds: float | None) -> None:
         if subsystem == self._api.name:
-            await self._api.inject_fault(fault, seconds)
+            try:
+                await self._api.inject_fault(fault, seconds)
+            except (PermissionError, ValueError) as exc:
+                raise FaultRefused(str(exc)) from None
             return
         expectation = await self._health("expectation", subsystem)
         if expectation is None or not expectation.get("actor"):
@@ -60,6 +69,8 @@ class PlatformBackend:
         try:
             # A `block` or `exit` fault may take the target down before it answers.
             await target.call("inject_fault", fault, seconds, timeout_s=LIVENESS_DEADLINE_S)
+        except RayTaskError as exc:
+            raise FaultRefused(str(exc.cause) if exc.cause else "refused") from None
         except ACTOR_UNAVAILABLE as exc:
             if fault in ("raise", "hang"):
                 raise Unavailable(f"subsystem {subsystem} did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
@@ -79,7 +90,7 @@ class ApiActor(Subsystem):
         self.is_draining = False
         self.backend = PlatformBackend(settings, self)
         self.app = create_app(self.backend, admin_token=admin_token, fault_injection=settings.enable_fault_injection)
-        self.base_url = f"http://{settings.api_host}:{settings.api_port}"
+        self.base_url = settings.api_url
         self.health_kills = 0
         self._session: aiohttp.ClientSession | None = None
         self._server: uvicorn.Server | None = None

@@ -15,8 +15,14 @@ log = logging.getLogger(__name__)
 HEALTH_ACTOR = "health"
 API_ACTOR = "api"
 
-# What a call to a named actor raises when the actor is gone, restarting or slow.
-ACTOR_UNAVAILABLE = (RayActorError, GetTimeoutError, asyncio.TimeoutError, ValueError)
+
+class ActorNotFound(LookupError):
+    """No actor of that name exists in the namespace."""
+
+
+# What a call to a named actor raises when the actor is gone, restarting or slow. An error
+# raised by the method itself arrives as ray.exceptions.RayTaskError and is not in here.
+ACTOR_UNAVAILABLE = (RayActorError, GetTimeoutError, asyncio.TimeoutError, ActorNotFound)
 
 ACTOR_OPTIONS: dict[str, Any] = {
     "lifetime": "detached",
@@ -46,8 +52,12 @@ class NamedActor:
         self._handle: Any = None
 
     def handle(self) -> Any:
+        """The actor's handle; raises ActorNotFound if no such actor exists."""
         if self._handle is None:
-            self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            try:
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                raise ActorNotFound(f"no actor {self.name!r} in namespace {self.namespace!r}") from None
         return self._handle
 
     async def call(self, method: str, *args: Any, timeout_s: float) -> Any:
@@ -58,16 +68,13 @@ class NamedActor:
         except RayActorError:
             self._handle = None
             raise
-        except ValueError:  # not found by name
-            self._handle = None
-            raise
 
     def call_sync(self, method: str, *args: Any, timeout_s: float) -> Any:
         """Blocking form of `call`, for the driver."""
         try:
             ref = getattr(self.handle(), method).remote(*args)
             return ray.get(ref, timeout=timeout_s)
-        except (RayActorError, ValueError):
+        except RayActorError:
             self._handle = None
             raise
 
@@ -75,7 +82,7 @@ class NamedActor:
         """Kill the actor; with `restart` Ray starts it again. Returns whether it existed."""
         try:
             handle = self.handle()
-        except ValueError:
+        except ActorNotFound:
             return False
         ray.kill(handle, no_restart=not restart)
         if not restart:
@@ -85,6 +92,6 @@ class NamedActor:
     def exists(self) -> bool:
         try:
             self.handle()
-        except ValueError:
+        except ActorNotFound:
             return False
         return True

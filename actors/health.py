@@ -24,7 +24,9 @@ SWEEP_INTERVAL_S = 0.5
 PERSIST_INTERVAL_S = 1.0
 # The API actor restarts the HealthActor after this long without an answer.
 HEALTH_KILL_AFTER_S = 10.0
-# Redis outages retry at most this far apart; the watchdog does not depend on Redis.
+# Calls that need the registry wait this long for its load from Redis, then fail.
+LOAD_WAIT_S = 2.0
+# Redis outages retry at most this far apart; once loaded, the watchdog does not need Redis.
 PERSIST_POLICY = RestartPolicy(max_backoff_s=5.0)
 
 
@@ -100,6 +102,7 @@ class HealthService:
                 continue
             if not found:
                 log.error("watchdog: actor %s of %s not found", expectation.actor, expectation.name)
+                self.registry.kill_failed(expectation.name, now)
                 continue
             log.error("watchdog: %s silent past %.1f s; killed for restart", expectation.name, expectation.kill_after_s)
             self.registry.killed(expectation.name, now)
@@ -114,6 +117,7 @@ class HealthActor:
 
     def __init__(self, settings: Settings) -> None:
         self.service = HealthService(settings)
+        self.incarnation = f"{os.getpid()}-{time.time_ns()}"
         self._healthy = Gauge("subsystem_healthy", "1 if the subsystem is healthy, else 0", tag_keys=("subsystem",))
         self._age = Gauge(
             "subsystem_seconds_since_tick", "Seconds since the subsystem's last tick", tag_keys=("subsystem",)
@@ -161,13 +165,22 @@ class HealthActor:
     async def ping(self) -> dict[str, Any]:
         return {"loaded": self.service.loaded.is_set(), "pid": os.getpid()}
 
-    async def report(self, batch: dict[str, Any]) -> None:
-        await self.service.loaded.wait()
-        self.service.registry.ingest(batch, time.time())
+    async def _until_loaded(self) -> None:
+        try:
+            await asyncio.wait_for(self.service.loaded.wait(), LOAD_WAIT_S)
+        except TimeoutError:
+            raise RuntimeError("health registry not yet loaded from Redis") from None
+
+    async def report(self, batch: dict[str, Any]) -> str:
+        """Ingest a heartbeat batch; returns this incarnation's id (see Heartbeats)."""
+        received = time.time()
+        await self._until_loaded()
+        self.service.registry.ingest(batch, received)
+        return self.incarnation
 
     async def register(self, expectations: list[dict[str, Any]], replace: bool = False) -> None:
         """Add expected subsystems; with `replace`, forget expected ones not listed."""
-        await self.service.loaded.wait()
+        await self._until_loaded()
         now = time.time()
         registry = self.service.registry
         parsed = [Expectation(**{**e, "registered_at": e.get("registered_at") or now}) for e in expectations]
@@ -182,7 +195,7 @@ class HealthActor:
             registry.register(expectation)
 
     async def unregister(self, name: str) -> None:
-        await self.service.loaded.wait()
+        await self._until_loaded()
         self.service.registry.unregister(name)
 
     async def expectation(self, name: str) -> dict[str, Any] | None:

@@ -23,7 +23,8 @@ class Heartbeats:
     still in flight (a slow or restarting HealthActor) makes later rounds wait, and beats made
     meanwhile are coalesced into the next batch. A batch that fails is not lost: its names
     stay pending until a batch carrying them succeeds. A beat's time is sent as an age
-    (`tick_age_s`) so the receiver's clock, not this node's, dates it.
+    (`tick_age_s`) so the receiver's clock, not this node's, dates it. `send` returns the
+    receiver's incarnation; when it changes, every name is sent again.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class Heartbeats:
         self._acked_status: dict[str, dict[str, Any]] = {}
         self._seq = 0
         self._inflight: asyncio.Future[Any] | None = None
+        self._receiver: Any = None
         self.batches_sent = 0
         self.send_failures = 0
 
@@ -90,11 +92,11 @@ class Heartbeats:
                 report["tick_age_s"] = max(0.0, now - at)
                 report["progress"] = progress
             reports[name] = report
-        batch = {"pid": self.pid, "node": self.node, "reports": reports}
+        batch = {"pid": self.pid, "node": self.node, "sent_at": now, "reports": reports}
         self._inflight = asyncio.ensure_future(self._send(batch))
         self._inflight.add_done_callback(_retrieve)
         try:
-            await asyncio.wait_for(asyncio.shield(self._inflight), self.send_timeout_s)
+            receiver = await asyncio.wait_for(asyncio.shield(self._inflight), self.send_timeout_s)
         except TimeoutError:
             self.send_failures += 1
             log.warning("heartbeat batch still unanswered after %.1f s; holding beats", self.send_timeout_s)
@@ -103,11 +105,25 @@ class Heartbeats:
             self.send_failures += 1
             log.warning("heartbeat batch failed: %s", exc)
             return False
+        if receiver != self._receiver:
+            # A new receiver (a restarted HealthActor) may have lost what the old one was
+            # told since its last persist: send everything again next round.
+            self._receiver = receiver
+            self._acked_seq.clear()
+            self._acked_status.clear()
+            self.batches_sent += 1
+            return True
         for name, (seq, status) in pending.items():
             self._acked_seq[name] = seq
             self._acked_status[name] = status
         self.batches_sent += 1
         return True
+
+    async def drain(self) -> None:
+        """Wait for the batch in flight, then send what is pending (used when stopping)."""
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait({self._inflight})
+        await self.flush()
 
     async def run(self) -> None:
         """Flush every `interval_s` until cancelled."""

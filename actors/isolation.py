@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -42,7 +43,11 @@ class ItemGuard:
     consecutive failures the key is quarantined and skipped until its `version` changes (the
     item was edited) or `release(key)` is called. Exceptions listed in `propagate` (for
     example a lost Redis connection, which is nobody's item's fault) are re-raised for the
-    recover loop; so is cancellation.
+    recover loop; so is cancellation. With `timeout_s`, work that takes longer is cancelled
+    and counts as the item's failure, so one hung item cannot wedge the tick.
+
+    Quarantine lives in this process; a subsystem that must keep it across restarts
+    stores it with the item (for example a schedule's `last_status`).
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class ItemGuard:
         max_failures: int = 3,
         propagate: tuple[type[BaseException], ...] = (),
         on_quarantine: Callable[[Hashable, str], Awaitable[None]] | None = None,
+        timeout_s: float | None = None,
         clock: Clock = time.time,
     ) -> None:
         if max_failures < 1:
@@ -58,6 +64,7 @@ class ItemGuard:
         self.max_failures = max_failures
         self._propagate = propagate
         self._on_quarantine = on_quarantine
+        self._timeout_s = timeout_s
         self._clock = clock
         self._items: dict[Hashable, ItemRecord] = {}
 
@@ -91,7 +98,10 @@ class ItemGuard:
             log.info("item %s changed; released from quarantine", key)
             record = self._items[key] = ItemRecord()
         try:
-            value = await work()
+            if self._timeout_s is None:
+                value = await work()
+            else:
+                value = await asyncio.wait_for(work(), self._timeout_s)
         except self._propagate:
             raise
         except Exception as exc:  # isolating one item's failure from the others is the point
@@ -112,5 +122,10 @@ class ItemGuard:
         record.quarantined_version = version
         log.error("item %s quarantined after %d failures: %s", key, record.failures, record.last_error)
         if self._on_quarantine is not None:
-            await self._on_quarantine(key, record.last_error)
+            try:
+                await self._on_quarantine(key, record.last_error)
+            except self._propagate:
+                raise
+            except Exception as cb_exc:  # a failed notification must not fail the whole tick
+                log.error("quarantine callback for item %s failed: %s", key, cb_exc, exc_info=cb_exc)
         return Outcome(ok=False, error=record.last_error, quarantined_now=True)

@@ -116,16 +116,21 @@ class Registry:
         self.dirty.add(name)
 
     def ingest(self, batch: dict[str, Any], now: float) -> None:
-        """Apply one heartbeat batch received at `now` (see Heartbeats for its shape)."""
+        """Apply one heartbeat batch received at `now` (see Heartbeats for its shape).
+
+        The sender's absolute times are shifted by the difference between its clock at
+        sending (`sent_at`) and `now`, so another node's clock skew does not age them.
+        """
         pid, node = batch.get("pid"), batch.get("node")
+        sent_at = batch.get("sent_at")
+        skew = now - float(sent_at) if sent_at is not None else 0.0
         for name, report in batch.get("reports", {}).items():
             record = self.records.setdefault(name, Record())
             if record.pid != pid:
-                if record.pid is not None:
-                    if record.expect_new_pid:
-                        record.expect_new_pid = False  # counted as stalled when killed
-                    else:
-                        record.restarts["process"] += 1
+                # A new process after a drain (STOPPED) or a watchdog kill is not a crash.
+                if record.pid is not None and not record.expect_new_pid and record.loop_state != "STOPPED":
+                    record.restarts["process"] += 1
+                record.expect_new_pid = False
                 record.incarnation_exceptions = 0
                 record.pid = pid
                 record.changed_at = now
@@ -141,9 +146,12 @@ class Registry:
             if "tick_age_s" in report:
                 record.last_tick_at = now - float(report["tick_age_s"])
                 record.progress = report.get("progress")
-            for key in ("last_error", "last_error_at", "next_retry_at"):
+            if "last_error" in report:
+                record.last_error = report["last_error"]
+            for key in ("last_error_at", "next_retry_at"):
                 if key in report:
-                    setattr(record, key, report[key])
+                    value = report[key]
+                    setattr(record, key, None if value is None else float(value) + skew)
             if "quarantined" in report:
                 record.quarantined = int(report["quarantined"])
             self.dirty.add(name)
@@ -172,7 +180,8 @@ class Registry:
             return Verdict(LoopState.FAILED, False, due)
         if record.loop_state == LoopState.BACKOFF.value:
             return Verdict(LoopState.BACKOFF, False, due)
-        if record.last_tick_at is None:
+        if record.loop_state == LoopState.STARTING.value or record.last_tick_at is None:
+            # Started (or restarted) but no tick completed yet: not proven healthy.
             return Verdict(LoopState.STARTING, False, due)
         return Verdict(LoopState.RUNNING, True, due)
 
@@ -192,7 +201,11 @@ class Registry:
         return True
 
     def due_for_kill(self, now: float) -> list[Expectation]:
-        """Expected subsystems silent past kill_after_s, not killed within the last kill_after_s."""
+        """Expected subsystems silent past kill_after_s and not already being restarted.
+
+        After a kill, the next one waits for the new process to report, or for
+        3 x kill_after_s if Ray's restart itself never comes back.
+        """
         due = []
         for name, expectation in self.expected.items():
             if expectation.actor is None:
@@ -201,8 +214,12 @@ class Registry:
             if verdict.state is LoopState.STOPPED or now - verdict.due_at <= expectation.kill_after_s:
                 continue
             record = self.records.setdefault(name, Record())
-            if record.killed_at is not None and now - record.killed_at < expectation.kill_after_s:
-                continue
+            if record.killed_at is not None:
+                since_kill = now - record.killed_at
+                if since_kill < expectation.kill_after_s:
+                    continue
+                if record.expect_new_pid and since_kill < 3 * expectation.kill_after_s:
+                    continue
             due.append(expectation)
         return due
 
@@ -213,6 +230,10 @@ class Registry:
         record.killed_at = now
         record.expect_new_pid = record.pid is not None
         self.dirty.add(name)
+
+    def kill_failed(self, name: str, now: float) -> None:
+        """A kill that found no actor: try again only after kill_after_s."""
+        self.records.setdefault(name, Record()).killed_at = now
 
     def subsystem(self, name: str, now: float) -> dict[str, Any]:
         """One subsystem as /admin/liveness shows it."""

@@ -13,13 +13,15 @@ from typing import Any, ClassVar
 from actors.handles import HEALTH_ACTOR, NamedActor, identity
 from actors.heartbeat import Heartbeats
 from actors.registry import Expectation
-from actors.supervised import RecoverLoop, RestartPolicy
+from actors.supervised import LoopState, RecoverLoop, RestartPolicy
 from settings import Settings
 
 log = logging.getLogger(__name__)
 
 FAULTS = ("raise", "hang", "block", "exit")
 REPORT_TIMEOUT_S = 5.0
+# Which state a subsystem reports when its loops disagree: the worst one.
+SEVERITY = {"RUNNING": 0, "STARTING": 1, "BACKOFF": 2, "FAILED": 3}
 STOP_TIMEOUT_S = 1.0
 
 
@@ -73,8 +75,10 @@ class Subsystem:
         self.loops: dict[str, RecoverLoop] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._fault: str | None = None
-        self.main_loop = self.supervise(self.name, self._work, self.spec.policy, report=True)
+        self._ticks_this_run = 0
+        self.main_loop = self.supervise(self.name, self._work, self.spec.policy)
         self.supervise(f"{self.name}.heartbeats", self.heartbeats.run)
+        self.heartbeats.watch(self.name, self._report)
 
     # -- for subclasses --------------------------------------------------------------------
 
@@ -98,27 +102,47 @@ class Subsystem:
         name: str,
         body: Callable[[], Awaitable[None]],
         policy: RestartPolicy | None = None,
-        *,
-        report: bool = False,
     ) -> RecoverLoop:
-        """Run `body` under its own RecoverLoop, started now; `report` sends its state to health."""
+        """Run `body` under its own RecoverLoop, started now.
+
+        Its state counts toward the subsystem's: a helper loop in BACKOFF or FAILED makes
+        the whole subsystem report that state.
+        """
         loop = RecoverLoop(name, body, policy)
         self.loops[name] = loop
-        if report:
-            self.heartbeats.watch(name, lambda: {**loop.status(), "quarantined": self.quarantined()})
         self._tasks.append(asyncio.get_running_loop().create_task(loop.run(), name=name))
         return loop
 
+    def _report(self) -> dict[str, Any]:
+        """The subsystem's status for the registry: the main loop's, worsened by any helper's."""
+        status = self.main_loop.status()
+        if status["state"] == LoopState.RUNNING.value and self._ticks_this_run == 0:
+            status["state"] = LoopState.STARTING.value  # no tick completed since (re)start
+        for name, loop in self.loops.items():
+            if loop is self.main_loop:
+                continue
+            helper = loop.status()
+            if SEVERITY.get(helper["state"], 0) > SEVERITY.get(status["state"], 0):
+                status["state"] = helper["state"]
+                status["last_error"] = f"{name}: {helper['last_error']}"
+                status["last_error_at"] = helper["last_error_at"]
+                status["next_retry_at"] = helper["next_retry_at"]
+            status["exception_restarts"] += helper["exception_restarts"]
+        status["quarantined"] = self.quarantined()
+        return status
+
     # -- runtime ---------------------------------------------------------------------------
 
-    async def _send_beats(self, batch: dict[str, Any]) -> None:
-        await self._health.call("report", batch, timeout_s=REPORT_TIMEOUT_S)
+    async def _send_beats(self, batch: dict[str, Any]) -> Any:
+        return await self._health.call("report", batch, timeout_s=REPORT_TIMEOUT_S)
 
     async def _work(self) -> None:
+        self._ticks_this_run = 0
         await self.setup()
         while True:
             await self._take_fault()
             await self.tick()
+            self._ticks_this_run += 1
             self.heartbeats.beat(self.name, self.progress())
             await asyncio.sleep(self.spec.interval_s)
 
@@ -166,7 +190,7 @@ class Subsystem:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
         try:
-            await asyncio.wait_for(self.heartbeats.flush(), STOP_TIMEOUT_S)
+            await asyncio.wait_for(self.heartbeats.drain(), STOP_TIMEOUT_S)
         except Exception as exc:  # best effort: the registry shows STALLED instead of STOPPED
             log.warning("%s: final report failed: %s", self.name, exc)
 

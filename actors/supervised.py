@@ -153,22 +153,27 @@ class RecoverLoop:
             self.state = LoopState.FAILED if self._failed else LoopState.RUNNING
             try:
                 await self._body()
-            except asyncio.CancelledError:
-                self.state = LoopState.STOPPED
-                raise
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    self.state = LoopState.STOPPED
+                    raise
+                # Not a cancellation of this loop: a CancelledError leaked from inside the body.
+                self._record_failure(exc)
             except Exception as exc:  # the recover loop exists to outlive any failure of its body
                 self._record_failure(exc)
             else:
                 self.state = LoopState.STOPPED
                 log.info("loop %s returned; not restarted", self.name)
                 return
+            assert self.next_retry_at is not None
             try:
                 await self._sleep(max(0.0, self.next_retry_at - self._clock()))
             except asyncio.CancelledError:
                 self.state = LoopState.STOPPED
                 raise
 
-    def _record_failure(self, exc: Exception) -> None:
+    def _record_failure(self, exc: BaseException) -> None:
         now = self._clock()
         if now - (self.run_started_at or now) >= self.policy.reset_after_s:
             self._attempt = 0

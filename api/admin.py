@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse
 
 from actors.subsystem import FAULTS
 from api.auth import require_admin
-from api.backend import Backend, Unavailable, UnknownSubsystem
+from api.backend import Backend, FaultRefused, Unavailable, UnknownSubsystem
 from api.errors import ApiError, error, read_json
 
 
@@ -45,6 +45,8 @@ async def faults(request: Request) -> JSONResponse:
         await backend.inject_fault(subsystem, fault, seconds)
     except UnknownSubsystem:
         raise ApiError(422, f"subsystem: unknown subsystem {subsystem!r}") from None
+    except FaultRefused as exc:
+        return error(409, f"subsystem {subsystem!r} refused the fault: {exc}")
     except Unavailable as exc:
         return error(503, str(exc))
     return JSONResponse({"subsystem": subsystem, "fault": fault, "seconds": seconds}, status_code=202)

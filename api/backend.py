@@ -15,6 +15,10 @@ class UnknownSubsystem(Exception):
     """A fault named a subsystem the registry does not expect."""
 
 
+class FaultRefused(Exception):
+    """The subsystem refused the fault (for example, injection disabled in its process)."""
+
+
 class Backend(Protocol):
     @property
     def draining(self) -> bool: ...
@@ -28,5 +32,5 @@ class Backend(Protocol):
         ...
 
     async def inject_fault(self, subsystem: str, fault: str, seconds: float | None) -> None:
-        """Deliver a fault; raises UnknownSubsystem or Unavailable."""
+        """Deliver a fault; raises UnknownSubsystem, FaultRefused or Unavailable."""
         ...

@@ -94,3 +94,26 @@ async def test_run_flushes_every_interval() -> None:
         pass
     assert clock.sleeps == [0.5, 0.5, 0.5]
     assert len(sink.batches) == 1
+
+
+async def test_a_new_receiver_gets_everything_again() -> None:
+    answers = iter(["health-1", "health-1", "health-2", "health-2"])
+    sent: list[dict] = []
+
+    async def send(batch: dict) -> str:
+        sent.append(batch)
+        return next(answers)
+
+    clock = FakeClock()
+    hb = Heartbeats(send, pid=1, node=None, clock=clock.now, sleep=clock.sleep)
+    hb.watch("a", lambda: {"state": "BACKOFF"})
+    hb.beat("b")
+    assert await hb.flush() is True  # first receiver seen: resend next round
+    assert await hb.flush() is True
+    assert set(sent[1]["reports"]) == {"a", "b"}
+    assert await hb.flush() is False  # acknowledged by health-1: nothing new
+    hb.beat("b")
+    assert await hb.flush() is True  # answered by a restarted health-2
+    assert await hb.flush() is True
+    assert set(sent[-1]["reports"]) == {"a", "b"}  # the unchanged status is sent again
+    assert sent[-1]["sent_at"] == clock.now()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from actors.isolation import ItemGuard
@@ -80,3 +82,27 @@ async def test_transient_errors_propagate_to_the_recover_loop() -> None:
     with pytest.raises(Transient):
         await guard.run("k", work)
     assert guard.record("k") is None
+
+
+async def test_hung_item_times_out_as_its_own_failure() -> None:
+    guard = ItemGuard(timeout_s=0.01, max_failures=1)
+
+    async def hang():
+        await asyncio.Event().wait()
+
+    outcome = await guard.run("slow", hang)
+    assert not outcome.ok and outcome.quarantined_now
+    assert outcome.error == "TimeoutError"
+
+
+async def test_failing_quarantine_callback_does_not_fail_the_tick() -> None:
+    async def broken(key, error):
+        raise RuntimeError("event stream down")
+
+    guard = ItemGuard(max_failures=1, on_quarantine=broken)
+
+    async def bad():
+        raise ValueError("x")
+
+    outcome = await guard.run("k", bad)
+    assert outcome.quarantined_now and guard.quarantined == 1

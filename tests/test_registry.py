@@ -128,3 +128,39 @@ def test_failed_is_unhealthy() -> None:
     beat(reg, "a", T0, state="FAILED", exceptions=11, next_retry_at=T0 + 30)
     assert reg.verdict("a", T0 + 1).state is LoopState.FAILED
     assert reg.snapshot(T0 + 1)["subsystems"]["a"]["next_retry_at"] == "1970-01-12T13:47:10.000Z"
+
+
+def test_new_process_after_a_drain_is_not_a_crash() -> None:
+    reg = registry("a")
+    beat(reg, "a", T0, pid=1)
+    beat(reg, "a", T0 + 1, pid=1, state="STOPPED")
+    beat(reg, "a", T0 + 5, pid=2)
+    assert reg.records["a"].restarts == {"exception": 0, "process": 0, "stalled": 0}
+
+
+def test_reported_starting_is_unhealthy_until_the_first_tick() -> None:
+    reg = registry("a")
+    reg.ingest({"pid": 1, "reports": {"a": {"state": "STARTING", "exception_restarts": 0}}}, T0)
+    assert reg.verdict("a", T0 + 1).state is LoopState.STARTING
+    assert reg.verdict("a", T0 + 3.5).state is LoopState.STALLED
+    beat(reg, "a", T0 + 2)
+    assert reg.verdict("a", T0 + 2.5).healthy
+
+
+def test_sender_clock_skew_is_removed_from_absolute_times() -> None:
+    reg = registry("a")
+    sender_now = T0 - 100.0  # the sender's clock is 100 s behind
+    report = {"state": "BACKOFF", "exception_restarts": 1, "next_retry_at": sender_now + 4, "last_error_at": sender_now}
+    reg.ingest({"pid": 1, "sent_at": sender_now, "reports": {"a": report}}, T0)
+    assert reg.records["a"].next_retry_at == T0 + 4
+    assert reg.records["a"].last_error_at == T0
+
+
+def test_after_a_kill_the_watchdog_waits_for_the_new_process() -> None:
+    reg = registry("a")
+    beat(reg, "a", T0, pid=1)
+    reg.killed("a", T0 + 6.1)
+    assert reg.due_for_kill(T0 + 12.2) == []  # restart slow: no second kill yet
+    assert [e.name for e in reg.due_for_kill(T0 + 6.1 + 18.1)] == ["a"]  # never came back
+    reg.kill_failed("a", T0 + 30)
+    assert reg.due_for_kill(T0 + 31) == []

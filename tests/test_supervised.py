@@ -207,3 +207,21 @@ async def test_cancel_during_backoff_stops_the_restart_loop() -> None:
 def test_policy_rejects_bad_values_naming_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         RestartPolicy(**{field: value})
+
+
+async def test_cancelled_error_leaking_from_the_body_is_a_failure_not_a_stop() -> None:
+    clock = FakeClock(stop_after=1)
+    calls = []
+
+    async def body() -> None:
+        calls.append(1)
+        inner = asyncio.get_running_loop().create_future()
+        inner.cancel()
+        await inner  # e.g. a library cancelled its own future; nobody cancelled this loop
+
+    loop = RecoverLoop("t", body, clock=clock.now, sleep=clock.sleep, unit_random=lambda: 0.5)
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run()
+    assert len(calls) == 2
+    assert loop.exception_restarts == 2
+    assert loop.restarts[0].error == "CancelledError"
