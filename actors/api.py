@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -34,6 +35,7 @@ class PlatformBackend:
         self.settings = settings
         self.health = NamedActor("health", settings.ray_namespace)
         self._api = api
+        self._liveness: asyncio.Future[bytes] | None = None
 
     @property
     def draining(self) -> bool:
@@ -45,12 +47,18 @@ class PlatformBackend:
         except ACTOR_UNAVAILABLE as exc:
             raise Unavailable(f"health registry did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
 
-    async def liveness(self) -> dict[str, Any]:
+    async def liveness(self) -> bytes:
+        """Concurrent requests share one registry call and one encoded body (single flight)."""
+        if self._liveness is None or self._liveness.done():
+            self._liveness = asyncio.ensure_future(self._fetch_liveness())
+        return await asyncio.shield(self._liveness)
+
+    async def _fetch_liveness(self) -> bytes:
         snapshot = await self._health("snapshot")
         if not snapshot.pop("loaded", False):
             # An empty, unloaded registry must not read as "nothing expected".
             raise Unavailable("health registry is still loading its state from Redis")
-        return snapshot
+        return json.dumps(snapshot, separators=(",", ":")).encode()
 
     async def readiness(self) -> dict[str, Any]:
         return await self._health("readiness")

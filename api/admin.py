@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from actors.subsystem import FAULTS
 from api.auth import require_admin
@@ -11,14 +11,14 @@ from api.backend import Backend, FaultRefused, Unavailable, UnknownSubsystem
 from api.errors import ApiError, error, read_json
 
 
-async def liveness(request: Request) -> JSONResponse:
+async def liveness(request: Request) -> Response:
     require_admin(request)
     backend: Backend = request.app.state.backend
     try:
-        snapshot = await backend.liveness()
+        body = await backend.liveness()
     except Unavailable as exc:
         return error(503, str(exc))
-    return JSONResponse(snapshot)
+    return Response(body, media_type="application/json")
 
 
 async def faults(request: Request) -> JSONResponse:

@@ -23,8 +23,8 @@ class Backend(Protocol):
     @property
     def draining(self) -> bool: ...
 
-    async def liveness(self) -> dict[str, Any]:
-        """The registry snapshot; raises Unavailable past LIVENESS_DEADLINE_S."""
+    async def liveness(self) -> bytes:
+        """The registry snapshot as JSON; raises Unavailable past LIVENESS_DEADLINE_S."""
         ...
 
     async def readiness(self) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def main() -> None:
         asyncio.run(load(platform.url + "/livez", None))  # warm up
         livez = asyncio.run(load(platform.url + "/livez", None))
         liveness = asyncio.run(load(platform.url + "/admin/liveness", ADMIN_TOKEN))
-    print(f"{SUBSYSTEMS:,} subsystems, {CLIENTS} concurrent clients, {REQUESTS:,} requests each")
+    print(f"{SUBSYSTEMS:,} subsystems, {CLIENTS} concurrent clients, {REQUESTS:,} requests per endpoint")
     print(f"/admin/liveness: {harness.summary(liveness)}")
     print(f"/livez baseline: {harness.summary(livez)}")
     p50 = harness.percentile(liveness, 50) / harness.percentile(livez, 50)
