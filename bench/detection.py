@@ -1,4 +1,4 @@
-"""Detection and cure of a `block` fault: seconds to /readyz 503 and to RUNNING again."""
+"""Detection and cure: `block` to /readyz 503 and to RUNNING again; `exit` to RUNNING again."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ ROUNDS = 3
 def main() -> None:
     to_unready: list[float] = []
     to_running: list[float] = []
+    exit_to_running: list[float] = []
     with harness.platform() as platform:
         platform.add_ticker("bench-ticker", interval_s=1.0)
         sub = platform.wait_state("bench-ticker", "RUNNING")
@@ -35,9 +36,23 @@ def main() -> None:
                 interval_s=0.05,
             )
             to_running.append(time.monotonic() - start)
+        for _ in range(ROUNDS):
+            pid = sub["pid"]
+            start = time.monotonic()
+            platform.fault("bench-ticker", "exit")
+            sub = wait_for(
+                lambda p=pid: (lambda s: s if s["state"] == "RUNNING" and s["pid"] != p else None)(
+                    platform.subsystem("bench-ticker")
+                ),
+                60,
+                interval_s=0.05,
+            )
+            exit_to_running.append(time.monotonic() - start)
     print(f"ticker interval 1 s, stale_after_s {stale_after_s:g}, kill_after_s {kill_after_s:g}; {ROUNDS} rounds")
     print(f"block -> /readyz 503: median {statistics.median(to_unready):.2f} s  {[round(x, 2) for x in to_unready]}")
     print(f"block -> RUNNING:     median {statistics.median(to_running):.2f} s  {[round(x, 2) for x in to_running]}")
+    exits = [round(x, 2) for x in exit_to_running]
+    print(f"exit -> RUNNING:      median {statistics.median(exit_to_running):.2f} s  {exits}")
     print(
         f"ratio to thresholds: 503 / stale_after_s {statistics.median(to_unready) / stale_after_s:.2f}, "
         f"RUNNING / kill_after_s {statistics.median(to_running) / kill_after_s:.2f}"

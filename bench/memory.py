@@ -22,18 +22,19 @@ def pss_by_process(root: psutil.Process) -> dict[str, int]:
     totals: dict[str, int] = collections.Counter()
     for proc in [root, *root.children(recursive=True)]:
         try:
-            name = " ".join(proc.cmdline()[:2])[-60:] or proc.name()
-            totals[_label(proc.name(), name)] += proc.memory_full_info().pss
+            cmdline = proc.cmdline()
+            script = next((os.path.basename(a) for a in cmdline if a.endswith(".py")), "")
+            totals[_label(proc.name(), " ".join([script, *cmdline[:1]]))] += proc.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return totals
 
 
 def _label(name: str, cmd: str) -> str:
-    for key in ("redis-server", "raylet", "gcs_server", "dashboard", "ApiActor", "HealthActor", "driver.py"):
+    for key in ("redis-server", "raylet", "gcs_server", "ApiActor", "HealthActor", "driver.py"):
         if key in name or key in cmd:
             return key
-    return name
+    return cmd.split()[0] if cmd.split() and cmd.split()[0].endswith(".py") else name
 
 
 def main() -> None:
