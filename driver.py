@@ -174,17 +174,24 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    print(f"API: {deployment.api_url}", flush=True)
-    if deployment.token_path is not None:
-        print(f"admin token: {deployment.token_path}", flush=True)
-    else:
-        print("admin token: from ADMIN_TOKEN", flush=True)
-    print(f"Ray namespace: {deployment.settings.ray_namespace}; Ctrl-C or SIGTERM drains and stops", flush=True)
-    stop.wait()
-    print("draining", flush=True)
-    deployment.drain()
-    print("stopped", flush=True)
+    try:
+        say(f"API: {deployment.api_url}")
+        say(f"admin token: {deployment.token_path or 'from ADMIN_TOKEN'}")
+        say(f"Ray namespace: {deployment.settings.ray_namespace}; Ctrl-C or SIGTERM drains and stops")
+        stop.wait()
+        say("draining")
+    finally:
+        deployment.drain()
+    say("stopped")
     return 0
+
+
+def say(line: str) -> None:
+    """Print for the operator; a closed stdout (a `| tee` stopped by the same Ctrl-C) must not stop the drain."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":
