@@ -122,3 +122,27 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_down_removes_a_deployment_whose_driver_died(ray_session: dict, tmp_path: Path) -> None:
+    """A driver killed hard leaves detached actors and its Redis; `driver.py down` removes both."""
+    namespace = f"down{os.getpid()}"
+    port = free_port()
+    env = {
+        "RAY_ADDRESS": ray_session["gcs_address"],
+        "RAY_AUTH_MODE": "token",
+        "RAY_NAMESPACE": namespace,
+        "API_PORT": str(port),
+        "DATA_DIR": str(tmp_path),
+    }
+    first = driver(env, log=tmp_path / "run.log")
+    wait_for(lambda: http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200, 90, interval_s=0.5, what="ready")
+    redis_url = f"redis://127.0.0.1:{(tmp_path / 'redis.port').read_text().strip()}/0"
+    stop(first, signal.SIGKILL)
+    assert answers(redis_url)
+    down = driver(env, "down", log=tmp_path / "down.log")
+    assert down.wait(60) == 0, (tmp_path / "down.log").read_text()
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
+    assert named == []
+    wait_for(lambda: not answers(redis_url), 10, what="embedded Redis stopped")
+    wait_for(lambda: not _listening(port), 10, what="API stopped")
