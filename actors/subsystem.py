@@ -10,8 +10,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import redis.exceptions
+
 from actors.handles import HEALTH_ACTOR, NamedActor, identity
 from actors.heartbeat import Heartbeats
+from actors.isolation import ItemGuard
 from actors.registry import Expectation
 from actors.supervised import LoopState, RecoverLoop, RestartPolicy
 from settings import Settings
@@ -20,6 +23,12 @@ log = logging.getLogger(__name__)
 
 FAULTS = ("raise", "hang", "block", "exit")
 REPORT_TIMEOUT_S = 5.0
+# Failures that are no item's fault: they go up to the recover loop instead of quarantining.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+)
 # Which state a subsystem reports when its loops disagree: the worst one.
 SEVERITY = {"RUNNING": 0, "STARTING": 1, "BACKOFF": 2, "FAILED": 3}
 STOP_TIMEOUT_S = 1.0
@@ -76,6 +85,8 @@ class Subsystem:
         self._tasks: list[asyncio.Task[None]] = []
         self._fault: str | None = None
         self._ticks_this_run = 0
+        # Per-tenant/per-item work inside a tick goes through self.items.run(key, work, version=...).
+        self.items = ItemGuard(propagate=TRANSIENT_ERRORS)
         self.main_loop = self.supervise(self.name, self._work, self.spec.policy)
         self.supervise(f"{self.name}.heartbeats", self.heartbeats.run)
         self.heartbeats.watch(self.name, self._report)
@@ -95,7 +106,7 @@ class Subsystem:
 
     def quarantined(self) -> int:
         """How many items this subsystem has quarantined."""
-        return 0
+        return self.items.quarantined
 
     def supervise(
         self,

@@ -7,9 +7,17 @@ import time
 
 import harness
 
-from tests.support import wait_for
+from tests.support import Platform, wait_for
 
 ROUNDS = 3
+
+
+def running_in_a_new_process(platform: Platform, old_pid: int) -> dict:
+    def check() -> dict | None:
+        sub = platform.subsystem("bench-ticker")
+        return sub if sub["state"] == "RUNNING" and sub["pid"] != old_pid else None
+
+    return wait_for(check, 60, interval_s=0.05)
 
 
 def main() -> None:
@@ -22,31 +30,17 @@ def main() -> None:
         stale_after_s = platform.subsystem("bench-ticker")["stale_after_s"]
         kill_after_s = platform.subsystem("bench-ticker")["kill_after_s"]
         for _ in range(ROUNDS):
-            pid = sub["pid"]
             wait_for(lambda: platform.get("/readyz")[0] == 200, 60)
             start = time.monotonic()
             platform.fault("bench-ticker", "block")
             wait_for(lambda: platform.get("/readyz")[0] == 503, 60, interval_s=0.05)
             to_unready.append(time.monotonic() - start)
-            sub = wait_for(
-                lambda p=pid: (lambda s: s if s["state"] == "RUNNING" and s["pid"] != p else None)(
-                    platform.subsystem("bench-ticker")
-                ),
-                60,
-                interval_s=0.05,
-            )
+            sub = running_in_a_new_process(platform, sub["pid"])
             to_running.append(time.monotonic() - start)
         for _ in range(ROUNDS):
-            pid = sub["pid"]
             start = time.monotonic()
             platform.fault("bench-ticker", "exit")
-            sub = wait_for(
-                lambda p=pid: (lambda s: s if s["state"] == "RUNNING" and s["pid"] != p else None)(
-                    platform.subsystem("bench-ticker")
-                ),
-                60,
-                interval_s=0.05,
-            )
+            sub = running_in_a_new_process(platform, sub["pid"])
             exit_to_running.append(time.monotonic() - start)
     print(f"ticker interval 1 s, stale_after_s {stale_after_s:g}, kill_after_s {kill_after_s:g}; {ROUNDS} rounds")
     print(f"block -> /readyz 503: median {statistics.median(to_unready):.2f} s  {[round(x, 2) for x in to_unready]}")

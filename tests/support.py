@@ -66,18 +66,38 @@ def http(
 
 @ray.remote
 class Ticker(Subsystem):
-    """A test subsystem whose tick does real Redis I/O (INCR ticker:{name})."""
+    """A test subsystem whose tick does real Redis I/O (INCR ticker:{name}).
 
-    def __init__(self, settings: Settings, spec: SubsystemSpec) -> None:
+    With `tenants`, each tick also runs one item per tenant through `self.items`; a tenant
+    named in `poison` raises, like one tenant's bad row.
+    """
+
+    def __init__(
+        self, settings: Settings, spec: SubsystemSpec, tenants: tuple[str, ...] = (), poison: tuple[str, ...] = ()
+    ) -> None:
         self.redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.ticks = 0
+        self.tenants = tenants
+        self.poison = set(poison)
+        self.done: dict[str, int] = dict.fromkeys(tenants, 0)
         super().__init__(settings, spec)
 
     async def tick(self) -> None:
         self.ticks = await self.redis.incr(f"ticker:{self.name}")
+        for tenant in self.tenants:
+            await self.items.run(tenant, lambda t=tenant: self._work_for(t), version=tenant in self.poison)
 
-    def progress(self) -> dict[str, int]:
-        return {"ticks": self.ticks}
+    async def _work_for(self, tenant: str) -> None:
+        if tenant in self.poison:
+            raise ValueError(f"corrupt row of {tenant}")
+        self.done[tenant] = await self.redis.incr(f"ticker:{self.name}:{tenant}")
+
+    def progress(self) -> dict[str, Any]:
+        return {"ticks": self.ticks, "done": self.done}
+
+    async def heal(self, tenant: str) -> None:
+        """The tenant's row was fixed: its version changes, so quarantine lifts."""
+        self.poison.discard(tenant)
 
 
 @dataclass
@@ -128,14 +148,16 @@ class Platform:
         status, reply = self.post("/admin/faults", body)
         assert status == 202, (status, reply)
 
-    def add_ticker(self, name: str, interval_s: float = 1.0, policy: RestartPolicy | None = None) -> Any:
+    def add_ticker(
+        self, name: str, interval_s: float = 1.0, policy: RestartPolicy | None = None, **options: Any
+    ) -> Any:
         """Start a Ticker actor named `name` and register it with the HealthActor."""
         spec = SubsystemSpec(name, interval_s=interval_s, policy=policy or RestartPolicy())
         expectation = asdict(spec.expectation(self.settings.ray_namespace))
         health = NamedActor(HEALTH_ACTOR, self.settings.ray_namespace)
         health.call_sync("register", [expectation], timeout_s=30)
         handle = Ticker.options(name=name, namespace=self.settings.ray_namespace, **ACTOR_OPTIONS).remote(
-            self.settings, spec
+            self.settings, spec, **options
         )
         ray.get(handle.ping.remote(), timeout=30)
         self.tickers.append(name)
