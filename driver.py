@@ -31,6 +31,8 @@ from store.embedded import EmbeddedRedis
 log = logging.getLogger("driver")
 
 START_TIMEOUT_S = 60.0
+# How long /readyz answers 503 (draining) before anything stops.
+DRAIN_GRACE_S = 0.5
 
 # The platform's subsystems, in start order: (spec, factory(settings) -> actor handle).
 # The API actor is started last and stopped first; it is registered like the others.
@@ -108,7 +110,11 @@ class Deployment:
         ray.get([h.ping.remote() for _, h in self.handles], timeout=START_TIMEOUT_S)
 
     def drain(self) -> None:
-        """Readiness 503, then stop actors in reverse start order within the drain timeout."""
+        """Readiness 503, then stop actors within the drain timeout, then Redis.
+
+        The API keeps answering (503, draining) while the subsystems stop in reverse start
+        order; it stops after them, and the HealthActor last, after persisting its state.
+        """
         deadline = time.monotonic() + self.settings.drain_timeout_s
         namespace = self.settings.ray_namespace
         if not ray.is_initialized():  # failed before connecting: only Redis may be ours
@@ -122,9 +128,10 @@ class Deployment:
         api = NamedActor(API_ACTOR, namespace)
         try:
             api.call_sync("set_draining", True, timeout_s=remaining())
+            time.sleep(min(DRAIN_GRACE_S, remaining() / 4))  # let readiness probes see the 503
         except Exception as exc:  # draining goes on without the API: stopping is what matters
             log.warning("could not mark the API draining: %s", exc)
-        names = [API_ACTOR] + [spec.actor or spec.name for spec, _ in reversed(self.subsystems)]
+        names = [spec.actor or spec.name for spec, _ in reversed(self.subsystems)] + [API_ACTOR]
         for name in names:
             actor = NamedActor(name, namespace)
             try:

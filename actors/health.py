@@ -199,6 +199,7 @@ class HealthActor:
         self.service.registry.unregister(name)
 
     async def expectation(self, name: str) -> dict[str, Any] | None:
+        await self._until_loaded()
         expectation = self.service.registry.expected.get(name)
         return None if expectation is None else dict(expectation.__dict__)
 
@@ -216,9 +217,11 @@ class HealthActor:
         return {"ready": not unhealthy, "unhealthy": unhealthy}
 
     async def last_tick(self, name: str) -> float | None:
+        await self._until_loaded()
         return self.service.registry.last_tick(name)
 
     async def is_healthy(self, names: list[str], stale_threshold_s: float) -> bool:
+        await self._until_loaded()
         return self.service.registry.is_healthy(names, stale_threshold_s, time.time())
 
     async def flush(self) -> None:

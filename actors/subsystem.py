@@ -195,6 +195,13 @@ class Subsystem:
             loop.call_soon(os._exit, 1)
         return True
 
+    async def release_item(self, key: str) -> bool:
+        """Operator release of a quarantined item; returns whether it was quarantined."""
+        released = self.items.release(key)
+        if released:
+            log.warning("%s: item %s released by an operator", self.name, key)
+        return released
+
     async def stop(self) -> None:
         """Cancel every loop, wait for them (bounded), and report the final STOPPED state."""
         for task in self._tasks:

@@ -57,13 +57,15 @@ class EmbeddedRedis:
 
     Its port is kept in `data_dir/redis.port`, so a restart comes back on the same URL and
     detached actors holding that URL reconnect. If a server from an earlier run still answers
-    on it, that server is reused and not owned (`stop()` leaves it alone).
+    on it (a driver killed hard leaves it running), it is adopted: reused, and stopped by
+    `stop()` through its pidfile.
     """
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+        self.adopted_pid: int | None = None
 
     @property
     def url(self) -> str:
@@ -83,6 +85,9 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = self._choose_port()
         if answers(self.url):
+            pid_file = self.data_dir / "redis.pid"
+            if pid_file.exists():
+                self.adopted_pid = int(pid_file.read_text().strip())
             return self.url
         if not port_is_free(port):
             raise RuntimeError(f"port {port} (from {self.data_dir / 'redis.port'}) is taken by something else")
@@ -111,7 +116,14 @@ class EmbeddedRedis:
         raise RuntimeError(f"redis-server did not answer on port {port} within {timeout_s:g} s")
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the server this object started (SIGTERM, then SIGKILL)."""
+        """Stop the server this object started or adopted (SIGTERM, then SIGKILL)."""
+        if self.adopted_pid is not None:
+            pid, self.adopted_pid = self.adopted_pid, None
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            return
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)

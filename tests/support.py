@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.error
@@ -149,15 +150,21 @@ class Platform:
         assert status == 202, (status, reply)
 
     def add_ticker(
-        self, name: str, interval_s: float = 1.0, policy: RestartPolicy | None = None, **options: Any
+        self,
+        name: str,
+        interval_s: float = 1.0,
+        policy: RestartPolicy | None = None,
+        fault_injection: bool = True,
+        **options: Any,
     ) -> Any:
         """Start a Ticker actor named `name` and register it with the HealthActor."""
         spec = SubsystemSpec(name, interval_s=interval_s, policy=policy or RestartPolicy())
         expectation = asdict(spec.expectation(self.settings.ray_namespace))
         health = NamedActor(HEALTH_ACTOR, self.settings.ray_namespace)
         health.call_sync("register", [expectation], timeout_s=30)
+        settings = dataclasses.replace(self.settings, enable_fault_injection=fault_injection)
         handle = Ticker.options(name=name, namespace=self.settings.ray_namespace, **ACTOR_OPTIONS).remote(
-            self.settings, spec, **options
+            settings, spec, **options
         )
         ray.get(handle.ping.remote(), timeout=30)
         self.tickers.append(name)

@@ -96,6 +96,15 @@ def test_unknown_route_and_method_are_json_errors(platform: Platform) -> None:
     assert status == 405 and "error" in body
 
 
+def test_subsystem_that_refuses_faults_gives_409(platform: Platform) -> None:
+    platform.add_ticker("no-faults", fault_injection=False)
+    platform.wait_state("no-faults", "RUNNING")
+    status, body = platform.post("/admin/faults", {"subsystem": "no-faults", "fault": "exit"})
+    assert status == 409 and "ENABLE_FAULT_INJECTION" in body["error"]
+    assert platform.subsystem("no-faults")["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
+    platform.remove_ticker("no-faults")
+
+
 def test_api_raise_fault_is_counted_and_recovered(platform: Platform) -> None:
     platform.fault("api", "raise")
     sub = platform.wait_state("api", "RUNNING", restarts_exception=1)

@@ -58,6 +58,9 @@ def test_fresh_local_platform_comes_up_and_drains(tmp_path: Path) -> None:
         assert f"API: {url}" in output and f"admin token: {token_file}" in output
         redis_url = f"redis://127.0.0.1:{(data / 'redis.port').read_text().strip()}/0"
         assert answers(redis_url)
+        process.send_signal(signal.SIGTERM)
+        seen = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http("GET", url + "/readyz")), 10, 0.02)
+        assert seen[1] == {"status": "unready", "unhealthy": [], "draining": True}
     finally:
         code = stop(process)
     assert code == 0, log.read_text()

@@ -24,6 +24,12 @@ def test_poison_tenant_is_quarantined_and_the_others_keep_going(platform: Platfo
     assert later["bad"] == 0
     assert platform.get("/readyz")[0] == 200
 
+    # An operator release lifts quarantine; the row is still bad, so it comes back.
+    assert ray.get(ticker.release_item.remote("bad")) is True
+    assert ray.get(ticker.release_item.remote("bad")) is False
+    wait_for(lambda: platform.subsystem("tenants")["quarantined"] == 0, 10, what="released")
+    wait_for(lambda: platform.subsystem("tenants")["quarantined"] == 1, 30, what="quarantined again")
+
     ray.get(ticker.heal.remote("bad"))  # the row is fixed: a new version lifts quarantine
     wait_for(
         lambda: (lambda s: s if s["quarantined"] == 0 and s["progress"]["done"]["bad"] > 0 else None)(

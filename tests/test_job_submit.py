@@ -33,6 +33,8 @@ def ray_env() -> dict[str, str]:
 @pytest.fixture
 def head() -> Iterator[dict[str, str]]:
     """A one-node cluster from `ray start --head --block`, stopped by its pid afterwards."""
+    # `ray start --head` turns token auth on only when a token exists; make sure one does.
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=ray_env(), capture_output=True, check=True)
     temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")  # short: Ray's unix sockets live here
     # Every port this head listens on is chosen free, so it never collides with the
     # session's own Ray (whose dashboard agent already holds Ray's default 52365).
