@@ -66,6 +66,8 @@ class Settings:
     enable_fault_injection: bool = False
     metrics_export_port: int | None = None
     drain_timeout_s: float = 2.5
+    workspace_ttl_s: float = 90.0
+    fire_timeout_s: float = 30.0
 
     @property
     def api_url(self) -> str:
@@ -103,4 +105,6 @@ class Settings:
             enable_fault_injection=_flag(env, "ENABLE_FAULT_INJECTION", False),
             metrics_export_port=metrics_port,
             drain_timeout_s=_number(env, "DRAIN_TIMEOUT_S", 2.5, minimum=0.1),
+            workspace_ttl_s=_number(env, "WORKSPACE_TTL_S", 90.0, minimum=1.0),
+            fire_timeout_s=_number(env, "FIRE_TIMEOUT_S", 30.0, minimum=0.1),
         )

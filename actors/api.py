@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import ray
+import redis.asyncio as aioredis
 import uvicorn
 from ray.exceptions import RayTaskError
 
@@ -97,7 +98,14 @@ class ApiActor(Subsystem):
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.is_draining = False
         self.backend = PlatformBackend(settings, self)
-        self.app = create_app(self.backend, admin_token=admin_token, fault_injection=settings.enable_fault_injection)
+        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.app = create_app(
+            self.backend,
+            redis=self.redis,
+            admin_token=admin_token,
+            fault_injection=settings.enable_fault_injection,
+            workspace_ttl_s=settings.workspace_ttl_s,
+        )
         self.base_url = settings.api_url
         self.health_kills = 0
         self._session: aiohttp.ClientSession | None = None

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from api import admin, probes
+from api import admin, probes, tenants, workspaces
 from api.backend import Backend
 from api.errors import EXCEPTION_HANDLERS
 
 
-def create_app(backend: Backend, *, admin_token: str, fault_injection: bool) -> Starlette:
+def create_app(
+    backend: Backend, *, redis: Any, admin_token: str, fault_injection: bool, workspace_ttl_s: float
+) -> Starlette:
     """Build the app; it holds no globals, everything comes in through the arguments."""
     routes = [
         Route("/livez", probes.livez, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/admin/liveness", admin.liveness, methods=["GET"]),
         Route("/admin/faults", admin.faults, methods=["POST"]),
+        Route("/admin/tenants", tenants.create, methods=["POST"]),
+        Route("/workspaces", workspaces.list_all, methods=["GET"]),
+        Route("/workspaces", workspaces.create, methods=["POST"]),
+        Route("/workspaces/{workspace_id}", workspaces.get, methods=["GET"]),
+        Route("/workspaces/{workspace_id}", workspaces.delete, methods=["DELETE"]),
+        Route("/workspaces/{workspace_id}/heartbeat", workspaces.heartbeat, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.state.backend = backend
+    app.state.redis = redis
     app.state.admin_token = admin_token
     app.state.fault_injection = fault_injection
+    app.state.workspace_ttl_s = workspace_ttl_s
     return app

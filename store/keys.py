@@ -2,8 +2,16 @@
 
 health:{ns}:expected hash  name -> Expectation JSON   (HealthActor registrations; ns = RAY_NAMESPACE)
 health:{ns}:records  hash  name -> Record JSON        (last ticks, restarts, errors)
-schedule:{id}        hash  the schedule's JSON fields as strings      (contract)
-events:{tenant_id}   stream  the tenant's events                      (contract)
+tenant:{id}                  hash  id, name, created_at, token_sha256
+tenant_token:{sha256}        string  tenant id, looked up by the token's digest
+tenant:{id}:workspaces       set   the tenant's workspace ids
+workspace:{id}               hash  id, tenant_id, name, url, a2a_version, restart_url, ...
+workspace:{id}:alive         string with a TTL: set by each workspace heartbeat
+tenant:{id}:schedules        set   the tenant's schedule ids
+schedule:{id}                hash  the schedule's JSON fields as strings      (contract)
+schedules:due                zset  schedule id -> its next slot (unix seconds)
+schedules:inflight           zset  "{id}:{slot}" -> lease expiry (unix seconds)
+events:{tenant_id}           stream  the tenant's events                      (contract)
 """
 
 from __future__ import annotations
@@ -23,3 +31,31 @@ def schedule(schedule_id: str) -> str:
 
 def events(tenant_id: str) -> str:
     return f"events:{tenant_id}"
+
+
+def tenant(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}"
+
+
+def tenant_token(digest: str) -> str:
+    return f"tenant_token:{digest}"
+
+
+def tenant_workspaces(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}:workspaces"
+
+
+def tenant_schedules(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}:schedules"
+
+
+def workspace(workspace_id: str) -> str:
+    return f"workspace:{workspace_id}"
+
+
+def workspace_alive(workspace_id: str) -> str:
+    return f"workspace:{workspace_id}:alive"
+
+
+SCHEDULES_DUE = "schedules:due"
+SCHEDULES_INFLIGHT = "schedules:inflight"

@@ -1,0 +1,59 @@
+"""Body validation for tenant routes: each failure is a 422 naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from api.errors import ApiError
+
+
+def json_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(422, "body must be a JSON object")
+    return body
+
+
+def no_unknown_fields(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise ApiError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
+
+
+def text(body: dict[str, Any], field: str, *, required: bool, max_len: int, default: str | None = None) -> str | None:
+    value = body.get(field, default)
+    if value is None:
+        if required:
+            raise ApiError(422, f"{field}: required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(422, f"{field}: must be a non-empty string")
+    if len(value) > max_len:
+        raise ApiError(422, f"{field}: at most {max_len} characters")
+    if "\x00" in value:
+        raise ApiError(422, f"{field}: must not contain NUL")
+    return value
+
+
+def http_url(body: dict[str, Any], field: str, *, required: bool) -> str | None:
+    value = text(body, field, required=required, max_len=2048)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(422, f"{field}: must be an http(s) URL with a host")
+    return value
+
+
+def choice(body: dict[str, Any], field: str, options: tuple[str, ...], default: str) -> str:
+    value = body.get(field, default)
+    if value not in options:
+        raise ApiError(422, f"{field}: must be one of {', '.join(options)}")
+    return value
+
+
+def flag(body: dict[str, Any], field: str, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise ApiError(422, f"{field}: must be true or false")
+    return value
