@@ -24,6 +24,7 @@ import ray
 from actors.api import API_SPEC, api_actor
 from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
 from actors.health import health_actor
+from actors.scheduler import SCHEDULER_SPEC, scheduler_actor
 from actors.subsystem import SubsystemSpec
 from settings import Settings
 from store.embedded import EmbeddedRedis
@@ -36,7 +37,9 @@ DRAIN_GRACE_S = 0.5
 
 # The platform's subsystems, in start order: (spec, factory(settings) -> actor handle).
 # The API actor is started last and stopped first; it is registered like the others.
-SUBSYSTEMS: list[tuple[SubsystemSpec, Callable[[Settings], Any]]] = []
+SUBSYSTEMS: list[tuple[SubsystemSpec, Callable[[Settings], Any]]] = [
+    (SCHEDULER_SPEC, scheduler_actor),
+]
 
 
 def admin_token(settings: Settings) -> tuple[str, Path | None]:

@@ -96,8 +96,11 @@ class Subsystem:
     async def setup(self) -> None:
         """Run at the start of every (re)start of the main loop, before the first tick."""
 
-    async def tick(self) -> None:
-        """One unit of the subsystem's work. Raise to have the runtime restart the loop."""
+    async def tick(self) -> bool | None:
+        """One unit of the subsystem's work. Raise to have the runtime restart the loop.
+
+        Return True when more work is waiting: the next tick then starts at once.
+        """
         raise NotImplementedError
 
     def progress(self) -> Any:
@@ -152,10 +155,10 @@ class Subsystem:
         await self.setup()
         while True:
             await self._take_fault()
-            await self.tick()
+            more = await self.tick()
             self._ticks_this_run += 1
             self.heartbeats.beat(self.name, self.progress())
-            await asyncio.sleep(self.spec.interval_s)
+            await asyncio.sleep(0 if more else self.spec.interval_s)
 
     async def _take_fault(self) -> None:
         fault, self._fault = self._fault, None

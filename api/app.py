@@ -7,7 +7,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from api import admin, probes, tenants, workspaces
+from api import admin, probes, schedules, tenants, workspaces
 from api.backend import Backend
 from api.errors import EXCEPTION_HANDLERS
 
@@ -27,6 +27,11 @@ def create_app(
         Route("/workspaces/{workspace_id}", workspaces.get, methods=["GET"]),
         Route("/workspaces/{workspace_id}", workspaces.delete, methods=["DELETE"]),
         Route("/workspaces/{workspace_id}/heartbeat", workspaces.heartbeat, methods=["POST"]),
+        Route("/schedules", schedules.list_all, methods=["GET"]),
+        Route("/schedules", schedules.create, methods=["POST"]),
+        Route("/schedules/{schedule_id}", schedules.get, methods=["GET"]),
+        Route("/schedules/{schedule_id}", schedules.patch, methods=["PATCH"]),
+        Route("/schedules/{schedule_id}", schedules.delete, methods=["DELETE"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.state.backend = backend

@@ -11,6 +11,7 @@ tenant:{id}:schedules        set   the tenant's schedule ids
 schedule:{id}                hash  the schedule's JSON fields as strings      (contract)
 schedules:due                zset  schedule id -> its next slot (unix seconds)
 schedules:inflight           zset  "{id}:{slot}" -> lease expiry (unix seconds)
+schedules:quarantined        set   ids of quarantined schedules (out of the due index)
 events:{tenant_id}           stream  the tenant's events                      (contract)
 """
 
@@ -59,3 +60,4 @@ def workspace_alive(workspace_id: str) -> str:
 
 SCHEDULES_DUE = "schedules:due"
 SCHEDULES_INFLIGHT = "schedules:inflight"
+SCHEDULES_QUARANTINED = "schedules:quarantined"

@@ -8,7 +8,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -175,14 +175,27 @@ class Platform:
         NamedActor(HEALTH_ACTOR, self.settings.ray_namespace).call_sync("unregister", name, timeout_s=30)
         self.tickers.remove(name)
 
+    def new_tenant(self, name: str) -> dict[str, Any]:
+        status, body = self.post("/admin/tenants", {"name": name})
+        assert status == 201, body
+        return body
+
+    def tenant_post(self, tenant: dict[str, Any], path: str, body: Any) -> tuple[int, Any]:
+        return self.post(path, body, token=tenant["token"])
+
+    def tenant_get(self, tenant: dict[str, Any], path: str) -> tuple[int, Any]:
+        return self.get(path, token=tenant["token"])
+
     def close(self) -> None:
         for name in list(self.tickers):
             NamedActor(name, self.settings.ray_namespace).kill(restart=False)
         self.deployment.drain()
 
 
-def start_platform(redis_url: str, data_dir: Path, *, fault_injection: bool = True) -> Platform:
-    """Deploy health + API in a fresh namespace of the session's Ray."""
+def start_platform(
+    redis_url: str, data_dir: Path, *, fault_injection: bool = True, subsystems: Sequence[Any] = (), **overrides: Any
+) -> Platform:
+    """Deploy health + API (and `subsystems`, as driver.SUBSYSTEMS lists them) in a fresh namespace."""
     settings = Settings(
         ray_namespace=f"t{uuid.uuid4().hex[:10]}",
         redis_url=redis_url,
@@ -190,8 +203,9 @@ def start_platform(redis_url: str, data_dir: Path, *, fault_injection: bool = Tr
         api_port=free_port(),
         admin_token=ADMIN_TOKEN,
         enable_fault_injection=fault_injection,
+        **overrides,
     )
-    deployment = Deployment(settings)
+    deployment = Deployment(settings, subsystems)
     deployment.up()
     platform = Platform(settings, deployment)
     wait_for(lambda: platform.get("/readyz")[0] == 200, 30, what="readyz 200")

@@ -1,0 +1,58 @@
+"""A2A JSON-RPC 2.0 `message/send` (0.3) and `SendMessage` (1.0) requests, and their outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+_ids = itertools.count(1)
+
+
+def request(version: str, message_id: str, text: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """Headers and JSON-RPC body of a user message in the workspace's protocol version."""
+    if version == "0.3":
+        message = {"messageId": message_id, "role": "user", "parts": [{"kind": "text", "text": text}]}
+        return {}, {"jsonrpc": "2.0", "id": next(_ids), "method": "message/send", "params": {"message": message}}
+    if version == "1.0":
+        message = {"messageId": message_id, "role": "ROLE_USER", "parts": [{"text": text}]}
+        body = {"jsonrpc": "2.0", "id": next(_ids), "method": "SendMessage", "params": {"message": message}}
+        return {"A2A-Version": "1.0"}, body
+    raise ValueError(f"unsupported A2A version {version!r}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str | None = None
+    result: Any = None
+
+
+async def send(
+    session: aiohttp.ClientSession, url: str, version: str, message_id: str, text: str, timeout_s: float
+) -> Outcome:
+    """POST one message; ok only for a 2xx carrying a JSON-RPC result. Never raises for the peer's faults."""
+    headers, body = request(version, message_id, text)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, json=body, headers=headers) as response:
+                if not 200 <= response.status < 300:
+                    return Outcome(False, f"HTTP {response.status}")
+                reply = await response.json(content_type=None)
+    except TimeoutError:
+        return Outcome(False, f"no answer within {timeout_s:g} s")
+    except aiohttp.ClientError as exc:
+        return Outcome(False, f"{type(exc).__name__}: {exc}")
+    except ValueError as exc:  # the body was not JSON
+        return Outcome(False, f"invalid JSON-RPC response: {exc}")
+    if not isinstance(reply, dict):
+        return Outcome(False, "invalid JSON-RPC response: not an object")
+    if "error" in reply:
+        error = reply["error"] if isinstance(reply["error"], dict) else {}
+        return Outcome(False, f"JSON-RPC error {error.get('code')}: {error.get('message')}")
+    if "result" not in reply:
+        return Outcome(False, "invalid JSON-RPC response: no result")
+    return Outcome(True, result=reply["result"])

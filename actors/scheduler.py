@@ -1,0 +1,207 @@
+"""Scheduler actor: claims due cron slots atomically and fires them over A2A, isolated per schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Hashable
+from typing import Any
+
+import aiohttp
+import ray
+import redis.asyncio as aioredis
+
+from actors.a2a_client import send
+from actors.handles import ACTOR_OPTIONS
+from actors.isolation import ItemGuard
+from actors.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
+from settings import Settings
+from store import events, keys, schedules
+from store.records import decode, now_rfc3339
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_SPEC = SubsystemSpec("scheduler", interval_s=1.0)
+MAX_IN_FLIGHT = 64
+LEASE_MARGIN_S = 5
+
+
+class Scheduler(Subsystem):
+    """Each tick: claim expired leases and due slots, start their fires, return.
+
+    Fires run as tasks (at most MAX_IN_FLIGHT, each with FIRE_TIMEOUT_S), so a slow or dead
+    workspace delays only its own schedule. A schedule whose stored fields are corrupt is
+    recorded as `error`, and after 3 failures in a row quarantined: taken out of the due
+    index until a PATCH fixes it.
+    """
+
+    spec = SCHEDULER_SPEC
+
+    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self.fire_timeout_s = settings.fire_timeout_s
+        self._fires: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._claim = self.redis.register_script(schedules.CLAIM)
+        self._reclaim = self.redis.register_script(schedules.RECLAIM)
+        self._complete = self.redis.register_script(schedules.COMPLETE)
+        self.fired = 0
+        self.redelivered = 0
+        self._quarantined = 0
+        super().__init__(settings, spec)
+        self.items = ItemGuard(propagate=TRANSIENT_ERRORS, on_quarantine=self._quarantine)
+
+    def progress(self) -> dict[str, Any]:
+        return {"in_flight": len(self._fires), "fired": self.fired, "redelivered": self.redelivered}
+
+    async def tick(self) -> bool:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        now = time.time()
+        lease = int(now + self.fire_timeout_s + LEASE_MARGIN_S)
+        self._quarantined = await self.redis.scard(keys.SCHEDULES_QUARANTINED)
+        capacity = MAX_IN_FLIGHT - len(self._fires)
+        if capacity <= 0:
+            return False
+        expired = await self.redis.zrangebyscore(
+            keys.SCHEDULES_INFLIGHT, "-inf", now, start=0, num=capacity, withscores=True
+        )
+        for member, expected in expired:
+            if await self._reclaim(keys=[keys.SCHEDULES_INFLIGHT], args=[member, int(expected), lease]):
+                schedule_id, _, slot = member.decode().rpartition(":")
+                await self.items.run(schedule_id, lambda s=schedule_id, t=int(slot): self._refire(s, t))
+        capacity = MAX_IN_FLIGHT - len(self._fires)
+        due = await self.redis.zrangebyscore(keys.SCHEDULES_DUE, "-inf", now, start=0, num=capacity, withscores=True)
+        for member, score in due:
+            schedule_id = member.decode()
+            raw = await self.redis.hgetall(keys.schedule(schedule_id))
+            outcome = await self.items.run(
+                schedule_id,
+                lambda s=schedule_id, r=raw, d=int(score): self._claim_due(s, r, d, now, lease),
+                version=_digest(raw),
+            )
+            if not outcome.ok and not outcome.skipped and not outcome.quarantined_now:
+                await self._record_error(schedule_id, outcome.error)
+        return len(due) == capacity > 0
+
+    async def _claim_due(self, schedule_id: str, raw: dict[bytes, bytes], due: int, now: float, lease: int) -> None:
+        fields = await self._validated(schedule_id, raw)
+        slot = schedules.latest_slot(fields["cron"], fields["timezone"], now, due)
+        following = schedules.next_slot(fields["cron"], fields["timezone"], now)
+        member = f"{schedule_id}:{slot}"
+        args = [schedule_id, due, member, following, lease, now_rfc3339(following)]
+        claim_keys = [keys.SCHEDULES_DUE, keys.SCHEDULES_INFLIGHT, keys.schedule(schedule_id)]
+        if await self._claim(keys=claim_keys, args=args):
+            self._start(fields, slot)
+
+    async def _refire(self, schedule_id: str, slot: int) -> None:
+        raw = await self.redis.hgetall(keys.schedule(schedule_id))
+        if not raw:  # deleted meanwhile: nothing to deliver
+            await self.redis.zrem(keys.SCHEDULES_INFLIGHT, f"{schedule_id}:{slot}")
+            return
+        self.redelivered += 1
+        self._start(await self._validated(schedule_id, raw), slot)
+
+    async def _validated(self, schedule_id: str, raw: dict[bytes, bytes]) -> dict[str, str]:
+        """The schedule's fields, checked; raises (for ItemGuard) when they are corrupt."""
+        if not raw:
+            raise LookupError(f"schedule {schedule_id} has no record")
+        fields = decode(raw)  # invalid UTF-8 raises UnicodeDecodeError
+        for name in ("tenant_id", "workspace_id", "cron", "timezone", "prompt"):
+            if not fields.get(name):
+                raise ValueError(f"field {name} is missing")
+        schedules.validate_cron(fields["cron"], fields["timezone"], time.time())
+        workspace = await self.redis.hgetall(keys.workspace(fields["workspace_id"]))
+        if not workspace or decode(workspace).get("tenant_id") != fields["tenant_id"]:
+            raise LookupError(f"workspace {fields['workspace_id']} does not exist")
+        ws = decode(workspace)
+        fields["_url"], fields["_version"] = ws["url"], ws.get("a2a_version", "1.0")
+        return fields
+
+    def _start(self, fields: dict[str, str], slot: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._fire(fields, slot))
+        self._fires.add(task)
+        task.add_done_callback(self._fires.discard)
+
+    async def _fire(self, fields: dict[str, str], slot: int) -> None:
+        schedule_id = fields["id"]
+        message_id = f"cron-{schedule_id}-{slot}"
+        assert self._session is not None
+        outcome = await send(
+            self._session, fields["_url"], fields["_version"], message_id, fields["prompt"], self.fire_timeout_s
+        )
+        status = "ok" if outcome.ok else "error"
+        payload = {"schedule_id": schedule_id, "status": status, "error": outcome.error, "message_id": message_id}
+        try:
+            await self._complete(
+                keys=[keys.schedule(schedule_id), keys.SCHEDULES_INFLIGHT, keys.events(fields["tenant_id"])],
+                args=[
+                    f"{schedule_id}:{slot}",
+                    now_rfc3339(),
+                    status,
+                    outcome.error or "",
+                    now_rfc3339(),
+                    events.MAX_EVENTS_PER_TENANT,
+                    fields["tenant_id"],
+                    fields["workspace_id"],
+                    json.dumps(payload, separators=(",", ":")),
+                ],
+            )
+        except TRANSIENT_ERRORS as exc:
+            # The lease stays: the slot is delivered again (same messageId) when it expires.
+            log.warning("could not record fire of %s: %s", message_id, exc)
+            return
+        self.fired += 1
+
+    async def _record_error(self, schedule_id: str, error: str | None) -> None:
+        key = keys.schedule(schedule_id)
+        if await self.redis.exists(key):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping={"last_status": "error", "last_error": error or "unknown error"})
+                pipe.hincrby(key, "consecutive_failures", 1)
+                await pipe.execute()
+
+    async def _quarantine(self, schedule_id: Hashable, error: str) -> None:
+        """Take the schedule out of the due index until a PATCH fixes it; tell its tenant."""
+        schedule_id = str(schedule_id)
+        key = keys.schedule(schedule_id)
+        raw = await self.redis.hgetall(key)
+        inflight = await self.redis.zrange(keys.SCHEDULES_INFLIGHT, 0, -1)
+        stuck = [m for m in inflight if m.decode().rpartition(":")[0] == schedule_id]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+            if stuck:
+                pipe.zrem(keys.SCHEDULES_INFLIGHT, *stuck)
+            if raw:
+                pipe.sadd(keys.SCHEDULES_QUARANTINED, schedule_id)
+                pipe.hset(key, mapping={"last_status": "quarantined", "last_error": error})
+                pipe.hincrby(key, "consecutive_failures", 1)
+            await pipe.execute()
+        tenant_id = raw.get(b"tenant_id", b"").decode(errors="replace") if raw else ""
+        if tenant_id:
+            workspace_id = raw.get(b"workspace_id", b"").decode(errors="replace")
+            payload = {"schedule_id": schedule_id, "error": error}
+            await events.append(self.redis, "SCHEDULE_QUARANTINED", tenant_id, workspace_id, payload)
+        # Quarantine lives in Redis from now on (record, index); the guard need not remember it.
+        self.items.release(schedule_id)
+        self._quarantined = await self.redis.scard(keys.SCHEDULES_QUARANTINED)
+
+    def quarantined(self) -> int:
+        return self._quarantined
+
+
+def _digest(raw: dict[bytes, bytes]) -> str:
+    return hashlib.sha256(b"\0".join(k + b"=" + v for k, v in sorted(raw.items()))).hexdigest()
+
+
+SchedulerActor = ray.remote(Scheduler)
+
+
+def scheduler_actor(settings: Settings) -> Any:
+    """Create or attach to the scheduler of `settings.ray_namespace`."""
+    return SchedulerActor.options(name=SCHEDULER_SPEC.name, namespace=settings.ray_namespace, **ACTOR_OPTIONS).remote(
+        settings
+    )

@@ -1,0 +1,50 @@
+"""Tenant event log: one Redis stream per tenant, `events:{tenant_id}` (contract)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from store import keys
+from store.records import now_rfc3339
+
+MAX_EVENTS_PER_TENANT = 100_000
+
+
+def entry(event: str, tenant_id: str, workspace_id: str | None, payload: dict[str, Any]) -> dict[str, str]:
+    """Stream entry fields; the stream id becomes the event's `id`."""
+    return {
+        "event": event,
+        "tenant_id": tenant_id,
+        "workspace_id": workspace_id or "",
+        "timestamp": now_rfc3339(),
+        "payload": json.dumps(payload, separators=(",", ":")),
+    }
+
+
+async def append(
+    redis: aioredis.Redis, event: str, tenant_id: str, workspace_id: str | None, payload: dict[str, Any]
+) -> str:
+    """Append one event; the stream is capped near MAX_EVENTS_PER_TENANT (oldest dropped)."""
+    stream_id = await redis.xadd(
+        keys.events(tenant_id),
+        entry(event, tenant_id, workspace_id, payload),
+        maxlen=MAX_EVENTS_PER_TENANT,
+        approximate=True,
+    )
+    return stream_id.decode()
+
+
+def envelope(stream_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """A stream entry as the contract's event: id, event, tenant_id, workspace_id, timestamp, payload."""
+    decoded = {k.decode(): v.decode() for k, v in fields.items()}
+    return {
+        "id": stream_id.decode() if isinstance(stream_id, bytes) else stream_id,
+        "event": decoded["event"],
+        "tenant_id": decoded["tenant_id"],
+        "workspace_id": decoded["workspace_id"] or None,
+        "timestamp": decoded["timestamp"],
+        "payload": json.loads(decoded["payload"]),
+    }

@@ -1,0 +1,211 @@
+"""Schedules: cron records in `schedule:{id}` hashes, a due index, and atomic slot claims.
+
+Cron parsing and next-time computation are croniter's; time zones are zoneinfo's (tzdata).
+A slot is claimed by moving the schedule's due score to its next slot and recording
+"{id}:{slot}" in the in-flight index with a lease, in one Lua script, so two schedulers
+never claim one slot twice; a lease that expires (its scheduler died) is claimed again and
+the slot re-delivered with the same message id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import redis.asyncio as aioredis
+from croniter import croniter
+
+from store import keys
+from store.records import decode, new_id, now_rfc3339, optional, to_hash
+
+STATUSES = ("ok", "error", "skipped", "quarantined")
+EDITABLE = ("workspace_id", "name", "cron", "timezone", "prompt", "enabled")
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone; ValueError for an unknown name."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
+def _iterator(cron: str, tz: ZoneInfo, start: float) -> croniter:
+    fields = cron.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(f"cron must have 5 fields, or 6 with a leading seconds field: {cron!r}")
+    if not croniter.is_valid(cron, second_at_beginning=len(fields) == 6):
+        raise ValueError(f"cron does not parse: {cron!r}")
+    moment = datetime.fromtimestamp(start, tz=tz)
+    return croniter(cron, moment, second_at_beginning=len(fields) == 6)
+
+
+def next_slot(cron: str, tz_name: str, after: float) -> int:
+    """The first slot strictly after `after`, in unix seconds."""
+    try:
+        return int(_iterator(cron, zone(tz_name), after).get_next(float))
+    except (ValueError, KeyError, OverflowError) as exc:
+        raise ValueError(str(exc) or f"cron never fires: {cron!r}") from None
+
+
+def latest_slot(cron: str, tz_name: str, at: float, not_before: float) -> int:
+    """The latest slot at or before `at`, but not before `not_before` (the slot that was due)."""
+    previous = int(_iterator(cron, zone(tz_name), at + 1).get_prev(float))
+    return max(previous, int(not_before))
+
+
+def validate_cron(cron: str, tz_name: str, now: float) -> int:
+    """Check cron and zone together; returns the next slot. ValueError names the bad field."""
+    try:
+        tz_name and zone(tz_name)
+    except ValueError as exc:
+        raise ValueError(f"timezone: {exc}") from None
+    try:
+        return next_slot(cron, tz_name, now)
+    except ValueError as exc:
+        raise ValueError(f"cron: {exc}") from None
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def public(fields: dict[str, str]) -> dict[str, Any]:
+    """A schedule hash as the API shows it (tolerant of a hash corrupted in Redis)."""
+    return {
+        "id": fields.get("id", ""),
+        "workspace_id": fields.get("workspace_id", ""),
+        "name": fields.get("name", ""),
+        "cron": fields.get("cron", ""),
+        "timezone": fields.get("timezone", ""),
+        "prompt": fields.get("prompt", ""),
+        "enabled": fields.get("enabled") == "true",
+        "created_at": fields.get("created_at", ""),
+        "updated_at": fields.get("updated_at", ""),
+        "next_run_at": optional(fields.get("next_run_at", "")),
+        "last_run_at": optional(fields.get("last_run_at", "")),
+        "last_status": optional(fields.get("last_status", "")),
+        "last_error": optional(fields.get("last_error", "")),
+        "run_count": _int(fields.get("run_count")),
+        "consecutive_failures": _int(fields.get("consecutive_failures")),
+    }
+
+
+async def create(redis: aioredis.Redis, tenant_id: str, body: dict[str, Any], now: float) -> dict[str, Any]:
+    schedule_id = new_id()
+    slot = validate_cron(body["cron"], body["timezone"], now)
+    stamp = now_rfc3339(now)
+    record = {
+        "id": schedule_id,
+        "tenant_id": tenant_id,
+        **body,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "next_run_at": now_rfc3339(slot) if body["enabled"] else None,
+        "last_run_at": None,
+        "last_status": None,
+        "last_error": None,
+        "run_count": 0,
+        "consecutive_failures": 0,
+    }
+    fields = to_hash(record)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.schedule(schedule_id), mapping=fields)
+        pipe.sadd(keys.tenant_schedules(tenant_id), schedule_id)
+        if body["enabled"]:
+            pipe.zadd(keys.SCHEDULES_DUE, {schedule_id: slot})
+        await pipe.execute()
+    return public(fields)
+
+
+async def get(redis: aioredis.Redis, tenant_id: str, schedule_id: str) -> dict[str, str] | None:
+    raw = await redis.hgetall(keys.schedule(schedule_id))
+    if not raw:
+        return None
+    try:
+        fields = decode(raw)
+    except UnicodeDecodeError:
+        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+    return fields if fields.get("tenant_id") == tenant_id else None
+
+
+async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]]:
+    ids = sorted(m.decode() for m in await redis.smembers(keys.tenant_schedules(tenant_id)))
+    found = []
+    for schedule_id in ids:
+        fields = await get(redis, tenant_id, schedule_id)
+        if fields is not None:
+            found.append(public(fields))
+    return found
+
+
+async def patch(redis: aioredis.Redis, fields: dict[str, str], changes: dict[str, Any], now: float) -> dict[str, Any]:
+    """Apply validated changes; a fixed schedule is released from quarantine and re-indexed."""
+    merged = {**fields, **to_hash(changes)}
+    enabled = merged["enabled"] == "true"
+    slot = validate_cron(merged["cron"], merged["timezone"], now)
+    merged["updated_at"] = now_rfc3339(now)
+    merged["next_run_at"] = now_rfc3339(slot) if enabled else ""
+    merged["consecutive_failures"] = "0"
+    if merged.get("last_status") == "quarantined":
+        merged["last_status"] = ""
+        merged["last_error"] = ""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.schedule(merged["id"]), mapping=merged)
+        if enabled:
+            pipe.zadd(keys.SCHEDULES_DUE, {merged["id"]: slot})
+        else:
+            pipe.zrem(keys.SCHEDULES_DUE, merged["id"])
+        pipe.srem(keys.SCHEDULES_QUARANTINED, merged["id"])
+        await pipe.execute()
+    return public(merged)
+
+
+async def delete(redis: aioredis.Redis, tenant_id: str, schedule_id: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.schedule(schedule_id))
+        pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+        pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
+        pipe.srem(keys.tenant_schedules(tenant_id), schedule_id)
+        await pipe.execute()
+
+
+# KEYS: due, inflight, schedule hash. ARGV: id, expected due score, member, next slot, lease, next_run_at.
+CLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+redis.call('HSET', KEYS[3], 'next_run_at', ARGV[6])
+return 1
+"""
+
+# KEYS: inflight. ARGV: member, expected lease, new lease.
+RECLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# KEYS: schedule hash, inflight, events stream. ARGV: member, last_run_at, status, error,
+# now, maxlen, tenant_id, workspace_id, payload JSON. Completes a slot once; never
+# recreates a schedule deleted meanwhile.
+COMPLETE = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_run_at', ARGV[2], 'last_status', ARGV[3], 'last_error', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'run_count', 1)
+if ARGV[3] == 'ok' then
+  redis.call('HSET', KEYS[1], 'consecutive_failures', '0')
+else
+  redis.call('HINCRBY', KEYS[1], 'consecutive_failures', 1)
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event', 'SCHEDULE_FIRED', 'tenant_id', ARGV[7],
+  'workspace_id', ARGV[8], 'timestamp', ARGV[5], 'payload', ARGV[9])
+return 1
+"""

@@ -1,0 +1,156 @@
+"""The scheduler end to end: real Redis, real Ray, a real a2a-sdk agent on loopback."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from driver import SUBSYSTEMS
+from store.embedded import EmbeddedRedis, free_port
+from tests.a2a_agent import A2AAgent
+from tests.support import Platform, http, start_platform, wait_for
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[A2AAgent]:
+    server = A2AAgent().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def scheduler_platform(ray_session: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """Its own redis-server: the scheduler's due index is global to a Redis."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("sched-redis"), port=free_port())
+    server.start()
+    deployed = start_platform(
+        server.url, tmp_path_factory.mktemp("sched-data"), subsystems=SUBSYSTEMS, fire_timeout_s=2.0
+    )
+    yield deployed
+    deployed.close()
+    server.stop()
+
+
+def workspace(platform: Platform, tenant: dict, url: str, version: str = "1.0") -> dict:
+    status, body = platform.tenant_post(tenant, "/workspaces", {"name": "w", "url": url, "a2a_version": version})
+    assert status == 201, body
+    return body
+
+
+def schedule(platform: Platform, tenant: dict, ws: dict, cron: str = "*/2 * * * * *", **extra) -> dict:
+    body = {"workspace_id": ws["id"], "name": "s", "cron": cron, "prompt": f"run for {tenant['name']}", **extra}
+    status, created = platform.tenant_post(tenant, "/schedules", body)
+    assert status == 201, created
+    return created
+
+
+def read(platform: Platform, tenant: dict, schedule_id: str) -> dict:
+    status, body = platform.tenant_get(tenant, f"/schedules/{schedule_id}")
+    assert status == 200, body
+    return body
+
+
+def test_fires_reach_an_a2a_sdk_agent_in_both_protocol_versions(scheduler_platform: Platform, agent: A2AAgent) -> None:
+    platform = scheduler_platform
+    tenant = platform.new_tenant("deliveries")
+    v1 = schedule(platform, tenant, workspace(platform, tenant, agent.url, "1.0"))
+    v03 = schedule(platform, tenant, workspace(platform, tenant, agent.url, "0.3"))
+    assert v1["next_run_at"] is not None
+    for created in (v1, v03):
+        done = wait_for(
+            lambda c=created: (lambda s: s if s["run_count"] >= 2 else None)(read(platform, tenant, c["id"])), 30
+        )
+        assert done["last_status"] == "ok" and done["last_error"] is None
+        assert done["next_run_at"] > created["next_run_at"]
+        assert done["last_run_at"] is not None
+    [first_v1, *_] = agent.bodies_for(f"cron-{v1['id']}-")
+    assert first_v1["headers"]["a2a-version"] == "1.0"
+    message_id = first_v1["body"]["params"]["message"]["messageId"]
+    slot = int(re.fullmatch(rf"cron-{v1['id']}-(\d+)", message_id).group(1))
+    assert slot % 2 == 0
+    assert first_v1["body"] == {
+        "jsonrpc": "2.0",
+        "id": first_v1["body"]["id"],
+        "method": "SendMessage",
+        "params": {
+            "message": {"messageId": message_id, "role": "ROLE_USER", "parts": [{"text": "run for deliveries"}]}
+        },
+    }
+    [first_v03, *_] = agent.bodies_for(f"cron-{v03['id']}-")
+    assert "a2a-version" not in first_v03["headers"]
+    m03 = first_v03["body"]["params"]["message"]["messageId"]
+    assert first_v03["body"] == {
+        "jsonrpc": "2.0",
+        "id": first_v03["body"]["id"],
+        "method": "message/send",
+        "params": {
+            "message": {"messageId": m03, "role": "user", "parts": [{"kind": "text", "text": "run for deliveries"}]}
+        },
+    }
+    handled = {m["messageId"] for m in agent.messages}
+    assert message_id in handled and m03 in handled
+    events = redis.Redis.from_url(platform.settings.redis_url).xrange(f"events:{tenant['id']}")
+    fired = [fields for _, fields in events if fields[b"event"] == b"SCHEDULE_FIRED"]
+    assert len(fired) >= 4
+    sub = platform.subsystem("scheduler")
+    assert sub["state"] == "RUNNING" and sub["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
+
+
+def test_poison_schedules_are_quarantined_and_the_others_fire_on_time(
+    scheduler_platform: Platform, agent: A2AAgent
+) -> None:
+    platform = scheduler_platform
+    client = redis.Redis.from_url(platform.settings.redis_url)
+    healthy = []
+    for n in range(5):
+        tenant = platform.new_tenant(f"healthy-{n}")
+        ws = workspace(platform, tenant, agent.url)
+        healthy += [(tenant, schedule(platform, tenant, ws)) for _ in range(4)]
+    victim = platform.new_tenant("victim")
+    ws = workspace(platform, victim, agent.url)
+    doomed_ws = workspace(platform, victim, agent.url)
+    bad = {
+        kind: schedule(platform, victim, doomed_ws if kind == "workspace" else ws)
+        for kind in ("cron", "timezone", "utf8", "workspace")
+    }
+    client.hset(f"schedule:{bad['cron']['id']}", "cron", "every day at noon")
+    client.hset(f"schedule:{bad['timezone']['id']}", "timezone", "Mars/Olympus")
+    client.hset(f"schedule:{bad['utf8']['id']}", "prompt", b"\xff\xfe broken")
+    assert http("DELETE", platform.url + f"/workspaces/{doomed_ws['id']}", token=victim["token"])[0] == 204
+
+    before = {s["id"]: read(platform, t, s["id"])["run_count"] for t, s in healthy}
+    for kind, created in bad.items():
+        got = wait_for(
+            lambda c=created: (lambda s: s if s["last_status"] == "quarantined" else None)(
+                read(platform, victim, c["id"])
+            ),
+            30,
+            what=f"{kind} quarantined",
+        )
+        assert got["last_error"], kind
+        assert got["consecutive_failures"] >= 3
+    assert "UnicodeDecodeError" in read(platform, victim, bad["utf8"]["id"])["last_error"]
+    assert "does not exist" in read(platform, victim, bad["workspace"]["id"])["last_error"]
+    assert "timezone" in read(platform, victim, bad["timezone"]["id"])["last_error"]
+    time.sleep(4.5)  # two more slots of every healthy schedule
+    for tenant, created in healthy:
+        after = read(platform, tenant, created["id"])
+        assert after["run_count"] >= before[created["id"]] + 2, after
+        assert after["last_status"] == "ok"
+    sub = platform.subsystem("scheduler")
+    assert sub["quarantined"] == 4
+    assert sub["state"] == "RUNNING" and sub["restarts"]["exception"] == 0
+    events = client.xrange(f"events:{victim['id']}")
+    assert sum(1 for _, f in events if f[b"event"] == b"SCHEDULE_QUARANTINED") == 4
+
+    # A PATCH that fixes the cron releases it.
+    status, fixed = http(
+        "PATCH", platform.url + f"/schedules/{bad['cron']['id']}", {"cron": "*/2 * * * * *"}, token=victim["token"]
+    )
+    assert status == 200 and fixed["last_status"] is None and fixed["consecutive_failures"] == 0
+    wait_for(lambda: read(platform, victim, bad["cron"]["id"])["last_status"] == "ok", 30, what="released and fired")
+    wait_for(lambda: platform.subsystem("scheduler")["quarantined"] == 3, 10, what="count drops")
