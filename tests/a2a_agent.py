@@ -5,6 +5,7 @@ It records every raw request (headers and JSON body) and every message it handle
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -28,6 +29,8 @@ class _Recorder(AgentExecutor):
         self.agent = agent
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        if self.agent.delay_s:
+            await asyncio.sleep(self.agent.delay_s)
         message = context.message
         text = get_message_text(message)
         with self.agent.lock:
@@ -41,7 +44,8 @@ class _Recorder(AgentExecutor):
 class A2AAgent:
     """Start with `start()`, stop with `stop()`; `url` is its JSON-RPC endpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.lock = threading.Lock()
@@ -113,3 +117,29 @@ class A2AAgent:
                 for r in self.requests
                 if r["body"].get("params", {}).get("message", {}).get("messageId", "").startswith(message_prefix)
             ]
+
+
+class BlackHole:
+    """A TCP server that accepts connections and never answers (a wedged workspace)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.connections = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await asyncio.Event().wait()
+
+    def start(self) -> BlackHole:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(asyncio.start_server(self._accept, "127.0.0.1", self.port), self.loop).result(
+            5
+        )
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

@@ -11,7 +11,7 @@ import redis
 
 from driver import SUBSYSTEMS
 from store.embedded import EmbeddedRedis, free_port
-from tests.a2a_agent import A2AAgent
+from tests.a2a_agent import A2AAgent, BlackHole
 from tests.support import Platform, http, start_platform, wait_for
 
 
@@ -154,3 +154,85 @@ def test_poison_schedules_are_quarantined_and_the_others_fire_on_time(
     assert status == 200 and fixed["last_status"] is None and fixed["consecutive_failures"] == 0
     wait_for(lambda: read(platform, victim, bad["cron"]["id"])["last_status"] == "ok", 30, what="released and fired")
     wait_for(lambda: platform.subsystem("scheduler")["quarantined"] == 3, 10, what="count drops")
+
+
+def slots_of(agent: A2AAgent, schedule_id: str) -> list[int]:
+    return sorted(
+        int(r["body"]["params"]["message"]["messageId"].rsplit("-", 1)[1])
+        for r in agent.bodies_for(f"cron-{schedule_id}-")
+    )
+
+
+def test_dead_workspaces_get_errors_and_delay_nobody(scheduler_platform: Platform, agent: A2AAgent) -> None:
+    platform = scheduler_platform
+    hole = BlackHole().start()
+    try:
+        stuck = platform.new_tenant("stuck")
+        silent = schedule(platform, stuck, workspace(platform, stuck, hole.url))
+        refused = schedule(platform, stuck, workspace(platform, stuck, f"http://127.0.0.1:{free_port()}/"))
+        others = platform.new_tenant("others")
+        fine = [schedule(platform, others, workspace(platform, others, agent.url)) for _ in range(3)]
+        got = wait_for(
+            lambda: (lambda s: s if s["last_status"] == "error" else None)(read(platform, stuck, silent["id"])), 30
+        )
+        assert "no answer within 2 s" in got["last_error"]
+        got = wait_for(
+            lambda: (lambda s: s if s["last_status"] == "error" else None)(read(platform, stuck, refused["id"])), 30
+        )
+        assert "Connect" in got["last_error"]
+        assert hole.connections >= 1
+        time.sleep(6)  # several more slots while the black hole holds connections open
+        for created in fine:
+            slots = slots_of(agent, created["id"])
+            assert len(slots) >= 4
+            # Every 2-second slot between the first and the last was delivered: none skipped.
+            assert slots == list(range(slots[0], slots[-1] + 1, 2)), slots
+            assert read(platform, others, created["id"])["last_status"] == "ok"
+        for created in (silent, refused):  # errors do not quarantine: the workspace may come back
+            assert read(platform, stuck, created["id"])["last_status"] in ("error", None)
+    finally:
+        hole.stop()
+
+
+def test_schedules_are_isolated_between_tenants(scheduler_platform: Platform, agent: A2AAgent) -> None:
+    platform = scheduler_platform
+    a, b = platform.new_tenant("iso-a"), platform.new_tenant("iso-b")
+    ws_a = workspace(platform, a, agent.url)
+    mine = schedule(platform, a, ws_a, cron="0 0 1 1 *")
+    path = f"/schedules/{mine['id']}"
+    assert platform.tenant_get(b, path)[0] == 404
+    assert http("PATCH", platform.url + path, {"name": "taken"}, token=b["token"])[0] == 404
+    assert http("DELETE", platform.url + path, token=b["token"])[0] == 404
+    assert platform.tenant_get(b, "/schedules") == (200, {"schedules": []})
+    body = {"workspace_id": ws_a["id"], "name": "x", "cron": "* * * * *", "prompt": "p"}
+    status, reply = platform.tenant_post(b, "/schedules", body)
+    assert status == 422 and "workspace_id" in reply["error"]
+    assert read(platform, a, mine["id"])["name"] == "s"
+    assert http("DELETE", platform.url + path, token=a["token"])[0] == 204
+    assert platform.tenant_get(a, path)[0] == 404
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "* * *"}, "cron"),
+        ({"timezone": "Nowhere/Else"}, "timezone"),
+        ({"workspace_id": "0" * 32}, "workspace_id"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"prompt": ""}, "prompt"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_schedule_fields_are_422_naming_the_field(
+    scheduler_platform: Platform, agent: A2AAgent, change: dict, field: str
+) -> None:
+    platform = scheduler_platform
+    tenant = platform.new_tenant("validation")
+    ws = workspace(platform, tenant, agent.url)
+    body = {"workspace_id": ws["id"], "name": "n", "cron": "0 0 1 1 *", "prompt": "p", **change}
+    status, reply = platform.tenant_post(tenant, "/schedules", body)
+    assert status == 422 and field in reply["error"], reply
+    created = schedule(platform, tenant, ws, cron="0 0 1 1 *")
+    status, reply = http("PATCH", platform.url + f"/schedules/{created['id']}", change, token=tenant["token"])
+    assert status == 422 and field in reply["error"], reply
