@@ -10,7 +10,6 @@ from typing import Any
 
 import aiohttp
 import ray
-import redis.asyncio as aioredis
 import uvicorn
 from ray.exceptions import RayTaskError
 
@@ -20,6 +19,7 @@ from actors.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
 from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownSubsystem
 from settings import Settings
+from store.client import connect
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ApiActor(Subsystem):
     def __init__(self, settings: Settings, admin_token: str) -> None:
         self.is_draining = False
         self.backend = PlatformBackend(settings, self)
-        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.redis = connect(settings.redis_url)
         self.app = create_app(
             self.backend,
             redis=self.redis,

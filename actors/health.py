@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import ray
-import redis.asyncio as aioredis
 from ray.util.metrics import Gauge
 
 from actors.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
@@ -17,6 +16,7 @@ from actors.registry import RESTART_REASONS, Expectation, Record, Registry
 from actors.supervised import RecoverLoop, RestartPolicy
 from settings import Settings
 from store import keys
+from store.client import connect
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class HealthService:
         self.settings = settings
         self._clock = clock
         self.registry = Registry(booted_at=clock())
-        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.redis = connect(settings.redis_url)
         self.expected_key = keys.health_expected(settings.ray_namespace)
         self.records_key = keys.health_records(settings.ray_namespace)
         self.loaded = asyncio.Event()

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import ray
-import redis.asyncio as aioredis
 
 from actors.a2a_client import send
 from actors.handles import ACTOR_OPTIONS
@@ -20,6 +19,7 @@ from actors.isolation import ItemGuard
 from actors.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
 from settings import Settings
 from store import events, keys, schedules
+from store.client import connect
 from store.records import decode, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Scheduler(Subsystem):
     spec = SCHEDULER_SPEC
 
     def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
-        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self.redis = connect(settings.redis_url, timeout_s=5.0)
         self.fire_timeout_s = settings.fire_timeout_s
         self._fires: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None

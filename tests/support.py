@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
-import redis.asyncio as aioredis
 
 from actors.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
 from actors.subsystem import Subsystem, SubsystemSpec
 from actors.supervised import RestartPolicy
 from driver import Deployment
 from settings import Settings
+from store.client import connect
 from store.embedded import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -76,7 +76,7 @@ class Ticker(Subsystem):
     def __init__(
         self, settings: Settings, spec: SubsystemSpec, tenants: tuple[str, ...] = (), poison: tuple[str, ...] = ()
     ) -> None:
-        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.redis = connect(settings.redis_url, timeout_s=1.0)
         self.ticks = 0
         self.tenants = tenants
         self.poison = set(poison)

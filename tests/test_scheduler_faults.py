@@ -1,0 +1,121 @@
+"""Scheduler under faults: SIGKILL mid-burst, two schedulers at once, Redis restarted."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+from actors.handles import ACTOR_OPTIONS
+from actors.scheduler import SchedulerActor
+from actors.subsystem import SubsystemSpec
+from driver import SUBSYSTEMS
+from store.embedded import EmbeddedRedis, free_port
+from tests.a2a_agent import A2AAgent
+from tests.support import Platform, start_platform, wait_for
+from tests.test_scheduler import read, schedule, workspace
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_platform(ray_session: dict, redis_server: EmbeddedRedis, tmp_path) -> Iterator[Platform]:
+    deployed = start_platform(redis_server.url, tmp_path / "data", subsystems=SUBSYSTEMS, fire_timeout_s=2.0)
+    yield deployed
+    deployed.close()
+
+
+def message_counts(agent: A2AAgent) -> collections.Counter[str]:
+    with agent.lock:
+        return collections.Counter(r["body"]["params"]["message"]["messageId"] for r in agent.requests)
+
+
+def once_a_minute_soon() -> tuple[str, int]:
+    """A 6-field cron whose next slot is 5-7 s away and whose following one is a minute later."""
+    slot = int(time.time()) + 6
+    return f"{slot % 60} * * * * *", slot
+
+
+def test_sigkill_mid_burst_delivers_every_slot_at_least_once(own_platform: Platform) -> None:
+    platform = own_platform
+    agent = A2AAgent(delay_s=1.0).start()  # 200 fires at 64 in flight take about 4 s
+    try:
+        tenant = platform.new_tenant("burst")
+        ws = workspace(platform, tenant, agent.url)
+        cron, slot = once_a_minute_soon()
+        created = [schedule(platform, tenant, ws, cron=cron) for _ in range(200)]
+        pid = platform.subsystem("scheduler")["pid"]
+        wait_for(lambda: len(agent.requests) >= 30, 30, interval_s=0.02, what="burst under way")
+        os.kill(pid, signal.SIGKILL)
+        expected = {f"cron-{c['id']}-{slot}" for c in created}
+        wait_for(lambda: expected <= set(message_counts(agent)), 60, interval_s=0.5, what="all 200 delivered")
+        counts = message_counts(agent)
+        assert all(counts[m] >= 1 for m in expected)
+        # Re-deliveries exist only for slots in flight at the kill, and reuse their messageId.
+        assert {m for m in counts if m.startswith("cron-")} == expected
+        sub = platform.wait_state("scheduler", "RUNNING", restarts_process=1)
+        assert sub["pid"] != pid
+        wait_for(lambda: all(read(platform, tenant, c["id"])["run_count"] >= 1 for c in created), 30)
+    finally:
+        agent.stop()
+
+
+def test_two_schedulers_never_deliver_one_slot_twice(own_platform: Platform) -> None:
+    platform = own_platform
+    agent = A2AAgent().start()
+    twin = SchedulerActor.options(name="scheduler-twin", namespace=platform.settings.ray_namespace, **ACTOR_OPTIONS)
+    handle = twin.remote(platform.settings, SubsystemSpec("scheduler-twin", interval_s=1.0))
+    try:
+        ray.get(handle.ping.remote(), timeout=30)
+        tenant = platform.new_tenant("twins")
+        ws = workspace(platform, tenant, agent.url)
+        created = [schedule(platform, tenant, ws, cron="* * * * * *") for _ in range(30)]
+        time.sleep(6)
+        counts = message_counts(agent)
+        assert sum(counts.values()) >= 30 * 4
+        assert max(counts.values()) == 1, counts.most_common(3)
+        assert all(read(platform, tenant, c["id"])["last_status"] == "ok" for c in created)
+        both = ray.get(handle.status.remote(), timeout=10)
+        assert both["progress"]["fired"] > 0  # the twin really took part
+    finally:
+        ray.kill(handle, no_restart=True)
+        agent.stop()
+
+
+def test_redis_restart_under_a_running_scheduler_loses_no_schedule(
+    own_platform: Platform, redis_server: EmbeddedRedis
+) -> None:
+    platform = own_platform
+    agent = A2AAgent().start()
+    try:
+        tenant = platform.new_tenant("outage")
+        ws = workspace(platform, tenant, agent.url)
+        created = [schedule(platform, tenant, ws) for _ in range(5)]
+        wait_for(lambda: all(read(platform, tenant, c["id"])["run_count"] >= 1 for c in created), 30)
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGKILL)
+        redis_server.process.wait()
+        platform.wait_state("scheduler", "BACKOFF")
+        redis_server.start()
+        platform.wait_state("scheduler", "RUNNING", timeout_s=45)
+        counts = wait_for(lambda: {c["id"]: read(platform, tenant, c["id"])["run_count"] for c in created}, 10)
+        wait_for(
+            lambda: all(read(platform, tenant, c["id"])["run_count"] > counts[c["id"]] for c in created),
+            30,
+            what="every schedule fires again",
+        )
+        sub = platform.subsystem("scheduler")
+        assert sub["restarts"]["process"] == 0 and sub["restarts"]["stalled"] == 0
+    finally:
+        agent.stop()
