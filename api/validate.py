@@ -32,6 +32,10 @@ def text(body: dict[str, Any], field: str, *, required: bool, max_len: int, defa
         raise ApiError(422, f"{field}: at most {max_len} characters")
     if "\x00" in value:
         raise ApiError(422, f"{field}: must not contain NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, f"{field}: must be valid Unicode (no lone surrogates)") from None
     return value
 
 

@@ -73,6 +73,7 @@ def test_bad_workspace_bodies_are_422_naming_the_field(platform: Platform) -> No
         ({"name": "x", "url": "http://127.0.0.1:1/", "restart_url": "nope"}, "restart_url"),
         ({"name": "x", "url": "http://127.0.0.1:1/", "owner": "me"}, "owner"),
         ({"name": 5, "url": "http://127.0.0.1:1/"}, "name"),
+        ({"name": "\ud800", "url": "http://127.0.0.1:1/"}, "name"),
     ]
     for body, field in cases:
         status, reply = platform.post("/workspaces", body, token=token)
