@@ -65,7 +65,9 @@ class Scheduler(Subsystem):
         self._quarantined = await self.redis.scard(keys.SCHEDULES_QUARANTINED)
         capacity = MAX_IN_FLIGHT - len(self._fires)
         if capacity <= 0:
-            return False
+            # Full: wait (bounded) for a fire to finish, then tick again at once.
+            await asyncio.wait(self._fires, timeout=self.spec.interval_s, return_when=asyncio.FIRST_COMPLETED)
+            return True
         expired = await self.redis.zrangebyscore(
             keys.SCHEDULES_INFLIGHT, "-inf", now, start=0, num=capacity, withscores=True
         )
@@ -75,37 +77,76 @@ class Scheduler(Subsystem):
                 await self.items.run(schedule_id, lambda s=schedule_id, t=int(slot): self._refire(s, t))
         capacity = MAX_IN_FLIGHT - len(self._fires)
         due = await self.redis.zrangebyscore(keys.SCHEDULES_DUE, "-inf", now, start=0, num=capacity, withscores=True)
-        for member, score in due:
-            schedule_id = member.decode()
-            raw = await self.redis.hgetall(keys.schedule(schedule_id))
+        if not due:
+            return False
+        ids = [member.decode() for member, _ in due]
+        raws = await self._read_all([keys.schedule(i) for i in ids])
+        workspace_ids = {raw.get(b"workspace_id", b"").decode(errors="replace") for raw in raws}
+        workspace_ids.discard("")
+        found = await self._read_all([keys.workspace(w) for w in workspace_ids])
+        workspace_raws = dict(zip(workspace_ids, found, strict=True))
+        plans = []
+        for schedule_id, (_, score), raw in zip(ids, due, raws, strict=True):
             outcome = await self.items.run(
                 schedule_id,
-                lambda s=schedule_id, r=raw, d=int(score): self._claim_due(s, r, d, now, lease),
+                lambda s=schedule_id, r=raw, d=int(score): self._plan(s, r, workspace_raws, d, now, lease),
                 version=_digest(raw),
             )
-            if not outcome.ok and not outcome.skipped and not outcome.quarantined_now:
+            if outcome.ok:
+                plans.append(outcome.value)
+            elif not outcome.skipped and not outcome.quarantined_now:
                 await self._record_error(schedule_id, outcome.error)
-        return len(due) == capacity > 0
+        # One round trip claims them all; each claim is still atomic on its own.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, _, claim_keys, args in plans:
+                await self._claim(keys=claim_keys, args=args, client=pipe)
+            claimed = await pipe.execute() if plans else []
+        for (fields, slot, _, _), won in zip(plans, claimed, strict=True):
+            if won:
+                self._start(fields, slot)
+        return len(due) == capacity
 
-    async def _claim_due(self, schedule_id: str, raw: dict[bytes, bytes], due: int, now: float, lease: int) -> None:
-        fields = await self._validated(schedule_id, raw)
+    def pause_s(self) -> float:
+        # Wake just after the next whole second: slots are whole seconds.
+        return min(self.spec.interval_s, 1.0 - time.time() % 1.0 + 0.005)
+
+    async def _read_all(self, hash_keys: list[str]) -> list[dict[bytes, bytes]]:
+        if not hash_keys:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in hash_keys:
+                pipe.hgetall(key)
+            return await pipe.execute()
+
+    async def _plan(
+        self,
+        schedule_id: str,
+        raw: dict[bytes, bytes],
+        workspace_raws: dict[str, dict[bytes, bytes]],
+        due: int,
+        now: float,
+        lease: int,
+    ) -> tuple[dict[str, str], int, list[str], list[Any]]:
+        """Validate one schedule and compute its claim (no I/O); raises if it is corrupt."""
+        fields = self._validated(schedule_id, raw, workspace_raws)
         slot = schedules.latest_slot(fields["cron"], fields["timezone"], now, due)
         following = schedules.next_slot(fields["cron"], fields["timezone"], now)
-        member = f"{schedule_id}:{slot}"
-        args = [schedule_id, due, member, following, lease, now_rfc3339(following)]
-        claim_keys = [keys.SCHEDULES_DUE, keys.SCHEDULES_INFLIGHT, keys.schedule(schedule_id)]
-        if await self._claim(keys=claim_keys, args=args):
-            self._start(fields, slot)
+        args = [schedule_id, due, f"{schedule_id}:{slot}", following, lease, now_rfc3339(following)]
+        return fields, slot, [keys.SCHEDULES_DUE, keys.SCHEDULES_INFLIGHT, keys.schedule(schedule_id)], args
 
     async def _refire(self, schedule_id: str, slot: int) -> None:
         raw = await self.redis.hgetall(keys.schedule(schedule_id))
         if not raw:  # deleted meanwhile: nothing to deliver
             await self.redis.zrem(keys.SCHEDULES_INFLIGHT, f"{schedule_id}:{slot}")
             return
+        workspace_id = raw.get(b"workspace_id", b"").decode(errors="replace")
+        workspace = await self.redis.hgetall(keys.workspace(workspace_id)) if workspace_id else {}
         self.redelivered += 1
-        self._start(await self._validated(schedule_id, raw), slot)
+        self._start(self._validated(schedule_id, raw, {workspace_id: workspace}), slot)
 
-    async def _validated(self, schedule_id: str, raw: dict[bytes, bytes]) -> dict[str, str]:
+    def _validated(
+        self, schedule_id: str, raw: dict[bytes, bytes], workspace_raws: dict[str, dict[bytes, bytes]]
+    ) -> dict[str, str]:
         """The schedule's fields, checked; raises (for ItemGuard) when they are corrupt."""
         if not raw:
             raise LookupError(f"schedule {schedule_id} has no record")
@@ -114,7 +155,7 @@ class Scheduler(Subsystem):
             if not fields.get(name):
                 raise ValueError(f"field {name} is missing")
         schedules.validate_cron(fields["cron"], fields["timezone"], time.time())
-        workspace = await self.redis.hgetall(keys.workspace(fields["workspace_id"]))
+        workspace = workspace_raws.get(fields["workspace_id"])
         if not workspace or decode(workspace).get("tenant_id") != fields["tenant_id"]:
             raise LookupError(f"workspace {fields['workspace_id']} does not exist")
         ws = decode(workspace)

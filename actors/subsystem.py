@@ -103,6 +103,10 @@ class Subsystem:
         """
         raise NotImplementedError
 
+    def pause_s(self) -> float:
+        """Seconds between ticks; `interval_s` unless a subsystem aligns its ticks."""
+        return self.spec.interval_s
+
     def progress(self) -> Any:
         """Sent with each beat and shown in /admin/liveness."""
         return None
@@ -158,7 +162,7 @@ class Subsystem:
             more = await self.tick()
             self._ticks_this_run += 1
             self.heartbeats.beat(self.name, self.progress())
-            await asyncio.sleep(0 if more else self.spec.interval_s)
+            await asyncio.sleep(0 if more else self.pause_s())
 
     async def _take_fault(self) -> None:
         fault, self._fault = self._fault, None

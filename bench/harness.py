@@ -8,14 +8,16 @@ import os
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # Ray workers import actors/ from the driver's directory
 
 import ray  # noqa: E402
+import redis  # noqa: E402
 
 from store.embedded import EmbeddedRedis  # noqa: E402
 from tests.support import Platform, start_platform  # noqa: E402
@@ -42,10 +44,10 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 
 @contextlib.contextmanager
-def platform() -> Iterator[Platform]:
-    """Ray + Redis + health and API actors, torn down afterwards."""
+def platform(subsystems: Sequence[Any] = ()) -> Iterator[Platform]:
+    """Ray + Redis + health and API actors (and `subsystems`), torn down afterwards."""
     with local_ray(), redis_server() as server, tempfile.TemporaryDirectory(prefix="bench-data") as data:
-        deployed = start_platform(server.url, Path(data))
+        deployed = start_platform(server.url, Path(data), subsystems=subsystems)
         try:
             yield deployed
         finally:
@@ -62,3 +64,7 @@ def summary(values: list[float], unit: str = "ms", scale: float = 1000.0) -> str
         f"p50 {percentile(values, 50) * scale:.2f} {unit}, p99 {percentile(values, 99) * scale:.2f} {unit}, "
         f"mean {statistics.fmean(values) * scale:.2f} {unit} (n={len(values)})"
     )
+
+
+def sync_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
