@@ -12,13 +12,13 @@ import pytest
 import ray
 
 from actors.handles import ACTOR_OPTIONS
-from actors.scheduler import SchedulerActor
+from actors.scheduler import SchedulerActor, scheduler_actor
 from actors.subsystem import SubsystemSpec
 from driver import SUBSYSTEMS
 from store.embedded import EmbeddedRedis, free_port
 from tests.a2a_agent import A2AAgent
 from tests.support import Platform, start_platform, wait_for
-from tests.test_scheduler import read, schedule, workspace
+from tests.test_scheduler import read, schedule, slots_of, workspace
 
 
 @pytest.fixture
@@ -117,5 +117,28 @@ def test_redis_restart_under_a_running_scheduler_loses_no_schedule(
         )
         sub = platform.subsystem("scheduler")
         assert sub["restarts"]["process"] == 0 and sub["restarts"]["stalled"] == 0
+    finally:
+        agent.stop()
+
+
+def test_after_downtime_an_overdue_schedule_fires_once_for_its_latest_slot(own_platform: Platform) -> None:
+    platform = own_platform
+    agent = A2AAgent().start()
+    try:
+        tenant = platform.new_tenant("downtime")
+        created = schedule(platform, tenant, workspace(platform, tenant, agent.url))
+        wait_for(lambda: read(platform, tenant, created["id"])["run_count"] >= 1, 30)
+        namespace = platform.settings.ray_namespace
+        ray.kill(ray.get_actor("scheduler", namespace=namespace), no_restart=True)
+        stopped_at = time.time()
+        time.sleep(7)  # three or four 2-second slots pass with no scheduler
+        restarted_at = time.time()
+        scheduler_actor(platform.settings)
+        wait_for(lambda: any(s > restarted_at + 2 for s in slots_of(agent, created["id"])), 30, what="fires again")
+        slots = slots_of(agent, created["id"])
+        missed = [s for s in slots if stopped_at < s <= restarted_at]
+        assert len(missed) <= 1, slots  # no backfill storm
+        caught_up = [s for s in slots if s > stopped_at]
+        assert caught_up[0] >= int(restarted_at) - 2  # the first fire after the gap is the latest missed slot
     finally:
         agent.stop()
