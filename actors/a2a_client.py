@@ -50,7 +50,7 @@ async def send(
         return Outcome(False, f"invalid JSON-RPC response: {exc}")
     if not isinstance(reply, dict):
         return Outcome(False, "invalid JSON-RPC response: not an object")
-    if "error" in reply:
+    if reply.get("error") is not None:
         error = reply["error"] if isinstance(reply["error"], dict) else {}
         return Outcome(False, f"JSON-RPC error {error.get('code')}: {error.get('message')}")
     if "result" not in reply:

@@ -27,7 +27,10 @@ async def _checked(request: Request, tenant_id: str, body: dict[str, Any], *, pa
     if "enabled" in body or required:
         out["enabled"] = validate.flag(body, "enabled", True)
     if "workspace_id" in out:
-        if await workspaces.get(request.app.state.redis, tenant_id, out["workspace_id"]) is None:
+        if (
+            not validate.is_resource_id(out["workspace_id"])
+            or await workspaces.get(request.app.state.redis, tenant_id, out["workspace_id"]) is None
+        ):
             raise ApiError(422, "workspace_id: no such workspace for this tenant")
     return out
 
@@ -50,7 +53,12 @@ async def list_all(request: Request) -> JSONResponse:
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:
     tenant_id = await require_tenant(request)
-    fields = await schedules.get(request.app.state.redis, tenant_id, request.path_params["schedule_id"])
+    schedule_id = request.path_params["schedule_id"]
+    fields = (
+        await schedules.get(request.app.state.redis, tenant_id, schedule_id)
+        if validate.is_resource_id(schedule_id)
+        else None
+    )
     if fields is None:
         raise ApiError(404, "schedule not found")
     return tenant_id, fields
@@ -66,9 +74,11 @@ async def patch(request: Request) -> JSONResponse:
     body = validate.json_object(await read_json(request))
     changes = await _checked(request, tenant_id, body, partial=True)
     try:
-        updated = await schedules.patch(request.app.state.redis, fields, changes, time.time())
+        updated = await schedules.patch(request.app.state.redis, tenant_id, fields["id"], changes, time.time())
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
+    if updated is None:
+        raise ApiError(404, "schedule not found")
     return JSONResponse(updated)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,3 +62,8 @@ def flag(body: dict[str, Any], field: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ApiError(422, f"{field}: must be true or false")
     return value
+
+
+def is_resource_id(value: str) -> bool:
+    """Ids are 32 lowercase hex digits; anything else cannot name a resource (and never reaches Redis)."""
+    return re.fullmatch(r"[0-9a-f]{32}", value) is not None

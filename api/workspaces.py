@@ -34,7 +34,9 @@ async def list_all(request: Request) -> JSONResponse:
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:
     tenant_id = await require_tenant(request)
-    fields = await workspaces.get(request.app.state.redis, tenant_id, request.path_params["workspace_id"])
+    workspace_id = request.path_params["workspace_id"]
+    found = validate.is_resource_id(workspace_id)
+    fields = await workspaces.get(request.app.state.redis, tenant_id, workspace_id) if found else None
     if fields is None:
         raise ApiError(404, "workspace not found")
     return tenant_id, fields

@@ -9,6 +9,8 @@ the slot re-delivered with the same message id.
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,6 +35,9 @@ def zone(name: str) -> ZoneInfo:
 
 def _iterator(cron: str, tz: ZoneInfo, start: float) -> croniter:
     fields = cron.split()
+    if any(re.match(r"^[HR](\(|/|$)", field.upper()) for field in cron.split()):
+        # croniter's hashed/random extensions are not cron, and R changes on every read.
+        raise ValueError(f"cron must use standard fields only (no H or R): {cron!r}")
     if len(fields) not in (5, 6):
         raise ValueError(f"cron must have 5 fields, or 6 with a leading seconds field: {cron!r}")
     if not croniter.is_valid(cron, second_at_beginning=len(fields) == 6):
@@ -51,7 +56,9 @@ def next_slot(cron: str, tz_name: str, after: float) -> int:
 
 def latest_slot(cron: str, tz_name: str, at: float, not_before: float) -> int:
     """The latest slot at or before `at`, but not before `not_before` (the slot that was due)."""
-    previous = int(_iterator(cron, zone(tz_name), at + 1).get_prev(float))
+    # get_prev is strictly before its start; slots are whole seconds.
+    previous = int(_iterator(cron, zone(tz_name), math.floor(at) + 1).get_prev(float))
+    assert previous <= at, (previous, at)
     return max(previous, int(not_before))
 
 
@@ -143,26 +150,59 @@ async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]
     return found
 
 
-async def patch(redis: aioredis.Redis, fields: dict[str, str], changes: dict[str, Any], now: float) -> dict[str, Any]:
-    """Apply validated changes; a fixed schedule is released from quarantine and re-indexed."""
-    merged = {**fields, **to_hash(changes)}
-    enabled = merged["enabled"] == "true"
-    slot = validate_cron(merged["cron"], merged["timezone"], now)
-    merged["updated_at"] = now_rfc3339(now)
-    merged["next_run_at"] = now_rfc3339(slot) if enabled else ""
-    merged["consecutive_failures"] = "0"
-    if merged.get("last_status") == "quarantined":
-        merged["last_status"] = ""
-        merged["last_error"] = ""
+async def patch(
+    redis: aioredis.Redis, tenant_id: str, schedule_id: str, changes: dict[str, Any], now: float
+) -> dict[str, Any] | None:
+    """Apply validated changes atomically; None if the schedule is gone or not the tenant's.
+
+    Only the changed and derived fields are written, in a transaction guarded by WATCH, so a
+    concurrent fire's results or a concurrent DELETE are never overwritten or undone. A
+    change of cron, timezone or enabled (or a PATCH of a quarantined schedule, which
+    releases it) moves the schedule's due slot; other changes leave it alone.
+    """
+    key = keys.schedule(schedule_id)
+    invalid: ValueError | None = None
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.schedule(merged["id"]), mapping=merged)
-        if enabled:
-            pipe.zadd(keys.SCHEDULES_DUE, {merged["id"]: slot})
-        else:
-            pipe.zrem(keys.SCHEDULES_DUE, merged["id"])
-        pipe.srem(keys.SCHEDULES_QUARANTINED, merged["id"])
-        await pipe.execute()
-    return public(merged)
+        while True:
+            try:
+                await pipe.watch(key)
+                raw = await pipe.hgetall(key)
+                if not raw:
+                    return None
+                fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+                if fields.get("tenant_id") != tenant_id:
+                    return None
+                merged = {**fields, **to_hash(changes)}
+                updates = to_hash(changes)
+                enabled = merged.get("enabled") == "true"
+                try:
+                    slot = validate_cron(merged.get("cron", ""), merged.get("timezone", ""), now)
+                except ValueError as exc:
+                    # Raised after the pipeline is released (raising inside it masks the error).
+                    invalid = exc
+                    break
+                released = fields.get("last_status") == "quarantined"
+                timing = released or any(f in changes for f in ("cron", "timezone", "enabled"))
+                updates["updated_at"] = now_rfc3339(now)
+                updates["consecutive_failures"] = "0"
+                if released:
+                    updates["last_status"] = ""
+                    updates["last_error"] = ""
+                if timing:
+                    updates["next_run_at"] = now_rfc3339(slot) if enabled else ""
+                pipe.multi()
+                pipe.hset(key, mapping=updates)
+                if timing and enabled:
+                    pipe.zadd(keys.SCHEDULES_DUE, {schedule_id: slot})
+                elif not enabled:
+                    pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+                pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
+                await pipe.execute()
+                return public({**merged, **updates})
+            except redis.exceptions.WatchError:
+                continue
+    assert invalid is not None
+    raise invalid
 
 
 async def delete(redis: aioredis.Redis, tenant_id: str, schedule_id: str) -> None:

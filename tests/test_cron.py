@@ -47,6 +47,8 @@ def test_six_fields_have_a_leading_seconds_field() -> None:
     assert next_slot("*/2 * * * * *", "UTC", start) == start + 2
     assert next_slot("30 * * * * *", "UTC", start) == start + 30
     assert next_slot("*/5 * * * *", "UTC", start) == start + 300
+    assert next_slot("0 9 * * THU", "UTC", start) == ts(2026, 1, 1, 9, 0)  # 2026-01-01 is a Thursday
+    assert next_slot("0 0 1 MAR *", "UTC", start) == ts(2026, 3, 1, 0, 0)
 
 
 def test_latest_missed_slot_after_downtime() -> None:
@@ -54,6 +56,16 @@ def test_latest_missed_slot_after_downtime() -> None:
     now = due + 3600 + 17  # down for an hour
     assert latest_slot("*/5 * * * *", "UTC", now, due) == due + 3600
     assert latest_slot("*/5 * * * *", "UTC", due + 1, due) == due
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.999])
+def test_latest_slot_is_never_in_the_future(fraction: float) -> None:
+    base = ts(2026, 1, 1, 0, 0)  # an even second
+    for offset in range(6):
+        at = base + offset + fraction
+        got = latest_slot("*/2 * * * * *", "UTC", at, base - 10)
+        assert got <= at and got == base + offset - offset % 2
+        assert latest_slot("* * * * * *", "UTC", at, base - 10) == base + offset
 
 
 @pytest.mark.parametrize(
@@ -64,6 +76,9 @@ def test_latest_missed_slot_after_downtime() -> None:
         ("61 * * * *", "UTC", "cron"),
         ("* * * * * * *", "UTC", "cron"),
         ("0 0 30 2 *", "UTC", "cron"),
+        ("R * * * *", "UTC", "cron"),
+        ("H H * * *", "UTC", "cron"),
+        ("H/15 * * * *", "UTC", "cron"),
         ("* * * * *", "Mars/Olympus", "timezone"),
         ("* * * * *", "../etc/passwd", "timezone"),
     ],
