@@ -272,6 +272,13 @@ class Scheduler(Subsystem):
             pipe.hincrby(key, "consecutive_failures", 1)
 
         raw = await self._if_unchanged(schedule_id, write)
+        if raw is None and await self.redis.type(keys.schedule(schedule_id)) != b"hash":
+            # No record a PATCH could fix (gone, or not a hash): just stop trying it.
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+                if stuck:
+                    pipe.zrem(keys.SCHEDULES_INFLIGHT, *stuck)
+                await pipe.execute()
         # Quarantine lives in Redis from now on (record, index); the guard need not remember it.
         self.items.release(schedule_id)
         self._quarantined = await self.redis.scard(keys.SCHEDULES_QUARANTINED)

@@ -236,3 +236,22 @@ def test_bad_schedule_fields_are_422_naming_the_field(
     created = schedule(platform, tenant, ws, cron="0 0 1 1 *")
     status, reply = http("PATCH", platform.url + f"/schedules/{created['id']}", change, token=tenant["token"])
     assert status == 422 and field in reply["error"], reply
+
+
+def test_a_key_of_the_wrong_type_is_one_items_failure(scheduler_platform: Platform, agent: A2AAgent) -> None:
+    platform = scheduler_platform
+    client = redis.Redis.from_url(platform.settings.redis_url)
+    tenant = platform.new_tenant("wrongtype")
+    fine = schedule(platform, tenant, workspace(platform, tenant, agent.url))
+    bogus = "f" * 32
+    client.set(f"schedule:{bogus}", "not a hash")
+    client.zadd("schedules:due", {bogus: int(time.time())})
+    before = platform.subsystem("scheduler")["quarantined"]
+    wait_for(lambda: client.zscore("schedules:due", bogus) is None, 30, what="bogus entry quarantined")
+    assert client.sismember("schedules:quarantined", bogus) == 0  # nothing to mark: no record
+    runs = read(platform, tenant, fine["id"])["run_count"]
+    wait_for(lambda: read(platform, tenant, fine["id"])["run_count"] > runs + 1, 30, what="others keep firing")
+    sub = platform.subsystem("scheduler")
+    assert sub["state"] == "RUNNING" and sub["restarts"]["exception"] == 0
+    assert sub["quarantined"] == before
+    client.delete(f"schedule:{bogus}")
