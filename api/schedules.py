@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from api import validate
 from api.errors import ApiError, read_json
-from api.tenants import require_tenant
+from api.tenants import owned, require_tenant
 from store import schedules, workspaces
 
 
@@ -52,16 +52,7 @@ async def list_all(request: Request) -> JSONResponse:
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:
-    tenant_id = await require_tenant(request)
-    schedule_id = request.path_params["schedule_id"]
-    fields = (
-        await schedules.get(request.app.state.redis, tenant_id, schedule_id)
-        if validate.is_resource_id(schedule_id)
-        else None
-    )
-    if fields is None:
-        raise ApiError(404, "schedule not found")
-    return tenant_id, fields
+    return await owned(request, "schedule_id", schedules.get, "schedule")
 
 
 async def get(request: Request) -> JSONResponse:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -29,3 +32,15 @@ async def require_tenant(request: Request) -> str:
     if tenant_id is None:
         raise ApiError(401, "invalid token")
     return tenant_id
+
+
+async def owned(
+    request: Request, param: str, read: Callable[[Any, str, str], Awaitable[dict[str, str] | None]], what: str
+) -> tuple[str, dict[str, str]]:
+    """The tenant and the record named by path parameter `param`; 404 unless the tenant owns it."""
+    tenant_id = await require_tenant(request)
+    record_id = request.path_params[param]
+    fields = await read(request.app.state.redis, tenant_id, record_id) if validate.is_resource_id(record_id) else None
+    if fields is None:
+        raise ApiError(404, f"{what} not found")
+    return tenant_id, fields

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api import validate
-from api.errors import ApiError, read_json
-from api.tenants import require_tenant
+from api.errors import read_json
+from api.tenants import owned, require_tenant
 from store import workspaces
 
 FIELDS = {"name", "url", "a2a_version", "restart_url"}
@@ -33,13 +33,7 @@ async def list_all(request: Request) -> JSONResponse:
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:
-    tenant_id = await require_tenant(request)
-    workspace_id = request.path_params["workspace_id"]
-    found = validate.is_resource_id(workspace_id)
-    fields = await workspaces.get(request.app.state.redis, tenant_id, workspace_id) if found else None
-    if fields is None:
-        raise ApiError(404, "workspace not found")
-    return tenant_id, fields
+    return await owned(request, "workspace_id", workspaces.get, "workspace")
 
 
 async def get(request: Request) -> JSONResponse:

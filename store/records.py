@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import redis.asyncio as aioredis
 
 
 def new_id() -> str:
@@ -37,3 +40,30 @@ def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 def optional(value: str) -> str | None:
     return value if value != "" else None
+
+
+async def read_owned(redis: aioredis.Redis, key: str, tenant_id: str) -> dict[str, str] | None:
+    """The hash at `key` if it exists and belongs to the tenant (bytes decoded leniently)."""
+    try:
+        raw = await redis.hgetall(key)
+    except redis.exceptions.ResponseError:  # not a hash: nobody's record
+        return None
+    fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+    return fields if raw and fields.get("tenant_id") == tenant_id else None
+
+
+async def list_owned(
+    redis: aioredis.Redis,
+    index_key: str,
+    key_of: Callable[[str], str],
+    tenant_id: str,
+    public: Callable[[dict[str, str]], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Every record listed in the tenant's index set, as the API shows it, by id."""
+    ids = sorted(m.decode() for m in await redis.smembers(index_key))
+    found = []
+    for record_id in ids:
+        fields = await read_owned(redis, key_of(record_id), tenant_id)
+        if fields is not None:
+            found.append(public(fields))
+    return found

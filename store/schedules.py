@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from croniter import croniter
 
 from store import keys
-from store.records import decode, new_id, now_rfc3339, optional, to_hash
+from store.records import list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
 
 STATUSES = ("ok", "error", "skipped", "quarantined")
 EDITABLE = ("workspace_id", "name", "cron", "timezone", "prompt", "enabled")
@@ -130,24 +130,11 @@ async def create(redis: aioredis.Redis, tenant_id: str, body: dict[str, Any], no
 
 
 async def get(redis: aioredis.Redis, tenant_id: str, schedule_id: str) -> dict[str, str] | None:
-    raw = await redis.hgetall(keys.schedule(schedule_id))
-    if not raw:
-        return None
-    try:
-        fields = decode(raw)
-    except UnicodeDecodeError:
-        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
-    return fields if fields.get("tenant_id") == tenant_id else None
+    return await read_owned(redis, keys.schedule(schedule_id), tenant_id)
 
 
 async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]]:
-    ids = sorted(m.decode() for m in await redis.smembers(keys.tenant_schedules(tenant_id)))
-    found = []
-    for schedule_id in ids:
-        fields = await get(redis, tenant_id, schedule_id)
-        if fields is not None:
-            found.append(public(fields))
-    return found
+    return await list_owned(redis, keys.tenant_schedules(tenant_id), keys.schedule, tenant_id, public)
 
 
 async def patch(

@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from store import keys
-from store.records import decode, new_id, now_rfc3339, optional, to_hash
+from store.records import list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
 
 A2A_VERSIONS = ("1.0", "0.3")
 
@@ -38,21 +38,11 @@ async def create(redis: aioredis.Redis, tenant_id: str, body: dict[str, Any]) ->
 
 async def get(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> dict[str, str] | None:
     """The workspace's fields if it exists and belongs to the tenant."""
-    raw = await redis.hgetall(keys.workspace(workspace_id))
-    if not raw:
-        return None
-    fields = decode(raw)
-    return fields if fields.get("tenant_id") == tenant_id else None
+    return await read_owned(redis, keys.workspace(workspace_id), tenant_id)
 
 
 async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]]:
-    ids = sorted(m.decode() for m in await redis.smembers(keys.tenant_workspaces(tenant_id)))
-    found = []
-    for workspace_id in ids:
-        fields = await get(redis, tenant_id, workspace_id)
-        if fields is not None:
-            found.append(public(fields))
-    return found
+    return await list_owned(redis, keys.tenant_workspaces(tenant_id), keys.workspace, tenant_id, public)
 
 
 async def delete(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> bool:
