@@ -152,8 +152,13 @@ def test_poison_schedules_are_quarantined_and_the_others_fire_on_time(
         "PATCH", platform.url + f"/schedules/{bad['cron']['id']}", {"cron": "*/2 * * * * *"}, token=victim["token"]
     )
     assert status == 200 and fixed["last_status"] is None and fixed["consecutive_failures"] == 0
-    wait_for(lambda: read(platform, victim, bad["cron"]["id"])["last_status"] == "ok", 30, what="released and fired")
-    wait_for(lambda: platform.subsystem("scheduler")["quarantined"] == 3, 10, what="count drops")
+    # So do PATCHes that fix the prompt's bytes and point at a workspace that exists.
+    for kind, change in (("utf8", {"prompt": "fixed"}), ("workspace", {"workspace_id": ws["id"]})):
+        status, fixed = http("PATCH", platform.url + f"/schedules/{bad[kind]['id']}", change, token=victim["token"])
+        assert status == 200 and fixed["last_status"] is None, fixed
+    for kind in ("cron", "utf8", "workspace"):
+        wait_for(lambda k=kind: read(platform, victim, bad[k]["id"])["last_status"] == "ok", 30, what=f"{kind} fires")
+    wait_for(lambda: platform.subsystem("scheduler")["quarantined"] == 1, 10, what="count drops")
 
 
 def slots_of(agent: A2AAgent, schedule_id: str) -> list[int]:

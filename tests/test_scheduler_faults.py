@@ -10,12 +10,15 @@ from collections.abc import Iterator
 
 import pytest
 import ray
+import redis
 
 from actors.handles import ACTOR_OPTIONS
 from actors.scheduler import SchedulerActor, scheduler_actor
 from actors.subsystem import SubsystemSpec
 from driver import SUBSYSTEMS
 from store.embedded import EmbeddedRedis, free_port
+from store.records import now_rfc3339
+from store.schedules import latest_slot
 from tests.a2a_agent import A2AAgent
 from tests.support import Platform, start_platform, wait_for
 from tests.test_scheduler import read, schedule, slots_of, workspace
@@ -122,23 +125,27 @@ def test_redis_restart_under_a_running_scheduler_loses_no_schedule(
 
 
 def test_after_downtime_an_overdue_schedule_fires_once_for_its_latest_slot(own_platform: Platform) -> None:
+    """An hour of downtime: one fire, at once, for the latest missed slot; no backfill."""
     platform = own_platform
     agent = A2AAgent().start()
     try:
-        tenant = platform.new_tenant("downtime")
-        created = schedule(platform, tenant, workspace(platform, tenant, agent.url))
-        wait_for(lambda: read(platform, tenant, created["id"])["run_count"] >= 1, 30)
         namespace = platform.settings.ray_namespace
         ray.kill(ray.get_actor("scheduler", namespace=namespace), no_restart=True)
-        stopped_at = time.time()
-        time.sleep(7)  # three or four 2-second slots pass with no scheduler
-        restarted_at = time.time()
+        tenant = platform.new_tenant("downtime")
+        # Once a minute, at the second that was 10 s ago: the latest missed slot is 10 s old
+        # and the next one 50 s away, so only a catch-up fire can arrive within this test.
+        cron = f"{(int(time.time()) - 10) % 60} * * * * *"
+        created = schedule(platform, tenant, workspace(platform, tenant, agent.url), cron=cron)
+        latest = latest_slot(cron, "UTC", time.time(), 0)
+        client = redis.Redis.from_url(platform.settings.redis_url)
+        client.zadd("schedules:due", {created["id"]: latest - 3600})  # as if down for an hour
         scheduler_actor(platform.settings)
-        wait_for(lambda: any(s > restarted_at + 2 for s in slots_of(agent, created["id"])), 30, what="fires again")
-        slots = slots_of(agent, created["id"])
-        missed = [s for s in slots if stopped_at < s <= restarted_at]
-        assert len(missed) <= 1, slots  # no backfill storm
-        caught_up = [s for s in slots if s > stopped_at]
-        assert caught_up[0] >= int(restarted_at) - 2  # the first fire after the gap is the latest missed slot
+        wait_for(lambda: slots_of(agent, created["id"]), 30, what="the catch-up fire")
+        after = wait_for(lambda: (lambda s: s if s["run_count"] else None)(read(platform, tenant, created["id"])), 10)
+        time.sleep(2)  # an observation window in which a backfill storm would show itself
+        assert slots_of(agent, created["id"]) == [latest]  # one fire, the latest missed slot
+        assert (
+            after["next_run_at"] == now_rfc3339(latest + 60) and read(platform, tenant, created["id"])["run_count"] == 1
+        )
     finally:
         agent.stop()
