@@ -68,6 +68,7 @@ class Settings:
     drain_timeout_s: float = 2.5
     workspace_ttl_s: float = 90.0
     fire_timeout_s: float = 30.0
+    events_max_per_tenant: int = 100_000
 
     @property
     def api_url(self) -> str:
@@ -107,4 +108,5 @@ class Settings:
             drain_timeout_s=_number(env, "DRAIN_TIMEOUT_S", 2.5, minimum=0.1),
             workspace_ttl_s=_number(env, "WORKSPACE_TTL_S", 90.0, minimum=1.0),
             fire_timeout_s=_number(env, "FIRE_TIMEOUT_S", 30.0, minimum=0.1),
+            events_max_per_tenant=int(_number(env, "EVENTS_MAX_PER_TENANT", 100_000, minimum=1)),
         )

@@ -105,6 +105,7 @@ class ApiActor(Subsystem):
             admin_token=admin_token,
             fault_injection=settings.enable_fault_injection,
             workspace_ttl_s=settings.workspace_ttl_s,
+            events_max_per_tenant=settings.events_max_per_tenant,
         )
         self.base_url = settings.api_url
         self.health_kills = 0

@@ -203,7 +203,7 @@ class Scheduler(Subsystem):
                     status,
                     outcome.error or "",
                     now_rfc3339(),
-                    events.MAX_EVENTS_PER_TENANT,
+                    self.settings.events_max_per_tenant,
                     fields["tenant_id"],
                     fields["workspace_id"],
                     json.dumps(payload, separators=(",", ":")),
@@ -286,7 +286,14 @@ class Scheduler(Subsystem):
         if tenant_id:
             workspace_id = raw.get(b"workspace_id", b"").decode(errors="replace") if raw else ""
             payload = {"schedule_id": schedule_id, "error": error}
-            await events.append(self.redis, "SCHEDULE_QUARANTINED", tenant_id, workspace_id, payload)
+            await events.append(
+                self.redis,
+                "SCHEDULE_QUARANTINED",
+                tenant_id,
+                workspace_id,
+                payload,
+                max_len=self.settings.events_max_per_tenant,
+            )
 
     def quarantined(self) -> int:
         return self._quarantined

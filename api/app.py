@@ -7,13 +7,19 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from api import admin, probes, schedules, tenants, workspaces
+from api import admin, events, probes, schedules, tenants, workspaces
 from api.backend import Backend
 from api.errors import EXCEPTION_HANDLERS
 
 
 def create_app(
-    backend: Backend, *, redis: Any, admin_token: str, fault_injection: bool, workspace_ttl_s: float
+    backend: Backend,
+    *,
+    redis: Any,
+    admin_token: str,
+    fault_injection: bool,
+    workspace_ttl_s: float,
+    events_max_per_tenant: int,
 ) -> Starlette:
     """Build the app; it holds no globals, everything comes in through the arguments."""
     routes = [
@@ -32,6 +38,7 @@ def create_app(
         Route("/schedules/{schedule_id}", schedules.get, methods=["GET"]),
         Route("/schedules/{schedule_id}", schedules.patch, methods=["PATCH"]),
         Route("/schedules/{schedule_id}", schedules.delete, methods=["DELETE"]),
+        Route("/events", events.publish, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.state.backend = backend
@@ -39,4 +46,5 @@ def create_app(
     app.state.admin_token = admin_token
     app.state.fault_injection = fault_injection
     app.state.workspace_ttl_s = workspace_ttl_s
+    app.state.events_max_per_tenant = events_max_per_tenant
     return app

@@ -13,7 +13,11 @@ from store.records import now_rfc3339
 MAX_EVENTS_PER_TENANT = 100_000
 
 
-def entry(event: str, tenant_id: str, workspace_id: str | None, payload: dict[str, Any]) -> dict[str, str]:
+# Names the platform itself emits; tenants cannot publish them.
+RESERVED_PREFIXES = ("SCHEDULE_", "WORKSPACE_", "CHANNEL_")
+
+
+def entry(event: str, tenant_id: str, workspace_id: str | None, payload: Any) -> dict[str, str]:
     """Stream entry fields; the stream id becomes the event's `id`."""
     return {
         "event": event,
@@ -25,14 +29,17 @@ def entry(event: str, tenant_id: str, workspace_id: str | None, payload: dict[st
 
 
 async def append(
-    redis: aioredis.Redis, event: str, tenant_id: str, workspace_id: str | None, payload: dict[str, Any]
+    redis: aioredis.Redis,
+    event: str,
+    tenant_id: str,
+    workspace_id: str | None,
+    payload: Any,
+    *,
+    max_len: int = MAX_EVENTS_PER_TENANT,
 ) -> str:
-    """Append one event; the stream is capped near MAX_EVENTS_PER_TENANT (oldest dropped)."""
+    """Append one event; the stream is capped near `max_len` (the oldest are dropped)."""
     stream_id = await redis.xadd(
-        keys.events(tenant_id),
-        entry(event, tenant_id, workspace_id, payload),
-        maxlen=MAX_EVENTS_PER_TENANT,
-        approximate=True,
+        keys.events(tenant_id), entry(event, tenant_id, workspace_id, payload), maxlen=max_len, approximate=True
     )
     return stream_id.decode()
 

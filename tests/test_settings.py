@@ -28,6 +28,9 @@ def test_defaults() -> None:
         ("ADMIN_TOKEN", "short"),
         ("DRAIN_TIMEOUT_S", "-1"),
         ("METRICS_EXPORT_PORT", "x"),
+        ("EVENTS_MAX_PER_TENANT", "0"),
+        ("FIRE_TIMEOUT_S", "soon"),
+        ("WORKSPACE_TTL_S", "-5"),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: str) -> None:

@@ -1,0 +1,48 @@
+"""Event routes: a tenant's agents publish their own events to the tenant's stream."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from api import validate
+from api.errors import ApiError, read_json
+from api.tenants import require_tenant
+from store import events, workspaces
+
+EVENT_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+async def publish(request: Request) -> JSONResponse:
+    tenant_id = await require_tenant(request)
+    body = validate.json_object(await read_json(request))
+    validate.no_unknown_fields(body, {"event", "workspace_id", "payload"})
+    name = body.get("event")
+    if not isinstance(name, str) or not EVENT_NAME.fullmatch(name):
+        raise ApiError(422, "event: 1-64 characters of A-Z, 0-9 and _, starting with a letter")
+    if name.startswith(events.RESERVED_PREFIXES):
+        raise ApiError(422, f"event: names starting with {', '.join(events.RESERVED_PREFIXES)} are the platform's")
+    if "payload" not in body:
+        raise ApiError(422, "payload: required (any JSON value)")
+    encoded = json.dumps(body["payload"], separators=(",", ":"))
+    if len(encoded.encode("utf-8", errors="surrogatepass")) > MAX_PAYLOAD_BYTES:
+        raise ApiError(422, f"payload: at most {MAX_PAYLOAD_BYTES} bytes of JSON")
+    workspace_id = body.get("workspace_id")
+    if workspace_id is not None:
+        if not isinstance(workspace_id, str) or not validate.is_resource_id(workspace_id):
+            raise ApiError(422, "workspace_id: no such workspace for this tenant")
+        if await workspaces.get(request.app.state.redis, tenant_id, workspace_id) is None:
+            raise ApiError(422, "workspace_id: no such workspace for this tenant")
+    stream_id = await events.append(
+        request.app.state.redis,
+        name,
+        tenant_id,
+        workspace_id,
+        body["payload"],
+        max_len=request.app.state.events_max_per_tenant,
+    )
+    return JSONResponse({"id": stream_id}, status_code=202)
