@@ -13,7 +13,7 @@ import ray
 import uvicorn
 from ray.exceptions import RayTaskError
 
-from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
+from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor
 from actors.health import HEALTH_KILL_AFTER_S
 from actors.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
@@ -34,7 +34,7 @@ class PlatformBackend:
 
     def __init__(self, settings: Settings, api: ApiActor) -> None:
         self.settings = settings
-        self.health = NamedActor("health", settings.ray_namespace)
+        self.health = NamedActor(HEALTH_ACTOR, settings.ray_namespace)
         self._api = api
         self._liveness: asyncio.Future[bytes] | None = None
 
@@ -151,7 +151,7 @@ class ApiActor(Subsystem):
         return {"url": self.base_url, "draining": self.is_draining, "health_kills": self.health_kills}
 
     async def _watch_health(self) -> None:
-        health = NamedActor("health", self.settings.ray_namespace)
+        health = self.backend.health
         last_answer = time.monotonic()
         last_kill = 0.0
         while True:

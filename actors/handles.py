@@ -88,10 +88,3 @@ class NamedActor:
         if not restart:
             self._handle = None
         return True
-
-    def exists(self) -> bool:
-        try:
-            self.handle()
-        except ActorNotFound:
-            return False
-        return True

@@ -39,14 +39,12 @@ class HealthService:
 
     def __init__(self, settings: Settings, *, clock: Any = time.time) -> None:
         assert settings.redis_url is not None, "the HealthActor needs REDIS_URL"
-        self.settings = settings
         self._clock = clock
         self.registry = Registry(booted_at=clock())
         self.redis = connect(settings.redis_url)
         self.expected_key = keys.health_expected(settings.ray_namespace)
         self.records_key = keys.health_records(settings.ray_namespace)
         self.loaded = asyncio.Event()
-        self.kills = 0
 
     async def load(self) -> None:
         """Read registrations and records persisted by an earlier incarnation."""
@@ -89,10 +87,9 @@ class HealthService:
             self.registry.dirty |= dirty
             raise
 
-    def watchdog(self) -> list[Expectation]:
+    def watchdog(self) -> None:
         """Kill (for Ray to restart) every subsystem silent past its kill_after_s."""
         now = self._clock()
-        killed = []
         for expectation in self.registry.due_for_kill(now):
             target = NamedActor(expectation.actor or expectation.name, expectation.namespace or "")
             try:
@@ -106,9 +103,6 @@ class HealthService:
                 continue
             log.error("watchdog: %s silent past %.1f s; killed for restart", expectation.name, expectation.kill_after_s)
             self.registry.killed(expectation.name, now)
-            self.kills += 1
-            killed.append(expectation)
-        return killed
 
 
 @ray.remote

@@ -76,18 +76,10 @@ class ItemGuard:
     def record(self, key: Hashable) -> ItemRecord | None:
         return self._items.get(key)
 
-    def quarantined_keys(self) -> list[Hashable]:
-        return [k for k, r in self._items.items() if r.quarantined]
-
     def release(self, key: Hashable) -> bool:
         """Operator release: forget the item's failures. Returns whether it was quarantined."""
         record = self._items.pop(key, None)
         return bool(record and record.quarantined)
-
-    def forget(self, keep: set[Hashable]) -> None:
-        """Drop records of items that no longer exist."""
-        for key in [k for k in self._items if k not in keep]:
-            del self._items[key]
 
     async def run(self, key: Hashable, work: Callable[[], Awaitable[Any]], *, version: Hashable = None) -> Outcome:
         """Run `work` for `key` unless it is quarantined at this `version`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import itertools
 import logging
 import time
 from collections.abc import Hashable
@@ -194,6 +194,7 @@ class Scheduler(Subsystem):
             outcome = Outcome(False, f"internal error: {type(exc).__name__}: {exc}")
         status = "ok" if outcome.ok else "error"
         payload = {"schedule_id": schedule_id, "status": status, "error": outcome.error, "message_id": message_id}
+        event = events.entry("SCHEDULE_FIRED", fields["tenant_id"], fields["workspace_id"], payload)
         try:
             await self._complete(
                 keys=[keys.schedule(schedule_id), keys.SCHEDULES_INFLIGHT, keys.events(fields["tenant_id"])],
@@ -202,11 +203,8 @@ class Scheduler(Subsystem):
                     now_rfc3339(),
                     status,
                     outcome.error or "",
-                    now_rfc3339(),
                     self.settings.events_max_per_tenant,
-                    fields["tenant_id"],
-                    fields["workspace_id"],
-                    json.dumps(payload, separators=(",", ":")),
+                    *itertools.chain.from_iterable(event.items()),
                 ],
             )
         except TRANSIENT_ERRORS as exc:

@@ -84,10 +84,7 @@ class EmbeddedRedis:
         """Start (or reuse) the server and return its URL once it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = self._choose_port()
-        if answers(self.url):
-            pid_file = self.data_dir / "redis.pid"
-            if pid_file.exists():
-                self.adopted_pid = int(pid_file.read_text().strip())
+        if self._adopt():
             return self.url
         if not port_is_free(port):
             raise RuntimeError(f"port {port} (from {self.data_dir / 'redis.port'}) is taken by something else")
@@ -133,13 +130,21 @@ class EmbeddedRedis:
             self.process.kill()
             self.process.wait()
 
-    def stop_recorded(self) -> bool:
-        """Stop a server left running by an earlier run, found by its pidfile."""
-        pid_file = self.data_dir / "redis.pid"
-        if not pid_file.exists() or (self.port is None and not (self.data_dir / "redis.port").exists()):
-            return False
-        self._choose_port()
+    def _adopt(self) -> bool:
+        """Take over a server from an earlier run answering on this port; False if none does."""
         if not answers(self.url):
             return False
-        os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        pid_file = self.data_dir / "redis.pid"
+        if pid_file.exists():
+            self.adopted_pid = int(pid_file.read_text().strip())
+        return True
+
+    def stop_recorded(self) -> bool:
+        """Stop a server left running by an earlier run (`driver.py down`)."""
+        if self.port is None and not (self.data_dir / "redis.port").exists():
+            return False
+        self._choose_port()
+        if not self._adopt() or self.adopted_pid is None:
+            return False
+        self.stop()
         return True

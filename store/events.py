@@ -42,16 +42,3 @@ async def append(
         keys.events(tenant_id), entry(event, tenant_id, workspace_id, payload), maxlen=max_len, approximate=True
     )
     return stream_id.decode()
-
-
-def envelope(stream_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """A stream entry as the contract's event: id, event, tenant_id, workspace_id, timestamp, payload."""
-    decoded = {k.decode(): v.decode() for k, v in fields.items()}
-    return {
-        "id": stream_id.decode() if isinstance(stream_id, bytes) else stream_id,
-        "event": decoded["event"],
-        "tenant_id": decoded["tenant_id"],
-        "workspace_id": decoded["workspace_id"] or None,
-        "timestamp": decoded["timestamp"],
-        "payload": json.loads(decoded["payload"]),
-    }

@@ -220,8 +220,8 @@ return 1
 """
 
 # KEYS: schedule hash, inflight, events stream. ARGV: member, last_run_at, status, error,
-# now, maxlen, tenant_id, workspace_id, payload JSON. Completes a slot once; never
-# recreates a schedule deleted meanwhile.
+# maxlen, then the event's field/value pairs (store.events.entry). Completes a slot once;
+# never recreates a schedule deleted meanwhile.
 COMPLETE = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -232,7 +232,6 @@ if ARGV[3] == 'ok' then
 else
   redis.call('HINCRBY', KEYS[1], 'consecutive_failures', 1)
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event', 'SCHEDULE_FIRED', 'tenant_id', ARGV[7],
-  'workspace_id', ARGV[8], 'timestamp', ARGV[5], 'payload', ARGV[9])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
 return 1
 """
