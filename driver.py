@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from actors.api import API_SPEC, api_actor
+from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
 from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
 from actors.health import health_actor
 from actors.scheduler import SCHEDULER_SPEC, scheduler_actor
@@ -39,6 +40,7 @@ DRAIN_GRACE_S = 0.5
 # The API actor is started last and stopped first; it is registered like the others.
 SUBSYSTEMS: list[tuple[SubsystemSpec, Callable[[Settings], Any]]] = [
     (SCHEDULER_SPEC, scheduler_actor),
+    (BROADCASTER_SPEC, broadcaster_actor),
 ]
 
 

@@ -69,6 +69,9 @@ class Settings:
     workspace_ttl_s: float = 90.0
     fire_timeout_s: float = 30.0
     events_max_per_tenant: int = 100_000
+    ws_queue_size: int = 10_000
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
 
     @property
     def api_url(self) -> str:
@@ -109,4 +112,7 @@ class Settings:
             workspace_ttl_s=_number(env, "WORKSPACE_TTL_S", 90.0, minimum=1.0),
             fire_timeout_s=_number(env, "FIRE_TIMEOUT_S", 30.0, minimum=0.1),
             events_max_per_tenant=int(_number(env, "EVENTS_MAX_PER_TENANT", 100_000, minimum=1)),
+            ws_queue_size=int(_number(env, "WS_QUEUE_SIZE", 10_000, minimum=1)),
+            ws_ping_interval_s=_number(env, "WS_PING_INTERVAL_S", 20.0, minimum=0.1),
+            ws_ping_timeout_s=_number(env, "WS_PING_TIMEOUT_S", 20.0, minimum=0.1),
         )

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # A 2 s interval leaves room for a slow self-probe (2 s deadline) on a loaded machine.
 API_SPEC = SubsystemSpec("api", interval_s=2.0, actor=API_ACTOR)
 SELF_PROBE_TIMEOUT_S = 2.0
+WS_MAX_FRAME_BYTES = 64 * 1024  # clients only send control frames
 HEALTH_WATCH_INTERVAL_S = 1.0
 
 
@@ -106,7 +107,9 @@ class ApiActor(Subsystem):
             fault_injection=settings.enable_fault_injection,
             workspace_ttl_s=settings.workspace_ttl_s,
             events_max_per_tenant=settings.events_max_per_tenant,
+            ws_queue_size=settings.ws_queue_size,
         )
+        self.hub = self.app.state.hub
         self.base_url = settings.api_url
         self.health_kills = 0
         self._session: aiohttp.ClientSession | None = None
@@ -123,6 +126,12 @@ class ApiActor(Subsystem):
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=1,
+            # The sans-I/O implementation waits for the socket to drain on every send (so a
+            # client that stops reading fills its queue) and closes peers that miss a pong.
+            ws="websockets-sansio",
+            ws_max_size=WS_MAX_FRAME_BYTES,
+            ws_ping_interval=self.settings.ws_ping_interval_s,
+            ws_ping_timeout=self.settings.ws_ping_timeout_s,
         )
         server = self._server = uvicorn.Server(config)
         try:
@@ -148,7 +157,13 @@ class ApiActor(Subsystem):
                 raise RuntimeError(f"self-probe GET /livez answered {response.status}")
 
     def progress(self) -> dict[str, Any]:
-        return {"url": self.base_url, "draining": self.is_draining, "health_kills": self.health_kills}
+        return {
+            "url": self.base_url,
+            "draining": self.is_draining,
+            "health_kills": self.health_kills,
+            "ws_clients": self.hub.clients,
+            "ws_overflows": self.hub.overflows,
+        }
 
     async def _watch_health(self) -> None:
         health = self.backend.health
@@ -168,6 +183,11 @@ class ApiActor(Subsystem):
                     self.health_kills += 1
                     last_kill = now
                     log.error("health registry silent for %.0f s; killed for restart", now - last_answer)
+
+    async def deliver(self, batch: dict[str, list[tuple[str, str]]]) -> int:
+        """The broadcaster's delivery: queue each tenant's events on its clients; returns the client count."""
+        self.hub.publish(batch)
+        return self.hub.clients
 
     async def set_draining(self, draining: bool) -> None:
         self.is_draining = draining

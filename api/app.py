@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
-from api import admin, events, probes, schedules, tenants, workspaces
+from api import admin, events, probes, schedules, stream, tenants, workspaces
 from api.backend import Backend
 from api.errors import EXCEPTION_HANDLERS
+from api.hub import Hub
 
 
 def create_app(
@@ -20,6 +21,7 @@ def create_app(
     fault_injection: bool,
     workspace_ttl_s: float,
     events_max_per_tenant: int,
+    ws_queue_size: int,
 ) -> Starlette:
     """Build the app; it holds no globals, everything comes in through the arguments."""
     routes = [
@@ -39,6 +41,8 @@ def create_app(
         Route("/schedules/{schedule_id}", schedules.patch, methods=["PATCH"]),
         Route("/schedules/{schedule_id}", schedules.delete, methods=["DELETE"]),
         Route("/events", events.publish, methods=["POST"]),
+        WebSocketRoute("/ws", stream.subscribe),
+        Route("/ws", stream.needs_upgrade, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.state.backend = backend
@@ -47,4 +51,5 @@ def create_app(
     app.state.fault_injection = fault_injection
     app.state.workspace_ttl_s = workspace_ttl_s
     app.state.events_max_per_tenant = events_max_per_tenant
+    app.state.hub = Hub(ws_queue_size)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from api import validate
@@ -23,12 +23,20 @@ async def create(request: Request) -> JSONResponse:
     return JSONResponse({"id": tenant["id"], "name": tenant["name"], "token": tenant["token"]}, status_code=201)
 
 
+def bearer_token(connection: HTTPConnection) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
 async def require_tenant(request: Request) -> str:
     """The tenant id of the request's bearer token; 401 without a valid one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request)
+    if token is None:
         raise ApiError(401, "missing bearer token")
-    tenant_id = await tenants.tenant_for_token(request.app.state.redis, token.strip())
+    tenant_id = await tenants.tenant_for_token(request.app.state.redis, token)
     if tenant_id is None:
         raise ApiError(401, "invalid token")
     return tenant_id

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -42,3 +44,52 @@ async def append(
         keys.events(tenant_id), entry(event, tenant_id, workspace_id, payload), maxlen=max_len, approximate=True
     )
     return stream_id.decode()
+
+
+# A stream id as this platform hands it out: "<milliseconds>-<sequence>".
+STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+MAX_ID_PART = 2**64 - 1
+EventKey = tuple[int, int]
+
+
+def parse_id(stream_id: str) -> EventKey | None:
+    """A stream id as a comparable (ms, seq) pair; None if it is not a full, in-range id."""
+    match = STREAM_ID.fullmatch(stream_id)
+    if match is None:
+        return None
+    ms, seq = int(match[1]), int(match[2])
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        return None
+    return ms, seq
+
+
+def envelope(tenant_id: str, stream_id: str, fields: Mapping[bytes, bytes]) -> str | None:
+    """The contract's event JSON for one stream entry; None for an entry this platform did not write."""
+    try:
+        if fields[b"tenant_id"].decode() != tenant_id:
+            return None
+        return json.dumps(
+            {
+                "id": stream_id,
+                "event": fields[b"event"].decode(),
+                "tenant_id": tenant_id,
+                "workspace_id": fields.get(b"workspace_id", b"").decode() or None,
+                "timestamp": fields[b"timestamp"].decode(),
+                "payload": json.loads(fields[b"payload"]),
+            },
+            separators=(",", ":"),
+        )
+    except (KeyError, ValueError):  # missing field, bad UTF-8 or bad JSON (UnicodeDecodeError is a ValueError)
+        return None
+
+
+async def head(redis: aioredis.Redis, tenant_id: str) -> str | None:
+    """The id of the tenant's newest event, or None for an empty stream."""
+    newest = await redis.xrevrange(keys.events(tenant_id), count=1)
+    return newest[0][0].decode() if newest else None
+
+
+async def after(redis: aioredis.Redis, tenant_id: str, stream_id: str, count: int) -> list[tuple[str, Any]]:
+    """Up to `count` entries that come after `stream_id`, oldest first."""
+    entries = await redis.xrange(keys.events(tenant_id), min=f"({stream_id}", max="+", count=count)
+    return [(raw_id.decode(), fields) for raw_id, fields in entries]

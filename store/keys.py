@@ -4,6 +4,7 @@ health:{ns}:expected hash  name -> Expectation JSON   (HealthActor registrations
 health:{ns}:records  hash  name -> Record JSON        (last ticks, restarts, errors)
 tenant:{id}                  hash  id, name, created_at, token_sha256
 tenant_token:{sha256}        string  tenant id, looked up by the token's digest
+tenants                      set   every tenant id (the broadcaster reads their streams)
 tenant:{id}:workspaces       set   the tenant's workspace ids
 workspace:{id}               hash  id, tenant_id, name, url, a2a_version, restart_url, ...
 workspace:{id}:alive         string with a TTL: set by each workspace heartbeat
@@ -13,6 +14,7 @@ schedules:due                zset  schedule id -> its next slot (unix seconds)
 schedules:inflight           zset  "{id}:{slot}" -> lease expiry (unix seconds)
 schedules:quarantined        set   ids of quarantined schedules (out of the due index)
 events:{tenant_id}           stream  the tenant's events                      (contract)
+broadcaster:{ns}:positions   hash  tenant id -> last stream id delivered to the API (ns = RAY_NAMESPACE)
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ def health_records(namespace: str) -> str:
     return f"health:{namespace}:records"
 
 
+def broadcaster_positions(namespace: str) -> str:
+    return f"broadcaster:{namespace}:positions"
+
+
 def schedule(schedule_id: str) -> str:
     return f"schedule:{schedule_id}"
 
 
 def events(tenant_id: str) -> str:
-    return f"events:{tenant_id}"
+    return f"{EVENTS_PREFIX}{tenant_id}"
 
 
 def tenant(tenant_id: str) -> str:
@@ -58,6 +64,8 @@ def workspace_alive(workspace_id: str) -> str:
     return f"workspace:{workspace_id}:alive"
 
 
+TENANTS = "tenants"
+EVENTS_PREFIX = "events:"
 SCHEDULES_DUE = "schedules:due"
 SCHEDULES_INFLIGHT = "schedules:inflight"
 SCHEDULES_QUARANTINED = "schedules:quarantined"

@@ -26,6 +26,7 @@ async def create_tenant(redis: aioredis.Redis, name: str) -> dict[str, Any]:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.tenant(tenant_id), mapping={**record, "token_sha256": token_digest(token)})
         pipe.set(keys.tenant_token(token_digest(token)), tenant_id)
+        pipe.sadd(keys.TENANTS, tenant_id)
         await pipe.execute()
     return {**record, "token": token}
 

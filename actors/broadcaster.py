@@ -1,0 +1,208 @@
+"""Broadcaster: every tenant's new events, read from Redis and delivered to the API actor.
+
+Each tick is one blocking XREAD over all tenant streams from the broadcaster's positions.
+What it reads goes to the API actor in batches; a tenant's position advances, in Redis,
+only after the API has taken its batch. A broadcaster killed at any point resumes from the
+last acknowledged position: events after it are delivered again, never skipped, and the
+WebSocket connections drop ids they have already sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import ray
+import redis.exceptions
+
+from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
+from actors.subsystem import Subsystem, SubsystemSpec
+from settings import Settings
+from store import events, keys
+from store.client import connect
+
+log = logging.getLogger(__name__)
+
+# A tick blocks in XREAD for up to BLOCK_S, then delivers (deadline DELIVER_TIMEOUT_S).
+BROADCASTER_SPEC = SubsystemSpec("broadcaster", interval_s=1.0, stale_after_s=6.0)
+BLOCK_S = 1.0
+READ_COUNT = 1000  # per tenant per read
+DELIVER_MAX = 5000  # events per call to the API actor
+DELIVER_TIMEOUT_S = 2.0
+RETRY_PAUSE_S = 0.5  # between attempts while the API actor does not take deliveries
+LAG_COUNT_CAP = 10_000  # lag_events counts up to this many per tenant
+LAG_MEASURE_S = 2.0
+STARTED = "_started_at"  # field marking the positions hash as this deployment's
+
+
+class Broadcaster(Subsystem):
+    spec = BROADCASTER_SPEC
+
+    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+        self.redis = connect(settings.redis_url, timeout_s=BLOCK_S + 2.0)
+        self.api = NamedActor(API_ACTOR, settings.ray_namespace)
+        self.positions_key = keys.broadcaster_positions(settings.ray_namespace)
+        self.positions: dict[str, str] = {}
+        self.bad_streams: set[str] = set()  # tenants whose events key is not a stream
+        self.tenants = 0
+        self.delivered = 0
+        self.malformed = 0
+        self.clients: int | None = None
+        self.api_reachable: bool | None = None
+        self.lag_events = 0
+        self.lag_s = 0.0
+        self._lag_measured_at = 0.0
+        self._pause = 0.0
+        super().__init__(settings, spec)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "tenants": self.tenants,
+            "clients": self.clients,
+            "delivered": self.delivered,
+            "lag_events": self.lag_events,
+            "lag_s": round(self.lag_s, 3),
+            "api_reachable": self.api_reachable,
+            "malformed": self.malformed,
+        }
+
+    def pause_s(self) -> float:
+        return self._pause  # a tick already waits in XREAD; it pauses only to retry a delivery
+
+    async def setup(self) -> None:
+        saved = await self.redis.hgetall(self.positions_key)
+        if saved:
+            self.positions = {k.decode(): v.decode() for k, v in saved.items() if k != STARTED.encode()}
+            return
+        # A new deployment: its API actor has no clients yet, so history need not be sent again.
+        tenants = await self._tenant_ids()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant_id in tenants:
+                pipe.xrevrange(keys.events(tenant_id), count=1)
+            heads = await pipe.execute(raise_on_error=False)
+        self.positions = {
+            t: head[0][0].decode() if isinstance(head, list) and head else "0-0"
+            for t, head in zip(tenants, heads, strict=True)
+        }
+        await self.redis.hset(self.positions_key, mapping={STARTED: str(time.time()), **self.positions})
+        log.info("new deployment: broadcasting from the heads of %d tenant streams", len(tenants))
+
+    async def tick(self) -> bool:
+        tenants = await self._tenant_ids()
+        self.tenants = len(tenants)
+        if self.bad_streams:
+            await self._screen(sorted(self.bad_streams))
+        streams = {keys.events(t): self.positions.get(t, "0-0") for t in tenants if t not in self.bad_streams}
+        try:
+            reply = await self.redis.xread(streams, count=READ_COUNT, block=int(BLOCK_S * 1000)) if streams else []
+        except redis.exceptions.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            await self._screen(tenants)  # one tenant's bad key must not stop everyone's events
+            return True
+        batch, newest, oldest_ms, full = self._decode(reply)
+        delivered = await self._deliver(batch, newest)
+        await self._measure_lag(list(newest) if full or not delivered else [], oldest_ms)
+        self._pause = 0.0 if delivered else RETRY_PAUSE_S
+        return delivered and full
+
+    def _decode(self, reply: Any) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str], float | None, bool]:
+        """The read as per-tenant (id, JSON) lists, each tenant's newest id, the oldest event's ms, any full read."""
+        batch: dict[str, list[tuple[str, str]]] = {}
+        newest: dict[str, str] = {}
+        oldest_ms: float | None = None
+        full = False
+        for raw_key, entries in reply or ():
+            tenant_id = raw_key.decode().removeprefix(keys.EVENTS_PREFIX)
+            full = full or len(entries) >= READ_COUNT
+            out = batch[tenant_id] = []
+            for raw_id, fields in entries:
+                stream_id = raw_id.decode()
+                text = events.envelope(tenant_id, stream_id, fields)
+                if text is None:
+                    self.malformed += 1
+                    log.warning("skipping malformed entry %s of %s", stream_id, keys.events(tenant_id))
+                else:
+                    out.append((stream_id, text))
+            if entries:
+                newest[tenant_id] = entries[-1][0].decode()
+                first_ms = float(entries[0][0].split(b"-")[0])
+                oldest_ms = first_ms if oldest_ms is None else min(oldest_ms, first_ms)
+        return batch, newest, oldest_ms, full
+
+    async def _deliver(self, batch: dict[str, list[tuple[str, str]]], newest: dict[str, str]) -> bool:
+        """Hand the batch to the API actor in calls of at most DELIVER_MAX events; advance after each."""
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for tenant_id, out in batch.items():
+            if size and size + len(out) > DELIVER_MAX:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(tenant_id)
+            size += len(out)
+        for chunk in chunks:
+            try:
+                self.clients = await self.api.call("deliver", {t: batch[t] for t in chunk}, timeout_s=DELIVER_TIMEOUT_S)
+            except ACTOR_UNAVAILABLE as exc:
+                if self.api_reachable is not False:
+                    log.warning("API actor does not take deliveries (%s); retrying", type(exc).__name__)
+                self.api_reachable = False
+                return False
+            self.api_reachable = True
+            if chunk:
+                advanced = {t: newest[t] for t in chunk}
+                await self.redis.hset(self.positions_key, mapping=advanced)
+                self.positions.update(advanced)
+                self.delivered += sum(len(batch[t]) for t in chunk)
+        return True
+
+    async def _measure_lag(self, behind: list[str], oldest_ms: float | None) -> None:
+        """Events and seconds from the positions of the tenants `behind` to their heads (counts every LAG_MEASURE_S)."""
+        if not behind:
+            self.lag_events, self.lag_s = 0, 0.0
+            return
+        now = time.time()
+        if oldest_ms is not None:
+            self.lag_s = max(0.0, now - oldest_ms / 1000)
+        if now - self._lag_measured_at < LAG_MEASURE_S:
+            return
+        self._lag_measured_at = now
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant_id in behind:
+                pipe.xrange(keys.events(tenant_id), min=f"({self.positions.get(tenant_id, '0-0')}", count=LAG_COUNT_CAP)
+            counts = await pipe.execute(raise_on_error=False)
+        self.lag_events = sum(len(c) for c in counts if isinstance(c, list))
+
+    async def _screen(self, tenants: list[str]) -> None:
+        """Find tenants whose events key holds something other than a stream; leave them out."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tenant_id in tenants:
+                pipe.type(keys.events(tenant_id))
+            types = await pipe.execute()
+        for tenant_id, raw_type in zip(tenants, types, strict=True):
+            kind = raw_type.decode() if isinstance(raw_type, bytes) else str(raw_type)
+            if kind in ("stream", "none"):
+                if tenant_id in self.bad_streams:
+                    self.bad_streams.discard(tenant_id)
+                    self.items.release(tenant_id)
+                continue
+            self.bad_streams.add(tenant_id)
+            await self.items.run(tenant_id, lambda t=tenant_id, k=kind: _not_a_stream(t, k), version=kind)
+
+    async def _tenant_ids(self) -> list[str]:
+        return sorted(member.decode() for member in await self.redis.smembers(keys.TENANTS))
+
+
+async def _not_a_stream(tenant_id: str, kind: str) -> None:
+    raise TypeError(f"{keys.events(tenant_id)} is a {kind}, not a stream; its events cannot be read")
+
+
+BroadcasterActor = ray.remote(Broadcaster)
+
+
+def broadcaster_actor(settings: Settings) -> Any:
+    """Create or attach to the broadcaster of `settings.ray_namespace`."""
+    return BroadcasterActor.options(
+        name=BROADCASTER_SPEC.name, namespace=settings.ray_namespace, **ACTOR_OPTIONS
+    ).remote(settings)

@@ -1,0 +1,186 @@
+"""`WS /ws`: a tenant's events, replayed from its stream after `last_event_id`, then live.
+
+The connection registers with the hub before it reads the stream, so every event is either
+read from the stream or queued by the hub; ids at or below the last one sent are dropped,
+which removes the overlap at the seam and any redelivery. Close codes: 4400 bad request,
+4401 no valid token, 1013 fell behind (reconnect with `last_event_id`) or storage down,
+1011 internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+import redis.exceptions
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from api.hub import Client, Hub
+from api.tenants import bearer_token
+from store import events, tenants
+from store.events import EventKey
+
+log = logging.getLogger(__name__)
+
+PARAMETERS = ("token", "last_event_id")
+REPLAY_PAGE = 500
+BAD_REQUEST, UNAUTHORIZED, TRY_AGAIN, INTERNAL = 4400, 4401, 1013, 1011
+STORAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class Refused(Exception):
+    """The connection is closed with `code` and `reason` before any event is sent."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Cursor:
+    """The last stream id sent on one connection."""
+
+    def __init__(self, key: EventKey) -> None:
+        self.key = key
+
+    @property
+    def id(self) -> str:
+        return f"{self.key[0]}-{self.key[1]}"
+
+    def advance(self, stream_id: str) -> bool:
+        """Move past `stream_id`; False if it is not newer (already sent)."""
+        key = events.parse_id(stream_id)
+        if key is None or key <= self.key:
+            return False
+        self.key = key
+        return True
+
+
+async def needs_upgrade(request: HTTPConnection) -> JSONResponse:
+    return JSONResponse({"error": "/ws is a WebSocket endpoint: connect with an Upgrade: websocket request"}, 426)
+
+
+async def subscribe(websocket: WebSocket) -> None:
+    hub: Hub = websocket.app.state.hub
+    client: Client | None = None
+    code, reason = 0, ""
+    try:
+        tenant_id, last_event_id = await _admit(websocket)
+        client = hub.register(tenant_id)
+        # The start is fixed before the handshake completes: whatever is appended after the
+        # client sees it open reaches the client.
+        cursor = Cursor(last_event_id or await _newest(websocket, tenant_id))
+        await websocket.accept()
+        code, reason = await _until_closed(websocket, client, cursor)
+    except Refused as refused:
+        code, reason = refused.code, refused.reason
+    except STORAGE_ERRORS as exc:
+        log.warning("event stream unavailable: %s", exc)
+        code, reason = TRY_AGAIN, "event store unavailable; reconnect later"
+    except (WebSocketDisconnect, OSError):
+        return
+    except Exception:
+        log.exception("WebSocket stream failed")
+        code, reason = INTERNAL, "internal error"
+    finally:
+        if client is not None:
+            hub.unregister(client)
+    if code:
+        await _close(websocket, code, reason)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close with a code the client can read (a refusal is accepted first, so it is a close, not a 403)."""
+    try:
+        if websocket.client_state is WebSocketState.CONNECTING:
+            await websocket.accept()
+        await websocket.close(code, reason)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client left first
+
+
+async def _newest(websocket: WebSocket, tenant_id: str) -> EventKey:
+    """Where a live-only connection starts: after the newest event there is now."""
+    newest = await events.head(websocket.app.state.redis, tenant_id)
+    return (events.parse_id(newest) if newest else None) or (0, 0)
+
+
+async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
+    """The tenant of a valid token and the parsed `last_event_id`; raises Refused otherwise."""
+    params = websocket.query_params
+    for name in params:
+        if name not in PARAMETERS:
+            raise Refused(BAD_REQUEST, f"unknown query parameter {name[:40]!r}; allowed: {', '.join(PARAMETERS)}")
+        if len(params.getlist(name)) > 1:
+            raise Refused(BAD_REQUEST, f"query parameter {name!r} given more than once")
+    header, query = bearer_token(websocket), params.get("token")
+    if header is not None and query is not None and not hmac.compare_digest(header.encode(), query.encode()):
+        raise Refused(UNAUTHORIZED, "the header and query tokens differ")
+    token = header or query
+    tenant_id = await tenants.tenant_for_token(websocket.app.state.redis, token) if token else None
+    if tenant_id is None:
+        raise Refused(UNAUTHORIZED, "missing or invalid tenant token" if token is None else "invalid token")
+    raw = params.get("last_event_id")
+    if raw is None:
+        return tenant_id, None
+    last = events.parse_id(raw)
+    if last is None:
+        raise Refused(BAD_REQUEST, "last_event_id must be a stream id such as 1700000000000-0")
+    return tenant_id, last
+
+
+async def _until_closed(websocket: WebSocket, client: Client, cursor: Cursor) -> tuple[int, str]:
+    """Stream until the client leaves (0, "") or the stream must close it (code, reason)."""
+    sending = asyncio.ensure_future(_send(websocket, client, cursor))
+    listening = asyncio.ensure_future(_until_disconnect(websocket))
+    try:
+        done, _ = await asyncio.wait((sending, listening), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sending, listening):
+            task.cancel()
+        await asyncio.gather(sending, listening, return_exceptions=True)
+    if sending in done:
+        return sending.result()
+    return 0, ""
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    """Clients send nothing; read (and drop) frames until the connection ends."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+async def _send(websocket: WebSocket, client: Client, cursor: Cursor) -> tuple[int, str]:
+    await _replay(websocket, client, cursor)
+    while True:
+        await client.ready.wait()
+        if client.overflowed:
+            return TRY_AGAIN, f"more than {client.limit} events behind; reconnect with last_event_id={cursor.id}"
+        for stream_id, text in client.take():
+            if cursor.advance(stream_id):
+                await websocket.send_text(text)
+
+
+async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
+    """Send what the stream holds after the cursor, until a page ends short with no overflow.
+
+    An overflow while replaying loses nothing: the dropped events are in the stream, and the
+    next page reads them.
+    """
+    redis = websocket.app.state.redis
+    while True:
+        page = await events.after(redis, client.tenant_id, cursor.id, REPLAY_PAGE)
+        for stream_id, fields in page:
+            cursor.advance(stream_id)
+            text = events.envelope(client.tenant_id, stream_id, fields)
+            if text is not None:
+                await websocket.send_text(text)
+        if len(page) < REPLAY_PAGE:
+            if not client.overflowed:
+                return
+            client.reset()

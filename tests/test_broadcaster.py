@@ -1,0 +1,128 @@
+"""The broadcaster and WS /ws: every tenant's events reach that tenant's clients only, in order, once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
+from tests.support import Platform, http, start_platform, wait_for
+from tests.ws_client import Subscriber, Writer, refused
+
+BROADCASTER = [(BROADCASTER_SPEC, broadcaster_actor)]
+
+
+@pytest.fixture(scope="module")
+def relay(ray_session: dict, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    deployed = start_platform(redis_url, tmp_path_factory.mktemp("relay"), subsystems=BROADCASTER)
+    yield deployed
+    deployed.close()
+
+
+def subscribers(platform: Platform, tenant: dict, n: int, **kw: object) -> list[Subscriber]:
+    return [Subscriber(platform.url, tenant["token"], **kw) for _ in range(n)]  # type: ignore[arg-type]
+
+
+async def test_each_client_gets_exactly_its_tenants_events_in_order(relay: Platform) -> None:
+    a, b = relay.new_tenant("iso-a"), relay.new_tenant("iso-b")
+    clients = {"a": subscribers(relay, a, 3), "b": subscribers(relay, b, 3)}
+    per_tenant = 5_000  # 10,000 events in all, interleaved between the two tenants
+    readers = [asyncio.create_task(c.run(per_tenant, timeout_s=120)) for cs in clients.values() for c in cs]
+    await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for cs in clients.values() for c in cs)), 10)
+    written = await Writer(relay.settings.redis_url).paced([a["id"], b["id"]], per_tenant, batch=250, pause_s=0.01)
+    await asyncio.gather(*readers)
+    for tenant, ids, group in ((a, written[0], clients["a"]), (b, written[1], clients["b"])):
+        for client in group:
+            assert client.ids == ids  # all of them, in order, once: nothing else
+            assert {e["tenant_id"] for e in client.events} == {tenant["id"]}
+            assert [e["payload"]["n"] for e in client.events] == list(range(per_tenant))
+            assert client.connections == 1
+    event = clients["a"][0].events[0]
+    assert set(event) == {"id", "event", "tenant_id", "workspace_id", "timestamp", "payload"}
+    assert event["event"] == "TEST_EVENT" and event["workspace_id"] is None and event["timestamp"].endswith("Z")
+
+
+async def test_replay_after_last_event_id_meets_live_events_with_no_gap_or_duplicate(relay: Platform) -> None:
+    tenant = relay.new_tenant("seam")
+    writer = Writer(relay.settings.redis_url)
+    history = writer.write(tenant["id"], 1_200)
+    resume_from = history[199]  # 1,000 to replay, across two replay pages, while more arrive
+    live = asyncio.create_task(writer.paced([tenant["id"]], 2_000, batch=50, pause_s=0.005))
+    client = Subscriber(relay.url, tenant["token"], last_event_id=resume_from)
+    await client.run(1_000 + 2_000, timeout_s=60)
+    later = (await live)[0]
+    assert client.ids == history[200:] + later
+
+
+async def test_published_events_arrive_with_the_envelope(relay: Platform) -> None:
+    tenant = relay.new_tenant("published")
+    _, ws = relay.tenant_post(tenant, "/workspaces", {"name": "w", "url": "http://127.0.0.1:1/"})
+    client = Subscriber(relay.url, tenant["token"])
+    reader = asyncio.create_task(client.run(2, timeout_s=30))
+    await asyncio.wait_for(client.opened.wait(), 10)
+    body = {"event": "BUILD_DONE", "workspace_id": ws["id"], "payload": {"ok": True, "text": "héllo"}}
+    replies = [await asyncio.to_thread(relay.tenant_post, tenant, "/events", body) for _ in range(2)]
+    await reader
+    assert [r[0] for r in replies] == [202, 202]
+    assert client.ids == [r[1]["id"] for r in replies]
+    assert client.events[0]["workspace_id"] == ws["id"] and client.events[0]["payload"] == body["payload"]
+
+
+async def test_bad_or_missing_token_is_closed_4401_before_any_event(relay: Platform) -> None:
+    a, b = relay.new_tenant("auth-a"), relay.new_tenant("auth-b")
+    Writer(relay.settings.redis_url).write(a["id"], 5)
+    Writer(relay.settings.redis_url).write(b["id"], 5)
+    cases = [
+        ({}, {}),
+        ({}, {"token": "not-a-token"}),
+        ({"Authorization": "Bearer not-a-token"}, {}),
+        ({"Authorization": f"Basic {a['token']}"}, {}),
+        ({"Authorization": f"Bearer {a['token']}"}, {"token": b["token"]}),  # two tenants' tokens at once
+    ]
+    for headers, params in cases:
+        code, reason, received = await refused(relay.url, headers=headers, last_event_id="0-0", **params)
+        assert (code, received) == (4401, []), (headers, params, reason)
+        assert reason
+
+
+async def test_no_parameter_reaches_another_tenants_stream(relay: Platform) -> None:
+    a, b = relay.new_tenant("peek-a"), relay.new_tenant("peek-b")
+    Writer(relay.settings.redis_url).write(b["id"], 5)
+    auth = {"Authorization": f"Bearer {a['token']}"}
+    for params in ({"tenant_id": b["id"]}, {"tenant": b["id"]}, {"stream": f"events:{b['id']}"}):
+        code, reason, received = await refused(relay.url, headers=auth, last_event_id="0-0", **params)
+        assert (code, received) == (4400, []) and "unknown query parameter" in reason
+    # With only its own token and last_event_id=0-0, A replays A's (empty) stream and nothing of B's.
+    client = Subscriber(relay.url, a["token"], last_event_id="0-0")
+    Writer(relay.settings.redis_url).write(a["id"], 1)
+    await client.run(1, timeout_s=10)
+    assert [e["tenant_id"] for e in client.events] == [a["id"]]
+
+
+async def test_malformed_subscriptions_get_4400_with_a_reason(relay: Platform) -> None:
+    tenant = relay.new_tenant("malformed")
+    auth = {"Authorization": f"Bearer {tenant['token']}"}
+    for bad in ("abc", "1-", "-1", "1-2-3", "1.5-0", "99999999999999999999999-0", "1700000000000"):
+        code, reason, received = await refused(relay.url, headers=auth, last_event_id=bad)
+        assert (code, received) == (4400, []) and "last_event_id" in reason, bad
+    code, reason, received = await refused(relay.url, headers=auth, query="last_event_id=1-0&last_event_id=2-0")
+    assert (code, received) == (4400, []) and "more than once" in reason
+    status, body = http("GET", relay.url + "/ws")
+    assert status == 426 and "WebSocket" in body["error"]
+    assert relay.subsystem("broadcaster")["state"] == "RUNNING" and relay.subsystem("api")["state"] == "RUNNING"
+
+
+async def test_progress_shows_clients_and_lag(relay: Platform) -> None:
+    tenant = relay.new_tenant("progress")
+    client = Subscriber(relay.url, tenant["token"])
+    reader = asyncio.create_task(client.run(1, timeout_s=30))
+    await asyncio.wait_for(client.opened.wait(), 10)
+    progress = await asyncio.to_thread(
+        wait_for, lambda: (p := relay.subsystem("broadcaster")["progress"])["clients"] >= 1 and p, 10
+    )
+    assert progress["lag_events"] == 0 and progress["api_reachable"] is True
+    assert progress["tenants"] >= 1
+    Writer(relay.settings.redis_url).write(tenant["id"], 1)
+    await reader

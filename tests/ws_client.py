@@ -1,0 +1,123 @@
+"""WebSocket subscribers for tests: real `websockets` clients of WS /ws, and an event writer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import redis
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from store import events, keys
+
+
+def ws_url(http_url: str, **params: str) -> str:
+    query = f"?{urlencode(params)}" if params else ""
+    return http_url.replace("http://", "ws://", 1) + "/ws" + query
+
+
+def id_key(stream_id: str) -> tuple[int, int]:
+    ms, seq = stream_id.split("-")
+    return int(ms), int(seq)
+
+
+@dataclass
+class Subscriber:
+    """Reads WS /ws until it holds `expect` events; with `reconnect`, resumes from its last id after a close."""
+
+    url: str
+    token: str
+    reconnect: bool = False
+    last_event_id: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)
+    closes: list[tuple[int | None, str]] = field(default_factory=list)
+    connections: int = 0
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e["id"] for e in self.events]
+
+    async def connect(self) -> ClientConnection:
+        params = {"last_event_id": self.last_event_id} if self.last_event_id else {}
+        connection = await connect(
+            ws_url(self.url, **params), additional_headers={"Authorization": f"Bearer {self.token}"}, open_timeout=5
+        )
+        self.connections += 1
+        self.opened.set()
+        return connection
+
+    async def run(self, expect: int, timeout_s: float) -> Subscriber:
+        deadline = time.monotonic() + timeout_s
+        while len(self.events) < expect:
+            try:
+                connection = await asyncio.wait_for(self.connect(), max(0.1, deadline - time.monotonic()))
+            except (OSError, websockets.InvalidHandshake, TimeoutError):
+                if not self.reconnect or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)  # the API is restarting
+                continue
+            try:
+                await asyncio.wait_for(self._read(connection, expect), max(0.1, deadline - time.monotonic()))
+            except websockets.ConnectionClosed as closed:
+                self.closes.append(
+                    (closed.rcvd.code if closed.rcvd else None, closed.rcvd.reason if closed.rcvd else "")
+                )
+                if not self.reconnect:
+                    raise
+            finally:
+                await connection.close()
+        return self
+
+    async def _read(self, connection: ClientConnection, expect: int) -> None:
+        while len(self.events) < expect:
+            event = json.loads(await connection.recv())
+            self.events.append(event)
+            self.received_at.append(time.time())
+            self.last_event_id = event["id"]
+
+
+async def refused(
+    url: str, *, headers: dict[str, str] | None = None, query: str = "", **params: str
+) -> tuple[int | None, str, list[str]]:
+    """Connect, read until closed; the close code, reason and any messages received first."""
+    received: list[str] = []
+    target = ws_url(url, **params) + (f"?{query}" if query else "")
+    async with connect(target, additional_headers=headers or {}, open_timeout=5) as connection:
+        try:
+            while True:
+                received.append(str(await asyncio.wait_for(connection.recv(), 10)))
+        except websockets.ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else None
+            return code, closed.rcvd.reason if closed.rcvd else "", received
+    raise AssertionError("unreachable")
+
+
+class Writer:
+    """Appends events straight to tenant streams (as the platform's writers do), pipelined."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis = redis.Redis.from_url(redis_url)
+
+    def write(self, tenant_id: str, count: int, *, start: int = 0, pad: int = 0) -> list[str]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for n in range(start, start + count):
+                payload = {"n": n, "pad": "x" * pad} if pad else {"n": n}
+                pipe.xadd(keys.events(tenant_id), events.entry("TEST_EVENT", tenant_id, None, payload))
+            return [raw.decode() for raw in pipe.execute()]
+
+    async def paced(self, tenant_ids: list[str], total: int, batch: int, pause_s: float, **kw: Any) -> list[list[str]]:
+        """`total` events per tenant in interleaved batches; returns each tenant's ids in order."""
+        written: list[list[str]] = [[] for _ in tenant_ids]
+        for start in range(0, total, batch):
+            for i, tenant_id in enumerate(tenant_ids):
+                n = min(batch, total - start)
+                written[i] += await asyncio.to_thread(self.write, tenant_id, n, start=start, **kw)
+            await asyncio.sleep(pause_s)
+        return written
