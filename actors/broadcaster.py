@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # A tick blocks in XREAD for up to BLOCK_S, then delivers (deadline DELIVER_TIMEOUT_S).
 BROADCASTER_SPEC = SubsystemSpec("broadcaster", interval_s=1.0, stale_after_s=6.0)
 BLOCK_S = 1.0
-READ_COUNT = 1000  # per tenant per read
+READ_COUNT = 1000  # per tenant per read, and at most a quarter of a client's queue (WS_QUEUE_SIZE)
 DELIVER_MAX = 5000  # events per call to the API actor
 DELIVER_TIMEOUT_S = 2.0
 RETRY_PAUSE_S = 0.5  # between attempts while the API actor does not take deliveries
@@ -44,6 +44,9 @@ class Broadcaster(Subsystem):
         self.api = NamedActor(API_ACTOR, settings.ray_namespace)
         self.positions_key = keys.broadcaster_positions(settings.ray_namespace)
         self.positions: dict[str, str] = {}
+        # One delivery never fills more than a quarter of a client's queue, so a burst alone
+        # does not close a client that reads.
+        self.read_count = max(1, min(READ_COUNT, settings.ws_queue_size // 4))
         self.bad_streams: set[str] = set()  # tenants whose events key is not a stream
         self.tenants = 0
         self.delivered = 0
@@ -95,7 +98,7 @@ class Broadcaster(Subsystem):
             await self._screen(sorted(self.bad_streams))
         streams = {keys.events(t): self.positions.get(t, "0-0") for t in tenants if t not in self.bad_streams}
         try:
-            reply = await self.redis.xread(streams, count=READ_COUNT, block=int(BLOCK_S * 1000)) if streams else []
+            reply = await self.redis.xread(streams, count=self.read_count, block=int(BLOCK_S * 1000)) if streams else []
         except redis.exceptions.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
@@ -115,7 +118,7 @@ class Broadcaster(Subsystem):
         full = False
         for raw_key, entries in reply or ():
             tenant_id = raw_key.decode().removeprefix(keys.EVENTS_PREFIX)
-            full = full or len(entries) >= READ_COUNT
+            full = full or len(entries) >= self.read_count
             out = batch[tenant_id] = []
             for raw_id, fields in entries:
                 stream_id = raw_id.decode()

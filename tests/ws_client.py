@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import redis
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from store import events, keys
 
@@ -121,3 +127,55 @@ class Writer:
                 written[i] += await asyncio.to_thread(self.write, tenant_id, n, start=start, **kw)
             await asyncio.sleep(pause_s)
         return written
+
+
+class StalledClient:
+    """A WebSocket client that stops reading its socket, then reads again.
+
+    The framing is websockets' own sans-I/O protocol; the socket is a plain blocking one with
+    a 16 KiB receive buffer, so not reading really does stop the bytes (asyncio clients keep
+    draining their socket into user space, and the kernel would grow the buffer to 32 MiB).
+    """
+
+    def __init__(self, http_url: str, token: str) -> None:
+        self.protocol = ClientProtocol(parse_uri(ws_url(http_url)))
+        request = self.protocol.connect()
+        request.headers["Authorization"] = f"Bearer {token}"
+        self.protocol.send_request(request)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.sock.settimeout(10)
+        host, port = urlsplit(http_url).hostname, urlsplit(http_url).port
+        self.sock.connect((host, port))
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+        self.messages: list[str] = []
+        self._opened = False
+        while not self._opened:
+            self._pump()
+
+    def _pump(self) -> None:
+        data = self.sock.recv(65536)
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        for event in self.protocol.events_received():
+            if isinstance(event, Response):
+                if event.status_code != 101:
+                    raise AssertionError(f"handshake answered {event.status_code}")
+                self._opened = True
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self.messages.append(event.data.decode())
+        pending = self.protocol.data_to_send()
+        if pending and self.protocol.state is not State.CLOSED:
+            self.sock.sendall(b"".join(pending))  # pongs, and the reply to a close
+
+    def read_until_closed(self) -> tuple[int | None, str]:
+        """Read everything the server sent, then its close code and reason."""
+        try:
+            while self.protocol.state not in (State.CLOSING, State.CLOSED):
+                self._pump()
+        finally:
+            self.sock.close()
+        received = self.protocol.close_rcvd
+        return (received.code, received.reason) if received is not None else (None, "")
