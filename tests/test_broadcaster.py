@@ -6,8 +6,12 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
+from store.events import parse_id
 from tests.support import Platform, http, start_platform, wait_for
 from tests.ws_client import Subscriber, Writer, refused
 
@@ -126,3 +130,59 @@ async def test_progress_shows_clients_and_lag(relay: Platform) -> None:
     assert progress["tenants"] >= 1
     Writer(relay.settings.redis_url).write(tenant["id"], 1)
     await reader
+
+
+async def test_one_tenants_corrupt_stream_never_stops_the_others(relay: Platform) -> None:
+    bad, good = relay.new_tenant("corrupt"), relay.new_tenant("healthy")
+    store = redis.Redis.from_url(relay.settings.redis_url)
+    writer = Writer(relay.settings.redis_url)
+    client = Subscriber(relay.url, good["token"])
+    reader = asyncio.create_task(client.run(4, timeout_s=60))
+    await asyncio.wait_for(client.opened.wait(), 10)
+    try:
+        # An entry this platform did not write, between two good ones: skipped, counted.
+        first = writer.write(good["id"], 2)
+        store.xadd(f"events:{good['id']}", {"junk": "\xff not an event"})
+        # The other tenant's events key is not a stream at all: XREAD over it fails.
+        store.set(f"events:{bad['id']}", "not a stream")
+        await asyncio.sleep(1.5)  # a tick or two with the bad key in the read
+        later = writer.write(good["id"], 2, start=2)
+        await reader
+        assert client.ids == first + later
+        sub = await asyncio.to_thread(
+            wait_for, lambda: (s := relay.subsystem("broadcaster"))["quarantined"] >= 1 and s, 30
+        )
+        assert sub["state"] == "RUNNING" and sub["progress"]["malformed"] >= 1
+        # Repaired (the key becomes a stream again): released, and its events flow.
+        store.delete(f"events:{bad['id']}")
+        late = Subscriber(relay.url, bad["token"], last_event_id="0-0")
+        written = writer.write(bad["id"], 3)
+        await late.run(3, timeout_s=30)
+        assert late.ids == written
+        await asyncio.to_thread(wait_for, lambda: relay.subsystem("broadcaster")["quarantined"] == 0, 30)
+    finally:
+        store.delete(f"events:{bad['id']}")
+
+
+@pytest.fixture(scope="module")
+def fuzz_tenant(relay: Platform) -> dict:
+    return relay.new_tenant("fuzz")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(max_size=40))
+def test_any_last_event_id_is_a_stream_or_a_4400(relay: Platform, fuzz_tenant: dict, value: str) -> None:
+    auth = {"Authorization": f"Bearer {fuzz_tenant['token']}"}
+
+    async def attempt() -> tuple[int | None, str]:
+        try:
+            code, reason, _ = await asyncio.wait_for(refused(relay.url, headers=auth, last_event_id=value), 1.5)
+            return code, reason
+        except TimeoutError:
+            return None, "open"  # a valid id: the stream stayed open
+
+    code, reason = asyncio.run(attempt())
+    if code is None:
+        assert parse_id(value) is not None
+    else:
+        assert code == 4400 and parse_id(value) is None, (value, code, reason)
