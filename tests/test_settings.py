@@ -31,6 +31,9 @@ def test_defaults() -> None:
         ("EVENTS_MAX_PER_TENANT", "0"),
         ("FIRE_TIMEOUT_S", "soon"),
         ("WORKSPACE_TTL_S", "-5"),
+        ("WS_QUEUE_SIZE", "0"),
+        ("WS_PING_INTERVAL_S", "never"),
+        ("WS_PING_TIMEOUT_S", "0"),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: str) -> None:
