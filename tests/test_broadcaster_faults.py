@@ -137,3 +137,24 @@ async def test_redis_restart_backoff_then_recovery_with_no_event_lost(
         await asyncio.to_thread(platform.wait_state, "broadcaster", "RUNNING", 60)
     finally:
         platform.close()
+
+
+async def test_a_peer_that_never_answers_pings_is_dropped(ray_session: dict, redis_url: str, tmp_path) -> None:
+    platform = start_platform(
+        redis_url, tmp_path / "data", subsystems=BROADCASTER, ws_ping_interval_s=0.5, ws_ping_timeout_s=0.5
+    )
+    try:
+        tenant = platform.new_tenant("gone")
+        alive = Subscriber(platform.url, tenant["token"])
+        reader = asyncio.create_task(alive.run(1, timeout_s=30))
+        dead = [await asyncio.to_thread(StalledClient, platform.url, tenant["token"]) for _ in range(3)]
+        clients = lambda: platform.subsystem("api")["progress"]["ws_clients"]  # noqa: E731
+        # The three silent peers are closed on the missing pong; the client that answers stays.
+        await asyncio.to_thread(wait_for, lambda: clients() == 1, 30, what="dead peers dropped")
+        Writer(platform.settings.redis_url).write(tenant["id"], 1)
+        await reader
+        for peer in dead:
+            code, _ = await asyncio.to_thread(peer.read_until_closed)
+            assert code is None or code == 1011  # closed by the keepalive, not by us
+    finally:
+        platform.close()
