@@ -9,6 +9,7 @@ WebSocket connections drop ids they have already sent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -33,6 +34,8 @@ DELIVER_TIMEOUT_S = 2.0
 RETRY_PAUSE_S = 0.5  # between attempts while the API actor does not take deliveries
 LAG_COUNT_CAP = 10_000  # lag_events counts up to this many per tenant
 LAG_MEASURE_S = 2.0
+TENANTS_REFRESH_S = 1.0  # new tenants are picked up within this (their streams are read from the start)
+SAVE_EVERY_S = 0.2  # positions are written at most this often: a crash re-delivers at most this much
 STARTED = "_started_at"  # field marking the positions hash as this deployment's
 
 
@@ -56,6 +59,10 @@ class Broadcaster(Subsystem):
         self.lag_events = 0
         self.lag_s = 0.0
         self._lag_measured_at = 0.0
+        self._tenant_list: list[str] = []
+        self._tenants_read_at = 0.0
+        self._unsaved: dict[str, str] = {}
+        self._saved_at = 0.0
         self._pause = 0.0
         super().__init__(settings, spec)
 
@@ -76,7 +83,8 @@ class Broadcaster(Subsystem):
     async def setup(self) -> None:
         saved = await self.redis.hgetall(self.positions_key)
         if saved:
-            self.positions = {k.decode(): v.decode() for k, v in saved.items() if k != STARTED.encode()}
+            saved_positions = {k.decode(): v.decode() for k, v in saved.items() if k != STARTED.encode()}
+            self.positions = {**saved_positions, **self._unsaved}  # after a loop restart, keep what was acked
             return
         # A new deployment: its API actor has no clients yet, so history need not be sent again.
         tenants = await self._tenant_ids()
@@ -92,7 +100,10 @@ class Broadcaster(Subsystem):
         log.info("new deployment: broadcasting from the heads of %d tenant streams", len(tenants))
 
     async def tick(self) -> bool:
-        tenants = await self._tenant_ids()
+        now = time.monotonic()
+        if now - self._tenants_read_at >= TENANTS_REFRESH_S:
+            self._tenant_list, self._tenants_read_at = await self._tenant_ids(), now
+        tenants = self._tenant_list
         self.tenants = len(tenants)
         if self.bad_streams:
             await self._screen(sorted(self.bad_streams))
@@ -106,6 +117,8 @@ class Broadcaster(Subsystem):
             return True
         batch, newest, oldest_ms, full = self._decode(reply)
         delivered = await self._deliver(batch, newest)
+        if self._unsaved and (not reply or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
+            await self._save()
         await self._measure_lag(list(newest) if full or not delivered else [], oldest_ms)
         self._pause = 0.0 if delivered else RETRY_PAUSE_S
         return delivered and full
@@ -153,12 +166,29 @@ class Broadcaster(Subsystem):
                 self.api_reachable = False
                 return False
             self.api_reachable = True
-            if chunk:
-                advanced = {t: newest[t] for t in chunk}
-                await self.redis.hset(self.positions_key, mapping=advanced)
-                self.positions.update(advanced)
-                self.delivered += sum(len(batch[t]) for t in chunk)
+            advanced = {t: newest[t] for t in chunk}
+            self.positions.update(advanced)
+            self._unsaved.update(advanced)
+            self.delivered += sum(len(batch[t]) for t in chunk)
         return True
+
+    async def _save(self) -> None:
+        """Write the positions delivered since the last save (a crash before it only re-delivers)."""
+        unsaved, self._unsaved = self._unsaved, {}
+        try:
+            await self.redis.hset(self.positions_key, mapping=unsaved)
+        except BaseException:
+            self._unsaved = {**unsaved, **self._unsaved}
+            raise
+        self._saved_at = time.monotonic()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._unsaved:
+            try:
+                await asyncio.wait_for(self._save(), 1.0)
+            except Exception as exc:  # the positions saved before are still valid: events are re-delivered
+                log.warning("could not save broadcast positions: %s", exc)
 
     async def _measure_lag(self, behind: list[str], oldest_ms: float | None) -> None:
         """Events and seconds from the positions of the tenants `behind` to their heads (counts every LAG_MEASURE_S)."""

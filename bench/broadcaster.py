@@ -58,7 +58,7 @@ def serve_baseline(port: int, redis_url: str, tenant_ids: list[str]) -> None:
 
     async def relay() -> None:
         redis = aioredis.Redis.from_url(redis_url)
-        positions = {keys.events(t): "$" for t in tenant_ids}
+        positions = {keys.events(t): await events.head(redis, t) or "0-0" for t in tenant_ids}
         while True:
             reply = await redis.xread(positions, count=1000, block=1000)
             for raw_key, entries in reply:
@@ -136,9 +136,8 @@ def measure(targets: list[tuple[str, dict[str, str]]], expect: int, write: Any) 
 
 
 def burst(writer: Writer, tenant_ids: list[str], per_tenant: int) -> None:
-    for start in range(0, per_tenant, 500):
-        for tenant_id in tenant_ids:
-            writer.write(tenant_id, min(500, per_tenant - start), start=start)
+    for start in range(0, per_tenant, 100):
+        writer.write_all(tenant_ids, min(100, per_tenant - start), start=start)
 
 
 def paced(writer: Writer, tenant_ids: list[str], rate: float, seconds: float = 8.0) -> None:
@@ -148,8 +147,7 @@ def paced(writer: Writer, tenant_ids: list[str], rate: float, seconds: float = 8
     written = 0
     while written < per_tenant:
         due = min(per_tenant, int((time.monotonic() - start) * rate / len(tenant_ids)) + 1)
-        for tenant_id in tenant_ids:
-            writer.write(tenant_id, due - written, start=written)
+        writer.write_all(tenant_ids, due - written, start=written)
         written = due
         time.sleep(0.005)
 
@@ -184,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-tenant", type=int, default=2_000)
     parser.add_argument("--replay", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=None, help="events/s for the latency runs (default: half)")
     args = parser.parse_args()
     with harness.platform([(BROADCASTER_SPEC, broadcaster_actor)]) as platform:
         tenants = [platform.new_tenant(f"bench-{n}") for n in range(TENANTS)]
@@ -201,7 +200,7 @@ def main() -> None:
         base = [(f"ws://127.0.0.1:{port}/ws?tenant={t}", {}) for t in ids for _ in range(CLIENTS_PER_TENANT)]
         time.sleep(2)
         try:
-            ours_rate, half = run_system("platform", ours, writer, ids, args.per_tenant, None)
+            ours_rate, half = run_system("platform", ours, writer, ids, args.per_tenant, args.rate)
             base_rate, _ = run_system("baseline", base, writer, ids, args.per_tenant, half)
             print(f"throughput ratio platform/baseline: {ours_rate / base_rate:.2f}", flush=True)
             stalled = [StalledClient(platform.url, t["token"]) for t in tenants]

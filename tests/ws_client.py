@@ -112,10 +112,15 @@ class Writer:
         self.redis = redis.Redis.from_url(redis_url)
 
     def write(self, tenant_id: str, count: int, *, start: int = 0, pad: int = 0) -> list[str]:
+        return self.write_all([tenant_id], count, start=start, pad=pad)
+
+    def write_all(self, tenant_ids: list[str], count: int, *, start: int = 0, pad: int = 0) -> list[str]:
+        """`count` events for each tenant, interleaved, in one round trip; their ids in write order."""
         with self.redis.pipeline(transaction=False) as pipe:
             for n in range(start, start + count):
                 payload = {"n": n, "pad": "x" * pad} if pad else {"n": n}
-                pipe.xadd(keys.events(tenant_id), events.entry("TEST_EVENT", tenant_id, None, payload))
+                for tenant_id in tenant_ids:
+                    pipe.xadd(keys.events(tenant_id), events.entry("TEST_EVENT", tenant_id, None, payload))
             return [raw.decode() for raw in pipe.execute()]
 
     async def paced(self, tenant_ids: list[str], total: int, batch: int, pause_s: float, **kw: Any) -> list[list[str]]:
