@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["beat_cost.py", "ingestion.py", "liveness_latency.py", "detection.py", "scheduler_burst.py", "broadcaster.py", "memory.py"]
+BENCHES = [
+    "beat_cost.py",
+    "ingestion.py",
+    "liveness_latency.py",
+    "detection.py",
+    "scheduler_burst.py",
+    "broadcaster.py",
+    "memory.py",
+]
 
 if __name__ == "__main__":
     failed = 0

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import ray
 
+from driver import SUBSYSTEMS
 from store.embedded import answers, free_port
 from tests.support import http, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+
+SUBSYSTEM_NAMES = [spec.name for spec, _ in SUBSYSTEMS]
 
 
 def driver(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
@@ -54,7 +57,7 @@ def test_fresh_local_platform_comes_up_and_drains(tmp_path: Path) -> None:
         status, body = admin_get(url, token)
         assert status == 200 and body["healthy"] is True
         states = {name: sub["state"] for name, sub in body["subsystems"].items()}
-        assert states == {"api": "RUNNING", "scheduler": "RUNNING"}
+        assert states == dict.fromkeys(["api", *SUBSYSTEM_NAMES], "RUNNING")
         output = log.read_text()
         assert f"API: {url}" in output and f"admin token: {token_file}" in output
         redis_url = f"redis://127.0.0.1:{(data / 'redis.port').read_text().strip()}/0"
@@ -109,7 +112,7 @@ def test_second_driver_reattaches_and_never_duplicates(ray_session: dict, redis_
         named = sorted(
             a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace
         )
-        assert named == ["api", "health", "scheduler"]
+        assert named == sorted(["api", "health", *SUBSYSTEM_NAMES])
         body = admin_get(url, env["ADMIN_TOKEN"])[1]
         assert {n: s["pid"] for n, s in body["subsystems"].items()} == pids
         for sub in body["subsystems"].values():
