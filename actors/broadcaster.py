@@ -21,6 +21,7 @@ from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedAct
 from actors.subsystem import Subsystem, SubsystemSpec
 from settings import Settings
 from store import events, keys
+from store import tenants as tenants_store
 from store.client import connect
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class Broadcaster(Subsystem):
             self.positions = {**saved_positions, **self._unsaved}  # after a loop restart, keep what was acked
             return
         # A new deployment: its API actor has no clients yet, so history need not be sent again.
+        if added := await tenants_store.index_existing(self.redis):
+            log.info("indexed %d tenants created before the tenants index", added)
         tenants = await self._tenant_ids()
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant_id in tenants:

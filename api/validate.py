@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from api.errors import ApiError
+from store import records
 
 
 def json_object(body: Any) -> dict[str, Any]:
@@ -66,4 +66,4 @@ def flag(body: dict[str, Any], field: str, default: bool) -> bool:
 
 def is_resource_id(value: str) -> bool:
     """Ids are 32 lowercase hex digits; anything else cannot name a resource (and never reaches Redis)."""
-    return re.fullmatch(r"[0-9a-f]{32}", value) is not None
+    return records.is_id(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -13,6 +14,11 @@ import redis.asyncio as aioredis
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def is_id(value: str) -> bool:
+    """Ids are 32 lowercase hex digits (what new_id makes)."""
+    return re.fullmatch(r"[0-9a-f]{32}", value) is not None
 
 
 def now_rfc3339(ts: float | None = None) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from store import keys
-from store.records import new_id, now_rfc3339
+from store.records import is_id, new_id, now_rfc3339
 
 
 def token_digest(token: str) -> str:
@@ -34,3 +34,13 @@ async def create_tenant(redis: aioredis.Redis, name: str) -> dict[str, Any]:
 async def tenant_for_token(redis: aioredis.Redis, token: str) -> str | None:
     raw = await redis.get(keys.tenant_token(token_digest(token)))
     return raw.decode() if raw is not None else None
+
+
+async def index_existing(redis: aioredis.Redis) -> int:
+    """Add tenants stored before the `tenants` index existed to it; returns how many were added."""
+    found: list[str] = []
+    async for raw in redis.scan_iter(match="tenant:*", count=1000, _type="HASH"):
+        tenant_id = raw.decode().removeprefix("tenant:")
+        if is_id(tenant_id):
+            found.append(tenant_id)
+    return await redis.sadd(keys.TENANTS, *found) if found else 0

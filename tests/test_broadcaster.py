@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
 from actors.handles import HEALTH_ACTOR, NamedActor
+from store.client import connect
 from store.events import parse_id
+from store.records import new_id
+from store.tenants import index_existing
 from tests.support import Platform, http, start_platform, wait_for
 from tests.ws_client import Subscriber, Writer, refused
 
@@ -199,3 +202,15 @@ def test_any_last_event_id_is_a_stream_or_a_4400(relay: Platform, fuzz_tenant: d
         assert parse_id(value) is not None
     else:
         assert code == 4400 and parse_id(value) is None, (value, code, reason)
+
+
+async def test_tenants_stored_before_the_index_existed_are_indexed(redis_url: str) -> None:
+    store = connect(redis_url)
+    old = new_id()
+    await store.hset(f"tenant:{old}", mapping={"id": old, "name": "older", "token_sha256": "x"})
+    await store.sadd(f"tenant:{old}:workspaces", new_id())  # a set under the same prefix: not a tenant
+    assert not await store.sismember("tenants", old)
+    assert await index_existing(store) >= 1
+    assert await store.sismember("tenants", old)
+    assert not await store.sismember("tenants", f"{old}:workspaces")
+    await store.aclose()
