@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from actors.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
 from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownSubsystem
 from settings import Settings
+from store import keys
 from store.client import connect
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class ApiActor(Subsystem):
             workspace_ttl_s=settings.workspace_ttl_s,
             events_max_per_tenant=settings.events_max_per_tenant,
             ws_queue_size=settings.ws_queue_size,
+            broadcast_positions_key=keys.broadcaster_positions(settings.ray_namespace),
         )
         self.hub = self.app.state.hub
         self.base_url = settings.api_url
@@ -121,8 +124,6 @@ class ApiActor(Subsystem):
     async def _serve(self) -> None:
         config = uvicorn.Config(
             self.app,
-            host=self.settings.api_host,
-            port=self.settings.api_port,
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=1,
@@ -134,12 +135,30 @@ class ApiActor(Subsystem):
             ws_ping_timeout=self.settings.ws_ping_timeout_s,
         )
         server = self._server = uvicorn.Server(config)
+        sock = self._listen()
         try:
-            await server.serve()
-        except SystemExit:
-            # uvicorn exits the process when it cannot bind; here that becomes a restartable error.
-            raise RuntimeError(f"cannot serve on {self.base_url} (API_HOST/API_PORT)") from None
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
         raise RuntimeError("HTTP server stopped")
+
+    def _listen(self) -> socket.socket:
+        """The API's listening socket.
+
+        Connections get TCP_USER_TIMEOUT (where the OS has it): a peer that has not taken our
+        data for a ping interval plus its timeout is dropped by the kernel, even when its
+        receive window is shut and a WebSocket close could never reach it.
+        """
+        host, port = self.settings.api_host, self.settings.api_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, port), family=family, backlog=2048)
+        except OSError as exc:
+            raise RuntimeError(f"cannot serve on {self.base_url} (API_HOST/API_PORT): {exc}") from None
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            timeout_ms = int((self.settings.ws_ping_interval_s + self.settings.ws_ping_timeout_s) * 1000)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
+        return sock
 
     async def setup(self) -> None:
         # The first self-probe waits for the server to listen, instead of failing on a race.

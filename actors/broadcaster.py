@@ -83,11 +83,15 @@ class Broadcaster(Subsystem):
 
     async def setup(self) -> None:
         saved = await self.redis.hgetall(self.positions_key)
-        if saved:
+        if saved or self.positions:
             saved_positions = {k.decode(): v.decode() for k, v in saved.items() if k != STARTED.encode()}
-            self.positions = {**saved_positions, **self._unsaved}  # after a loop restart, keep what was acked
+            # After a loop restart, keep what the API acknowledged; if Redis lost the hash, write it back.
+            self.positions = {**saved_positions, **self.positions}
+            if not saved:
+                await self.redis.hset(self.positions_key, mapping={STARTED: str(time.time()), **self.positions})
             return
-        # A new deployment: its API actor has no clients yet, so history need not be sent again.
+        # A new deployment: no WebSocket is admitted before this hash exists, so history need
+        # not be sent again.
         if added := await tenants_store.index_existing(self.redis):
             log.info("indexed %d tenants created before the tenants index", added)
         tenants = await self._tenant_ids()

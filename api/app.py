@@ -22,6 +22,7 @@ def create_app(
     workspace_ttl_s: float,
     events_max_per_tenant: int,
     ws_queue_size: int,
+    broadcast_positions_key: str,
 ) -> Starlette:
     """Build the app; it holds no globals, everything comes in through the arguments."""
     routes = [
@@ -52,4 +53,5 @@ def create_app(
     app.state.workspace_ttl_s = workspace_ttl_s
     app.state.events_max_per_tenant = events_max_per_tenant
     app.state.hub = Hub(ws_queue_size)
+    app.state.broadcast_positions_key = broadcast_positions_key
     return app

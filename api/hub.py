@@ -6,16 +6,21 @@ import asyncio
 from collections import deque
 from collections.abc import Mapping, Sequence
 
+from store.events import EventKey, parse_id
+
 # One delivered event: (stream id, its JSON text). Texts are shared by every client of the tenant.
 Event = tuple[str, str]
+# Queued: the id as a comparable key, and the JSON text.
+Queued = tuple[EventKey, str]
 
 
 class Client:
     """One connection's queue of events not yet handed to its socket.
 
-    A client more than `limit` events behind is marked `overflowed` and its queue dropped;
-    its connection decides what that means (re-read the stream while replaying, close 1013
-    once live).
+    Only ids above the newest one queued are taken, so a re-delivery never takes queue
+    space. A client more than `limit` events behind is marked `overflowed`, its queue is
+    dropped and the hub stops queueing for it; its connection decides what that means
+    (read the stream again while replaying, close 1013 once live).
     """
 
     def __init__(self, tenant_id: str, limit: int) -> None:
@@ -23,30 +28,27 @@ class Client:
         self.limit = limit
         self.overflowed = False
         self.ready = asyncio.Event()
-        self._pending: deque[Event] = deque()
+        self.newest: EventKey = (0, 0)  # the newest id queued (or, once set, sent)
+        self._pending: deque[Queued] = deque()
 
-    def offer(self, events: Sequence[Event]) -> None:
-        if self.overflowed:
+    def offer(self, events: Sequence[Queued]) -> None:
+        fresh = [e for e in events if e[0] > self.newest]
+        if not fresh:
             return
-        if len(self._pending) + len(events) > self.limit:
+        if len(self._pending) + len(fresh) > self.limit:
             self.overflowed = True
             self._pending.clear()
         else:
-            self._pending.extend(events)
+            self._pending.extend(fresh)
+            self.newest = fresh[-1][0]
         self.ready.set()
 
-    def take(self) -> list[Event]:
+    def take(self) -> list[Queued]:
         """Everything queued, oldest first; the queue is left empty."""
         events = list(self._pending)
         self._pending.clear()
         self.ready.clear()
         return events
-
-    def reset(self) -> None:
-        """Forget an overflow: the caller re-reads the stream from its own position."""
-        self.overflowed = False
-        self._pending.clear()
-        self.ready.clear()
 
 
 class Hub:
@@ -68,6 +70,12 @@ class Hub:
         self._tenants.setdefault(tenant_id, set()).add(client)
         return client
 
+    def readmit(self, client: Client) -> None:
+        """Queue for an overflowed client again; it re-reads the stream from its own position."""
+        client.overflowed = False
+        client.take()
+        self._tenants.setdefault(client.tenant_id, set()).add(client)
+
     def unregister(self, client: Client) -> None:
         clients = self._tenants.get(client.tenant_id)
         if clients is None:
@@ -79,7 +87,12 @@ class Hub:
     def publish(self, batch: Mapping[str, Sequence[Event]]) -> None:
         """Queue each tenant's events, in order, on that tenant's clients."""
         for tenant_id, events in batch.items():
-            for client in self._tenants.get(tenant_id, ()):
-                was_over = client.overflowed
-                client.offer(events)
-                self.overflows += client.overflowed and not was_over
+            clients = self._tenants.get(tenant_id)
+            if not clients:
+                continue
+            queued = [(key, text) for stream_id, text in events if (key := parse_id(stream_id)) is not None]
+            for client in list(clients):
+                client.offer(queued)
+                if client.overflowed:
+                    self.overflows += 1
+                    self.unregister(client)  # holds no events from now on

@@ -3,8 +3,8 @@
 The connection registers with the hub before it reads the stream, so every event is either
 read from the stream or queued by the hub; ids at or below the last one sent are dropped,
 which removes the overlap at the seam and any redelivery. Close codes: 4400 bad request,
-4401 no valid token, 1013 fell behind (reconnect with `last_event_id`) or storage down,
-1011 internal error.
+4401 no valid token, 1013 fell behind (reconnect with `last_event_id`), storage down or
+the broadcaster not started yet, 1011 internal error.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ PARAMETERS = ("token", "last_event_id")
 REPLAY_PAGE = 500
 BAD_REQUEST, UNAUTHORIZED, TRY_AGAIN, INTERNAL = 4400, 4401, 1013, 1011
 STORAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+MAX_REASON_BYTES = 123  # the WebSocket limit for a close frame's reason
 
 
 class Refused(Exception):
@@ -50,10 +51,9 @@ class Cursor:
     def id(self) -> str:
         return f"{self.key[0]}-{self.key[1]}"
 
-    def advance(self, stream_id: str) -> bool:
-        """Move past `stream_id`; False if it is not newer (already sent)."""
-        key = events.parse_id(stream_id)
-        if key is None or key <= self.key:
+    def advance(self, key: EventKey) -> bool:
+        """Move past `key`; False if it is not newer (already sent)."""
+        if key <= self.key:
             return False
         self.key = key
         return True
@@ -73,6 +73,7 @@ async def subscribe(websocket: WebSocket) -> None:
         # The start is fixed before the handshake completes: whatever is appended after the
         # client sees it open reaches the client.
         cursor = Cursor(last_event_id or await _newest(websocket, tenant_id))
+        client.newest = cursor.key
         await websocket.accept()
         code, reason = await _until_closed(websocket, client, cursor)
     except Refused as refused:
@@ -93,19 +94,18 @@ async def subscribe(websocket: WebSocket) -> None:
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    """Close with a code the client can read (a refusal is accepted first, so it is a close, not a 403)."""
+    """Close with a code the client can read (a refusal is accepted first, so it is a close, not a 403).
+
+    Against a client that has stopped reading this waits for its socket; the kernel ends
+    that wait (TCP_USER_TIMEOUT on the API's socket), and the hub no longer holds its events.
+    """
+    reason = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
     try:
         if websocket.client_state is WebSocketState.CONNECTING:
             await websocket.accept()
         await websocket.close(code, reason)
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass  # the client left first
-
-
-async def _newest(websocket: WebSocket, tenant_id: str) -> EventKey:
-    """Where a live-only connection starts: after the newest event there is now."""
-    newest = await events.head(websocket.app.state.redis, tenant_id)
-    return (events.parse_id(newest) if newest else None) or (0, 0)
 
 
 async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
@@ -120,16 +120,24 @@ async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
     if header is not None and query is not None and not hmac.compare_digest(header.encode(), query.encode()):
         raise Refused(UNAUTHORIZED, "the header and query tokens differ")
     token = header or query
-    tenant_id = await tenants.tenant_for_token(websocket.app.state.redis, token) if token else None
+    redis = websocket.app.state.redis
+    tenant_id = await tenants.tenant_for_token(redis, token) if token else None
     if tenant_id is None:
         raise Refused(UNAUTHORIZED, "missing or invalid tenant token" if token is None else "invalid token")
     raw = params.get("last_event_id")
-    if raw is None:
-        return tenant_id, None
-    last = events.parse_id(raw)
-    if last is None:
+    last = events.parse_id(raw) if raw is not None else None
+    if raw is not None and last is None:
         raise Refused(BAD_REQUEST, "last_event_id must be a stream id such as 1700000000000-0")
+    # Until the broadcaster has its positions, events appended now might never be delivered live.
+    if not await redis.exists(websocket.app.state.broadcast_positions_key):
+        raise Refused(TRY_AGAIN, "the broadcaster is starting; reconnect shortly")
     return tenant_id, last
+
+
+async def _newest(websocket: WebSocket, tenant_id: str) -> EventKey:
+    """Where a live-only connection starts: after the newest event there is now."""
+    newest = await events.head(websocket.app.state.redis, tenant_id)
+    return (events.parse_id(newest) if newest else None) or (0, 0)
 
 
 async def _until_closed(websocket: WebSocket, client: Client, cursor: Cursor) -> tuple[int, str]:
@@ -161,8 +169,8 @@ async def _send(websocket: WebSocket, client: Client, cursor: Cursor) -> tuple[i
         await client.ready.wait()
         if client.overflowed:
             return TRY_AGAIN, f"more than {client.limit} events behind; reconnect with last_event_id={cursor.id}"
-        for stream_id, text in client.take():
-            if cursor.advance(stream_id):
+        for key, text in client.take():
+            if cursor.advance(key):
                 await websocket.send_text(text)
 
 
@@ -173,14 +181,18 @@ async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
     next page reads them.
     """
     redis = websocket.app.state.redis
+    hub: Hub = websocket.app.state.hub
     while True:
         page = await events.after(redis, client.tenant_id, cursor.id, REPLAY_PAGE)
         for stream_id, fields in page:
-            cursor.advance(stream_id)
+            key = events.parse_id(stream_id)
+            if key is None or not cursor.advance(key):
+                continue
+            client.newest = max(client.newest, key)  # the hub need not queue what replay sent
             text = events.envelope(client.tenant_id, stream_id, fields)
             if text is not None:
                 await websocket.send_text(text)
         if len(page) < REPLAY_PAGE:
             if not client.overflowed:
                 return
-            client.reset()
+            hub.readmit(client)

@@ -91,5 +91,7 @@ async def head(redis: aioredis.Redis, tenant_id: str) -> str | None:
 
 async def after(redis: aioredis.Redis, tenant_id: str, stream_id: str, count: int) -> list[tuple[str, Any]]:
     """Up to `count` entries that come after `stream_id`, oldest first."""
+    if parse_id(stream_id) == (MAX_ID_PART, MAX_ID_PART):
+        return []  # nothing can come after the largest id (and Redis refuses the range)
     entries = await redis.xrange(keys.events(tenant_id), min=f"({stream_id}", max="+", count=count)
     return [(raw_id.decode(), fields) for raw_id, fields in entries]
