@@ -181,6 +181,7 @@ class ApiActor(Subsystem):
             "draining": self.is_draining,
             "health_kills": self.health_kills,
             "ws_clients": self.hub.clients,
+            "ws_connections": self.hub.connections,
             "ws_overflows": self.hub.overflows,
         }
 

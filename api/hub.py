@@ -60,6 +60,7 @@ class Hub:
         self.queue_size = queue_size
         self._tenants: dict[str, set[Client]] = {}
         self.overflows = 0
+        self.connections = 0  # open WebSocket handlers, registered or not
 
     @property
     def clients(self) -> int:

@@ -65,6 +65,14 @@ async def needs_upgrade(request: HTTPConnection) -> JSONResponse:
 
 async def subscribe(websocket: WebSocket) -> None:
     hub: Hub = websocket.app.state.hub
+    hub.connections += 1
+    try:
+        await _serve(websocket, hub)
+    finally:
+        hub.connections -= 1
+
+
+async def _serve(websocket: WebSocket, hub: Hub) -> None:
     client: Client | None = None
     code, reason = 0, ""
     try:

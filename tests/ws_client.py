@@ -173,13 +173,18 @@ class StalledClient:
                 self.messages.append(event.data.decode())
         pending = self.protocol.data_to_send()
         if pending and self.protocol.state is not State.CLOSED:
-            self.sock.sendall(b"".join(pending))  # pongs, and the reply to a close
+            try:
+                self.sock.sendall(b"".join(pending))  # pongs, and the reply to a close
+            except OSError:
+                pass  # the server has already gone; what it sent is still read
 
     def read_until_closed(self) -> tuple[int | None, str]:
-        """Read everything the server sent, then its close code and reason."""
+        """Read everything the server sent, then its close code and reason (None: no close frame)."""
         try:
             while self.protocol.state not in (State.CLOSING, State.CLOSED):
                 self._pump()
+        except ConnectionResetError:
+            pass  # reset by the server's kernel: no close frame
         finally:
             self.sock.close()
         received = self.protocol.close_rcvd
