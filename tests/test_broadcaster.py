@@ -7,17 +7,19 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
 from actors.handles import HEALTH_ACTOR, NamedActor
-from store.client import connect
+from store.client import connect as redis_connect
 from store.events import parse_id
 from store.records import new_id
 from store.tenants import index_existing
 from tests.support import Platform, http, start_platform, wait_for
-from tests.ws_client import Subscriber, Writer, refused
+from tests.ws_client import Subscriber, Writer, refused, ws_url
 
 BROADCASTER = [(BROADCASTER_SPEC, broadcaster_actor)]
 
@@ -185,27 +187,32 @@ def fuzz_tenant(relay: Platform) -> dict:
     return relay.new_tenant("fuzz")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(value=st.text(max_size=40))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(value=f"{2**64 - 1}-{2**64 - 1}")  # the largest id: nothing can follow it
+@example(value=f"{2**64}-0")
+@example(value="0-0")
+@given(value=st.one_of(st.text(max_size=60), st.from_regex(r"[0-9]{1,21}-[0-9]{1,21}", fullmatch=True)))
 def test_any_last_event_id_is_a_stream_or_a_4400(relay: Platform, fuzz_tenant: dict, value: str) -> None:
     auth = {"Authorization": f"Bearer {fuzz_tenant['token']}"}
 
     async def attempt() -> tuple[int | None, str]:
-        try:
-            code, reason, _ = await asyncio.wait_for(refused(relay.url, headers=auth, last_event_id=value), 1.5)
-            return code, reason
-        except TimeoutError:
-            return None, "open"  # a valid id: the stream stayed open
+        """A pong means the stream is open; otherwise the close code and reason."""
+        async with connect(ws_url(relay.url, last_event_id=value), additional_headers=auth) as ws:
+            try:
+                await asyncio.wait_for(await ws.ping(), 10)
+                return None, "open"
+            except ConnectionClosed as closed:
+                return (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else (None, "no close frame")
 
     code, reason = asyncio.run(attempt())
-    if code is None:
-        assert parse_id(value) is not None
+    if parse_id(value) is not None:
+        assert (code, reason) == (None, "open"), value
     else:
-        assert code == 4400 and parse_id(value) is None, (value, code, reason)
+        assert code == 4400 and "last_event_id" in reason, (value, code, reason)
 
 
 async def test_tenants_stored_before_the_index_existed_are_indexed(redis_url: str) -> None:
-    store = connect(redis_url)
+    store = redis_connect(redis_url)
     old = new_id()
     await store.hset(f"tenant:{old}", mapping={"id": old, "name": "older", "token_sha256": "x"})
     await store.sadd(f"tenant:{old}:workspaces", new_id())  # a set under the same prefix: not a tenant

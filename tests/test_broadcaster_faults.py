@@ -169,3 +169,21 @@ async def test_peers_that_never_answer_pings_are_let_go(ray_session: dict, redis
         assert len(silent) == 3
     finally:
         platform.close()
+
+
+async def test_an_overflow_while_replaying_re_reads_the_stream_and_keeps_the_connection(
+    small_queues: Platform,
+) -> None:
+    platform = small_queues
+    tenant = platform.new_tenant("replay-overflow")
+    writer = Writer(platform.settings.redis_url)
+    history = writer.write(tenant["id"], 1_000, pad=16_384)
+    # Not reading yet: the replay stalls on the full socket while live events queue up past 100.
+    client = await asyncio.to_thread(StalledClient, platform.url, tenant["token"], last_event_id="0-0")
+    live = writer.write(tenant["id"], 300)
+    await asyncio.to_thread(
+        wait_for, lambda: platform.subsystem("api")["progress"]["ws_overflows"] >= 1, 30, what="overflow in replay"
+    )
+    messages = await asyncio.to_thread(client.read, 1_300)
+    assert [json.loads(m)["id"] for m in messages] == history + live  # no gap, no duplicate, no close
+    client.sock.close()

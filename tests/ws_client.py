@@ -142,8 +142,8 @@ class StalledClient:
     draining their socket into user space, and the kernel would grow the buffer to 32 MiB).
     """
 
-    def __init__(self, http_url: str, token: str) -> None:
-        self.protocol = ClientProtocol(parse_uri(ws_url(http_url)))
+    def __init__(self, http_url: str, token: str, **params: str) -> None:
+        self.protocol = ClientProtocol(parse_uri(ws_url(http_url, **params)))
         request = self.protocol.connect()
         request.headers["Authorization"] = f"Bearer {token}"
         self.protocol.send_request(request)
@@ -177,6 +177,14 @@ class StalledClient:
                 self.sock.sendall(b"".join(pending))  # pongs, and the reply to a close
             except OSError:
                 pass  # the server has already gone; what it sent is still read
+
+    def read(self, count: int) -> list[str]:
+        """Read until `count` messages have arrived in all (raises if the connection ends first)."""
+        while len(self.messages) < count:
+            if self.protocol.state is not State.OPEN:
+                raise AssertionError(f"closed after {len(self.messages)} messages: {self.protocol.close_rcvd}")
+            self._pump()
+        return self.messages
 
     def read_until_closed(self) -> tuple[int | None, str]:
         """Read everything the server sent, then its close code and reason (None: no close frame)."""
