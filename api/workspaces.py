@@ -48,6 +48,7 @@ async def delete(request: Request) -> Response:
 
 
 async def heartbeat(request: Request) -> Response:
-    _, fields = await _own(request)
-    await workspaces.heartbeat(request.app.state.redis, fields["id"], request.app.state.workspace_ttl_s)
+    tenant_id, fields = await _own(request)
+    state = request.app.state
+    await workspaces.heartbeat(state.redis, tenant_id, fields["id"], state.workspace_ttl_s, state.events_max_per_tenant)
     return Response(status_code=204)

@@ -8,6 +8,8 @@ tenants                      set   every tenant id (the broadcaster reads their 
 tenant:{id}:workspaces       set   the tenant's workspace ids
 workspace:{id}               hash  id, tenant_id, name, url, a2a_version, restart_url, ...
 workspace:{id}:alive         string with a TTL: set by each workspace heartbeat
+workspaces:online            set   ids of workspaces whose status is online (the reconciliation scan reads it)
+workspaces:restarts          zset  workspace id -> when to send its restart request (queued by the offline transition)
 tenant:{id}:schedules        set   the tenant's schedule ids
 schedule:{id}                hash  the schedule's JSON fields as strings      (contract)
 schedules:due                zset  schedule id -> its next slot (unix seconds)
@@ -65,6 +67,8 @@ def workspace_alive(workspace_id: str) -> str:
 
 
 TENANTS = "tenants"
+WORKSPACES_ONLINE = "workspaces:online"
+WORKSPACES_RESTARTS = "workspaces:restarts"
 EVENTS_PREFIX = "events:"
 SCHEDULES_DUE = "schedules:due"
 SCHEDULES_INFLIGHT = "schedules:inflight"

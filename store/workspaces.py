@@ -7,10 +7,44 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from store import keys
+from store import events, keys
 from store.records import list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
 
 A2A_VERSIONS = ("1.0", "0.3")
+ONLINE, OFFLINE, UNKNOWN = "online", "offline", "unknown"
+
+# KEYS: workspace hash, liveness key, online set, events stream. ARGV: id, ttl ms, now,
+# stream maxlen, then the WORKSPACE_ONLINE event's field/value pairs (store.events.entry).
+# Sets the liveness key; the transition to online happens once and emits one event.
+HEARTBEAT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'last_heartbeat_at', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+if redis.call('HGET', KEYS[1], 'status') == 'online' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'online', 'online_at', ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+return 1
+"""
+
+# KEYS: workspace hash, liveness key, online set, restart queue, events stream. ARGV: id,
+# tenant id, now, now unix seconds, stream maxlen, "1" if the liveness key must be gone,
+# then the WORKSPACE_OFFLINE event's field/value pairs. A compare-and-set: only an online
+# workspace goes offline, so each transition happens once, emits one event and queues one
+# restart request, however many watchers see it.
+MARK_OFFLINE = """
+if redis.call('HGET', KEYS[1], 'tenant_id') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'online' then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return 0
+end
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'offline', 'offline_at', ARGV[3])
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[1])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7))
+return 1
+"""
 
 
 def public(fields: dict[str, str]) -> dict[str, Any]:
@@ -23,6 +57,7 @@ def public(fields: dict[str, str]) -> dict[str, Any]:
         "restart_url": optional(fields.get("restart_url", "")),
         "created_at": fields["created_at"],
         "last_heartbeat_at": optional(fields.get("last_heartbeat_at", "")),
+        "status": fields.get("status") or UNKNOWN,
     }
 
 
@@ -51,13 +86,25 @@ async def delete(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> bo
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.workspace(workspace_id), keys.workspace_alive(workspace_id))
         pipe.srem(keys.tenant_workspaces(tenant_id), workspace_id)
+        pipe.srem(keys.WORKSPACES_ONLINE, workspace_id)
         await pipe.execute()
     return True
 
 
-async def heartbeat(redis: aioredis.Redis, workspace_id: str, ttl_s: float) -> None:
-    """Set (not only extend) the liveness key with its TTL and record the time."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(keys.workspace_alive(workspace_id), "1", px=int(ttl_s * 1000))
-        pipe.hset(keys.workspace(workspace_id), "last_heartbeat_at", now_rfc3339(time.time()))
-        await pipe.execute()
+async def heartbeat(redis: aioredis.Redis, tenant_id: str, workspace_id: str, ttl_s: float, max_len: int) -> bool:
+    """Set (not only extend) the liveness key; returns whether the workspace came online with it."""
+    entry = events.entry("WORKSPACE_ONLINE", tenant_id, workspace_id, {"workspace_id": workspace_id})
+    came_online = await redis.eval(
+        HEARTBEAT,
+        4,
+        keys.workspace(workspace_id),
+        keys.workspace_alive(workspace_id),
+        keys.WORKSPACES_ONLINE,
+        keys.events(tenant_id),
+        workspace_id,
+        int(ttl_s * 1000),
+        now_rfc3339(time.time()),
+        max_len,
+        *[x for pair in entry.items() for x in pair],
+    )
+    return came_online == 1
