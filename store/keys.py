@@ -8,6 +8,7 @@ tenants                      set   every tenant id (the broadcaster reads their 
 tenant:{id}:workspaces       set   the tenant's workspace ids
 workspace:{id}               hash  id, tenant_id, name, url, a2a_version, restart_url, ...
 workspace:{id}:alive         string with a TTL: set by each workspace heartbeat
+workspace:{id}:restart_debounce string with a TTL: a restart request was sent (RESTART_DEBOUNCE_S)
 workspaces:online            set   ids of workspaces whose status is online (the reconciliation scan reads it)
 workspaces:restarts          zset  workspace id -> when to send its restart request (queued by the offline transition)
 tenant:{id}:schedules        set   the tenant's schedule ids
@@ -64,6 +65,10 @@ def workspace(workspace_id: str) -> str:
 
 def workspace_alive(workspace_id: str) -> str:
     return f"workspace:{workspace_id}:alive"
+
+
+def workspace_restart_debounce(workspace_id: str) -> str:
+    return f"workspace:{workspace_id}:restart_debounce"
 
 
 TENANTS = "tenants"

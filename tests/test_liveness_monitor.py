@@ -1,0 +1,151 @@
+"""The liveness monitor: expired workspaces go offline once, with one event and one restart request."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import ray
+import redis
+
+from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
+from store import keys
+from tests.support import Platform, start_platform, wait_for
+
+
+class RestartEndpoint:
+    """A loopback HTTP server that records the restart requests POSTed to it."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(202)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/restart"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self, workspace_id: str) -> int:
+        return sum(1 for r in self.requests if r["workspace_id"] == workspace_id)
+
+
+@pytest.fixture(scope="module")
+def monitored(ray_session: dict, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    deployed = start_platform(
+        redis_url,
+        tmp_path_factory.mktemp("liveness"),
+        subsystems=[(LIVENESS_SPEC, liveness_monitor_actor)],
+        workspace_ttl_s=1.0,
+        liveness_scan_interval_s=1.0,
+        restart_debounce_s=60.0,
+    )
+    yield deployed
+    deployed.close()
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[RestartEndpoint]:
+    server = RestartEndpoint()
+    yield server
+    server.server.shutdown()
+
+
+def events_of(platform: Platform, tenant_id: str, workspace_id: str) -> list[str]:
+    client = redis.Redis.from_url(platform.settings.redis_url)
+    return [
+        f[b"event"].decode()
+        for _, f in client.xrange(keys.events(tenant_id))
+        if f[b"workspace_id"].decode() == workspace_id
+    ]
+
+
+def new_workspace(platform: Platform, tenant: dict, restart_url: str | None) -> str:
+    body = {"name": "w", "url": "http://127.0.0.1:1/", **({"restart_url": restart_url} if restart_url else {})}
+    status, ws = platform.tenant_post(tenant, "/workspaces", body)
+    assert status == 201, ws
+    return ws["id"]
+
+
+def beat(platform: Platform, tenant: dict, workspace_id: str) -> None:
+    assert platform.post(f"/workspaces/{workspace_id}/heartbeat", token=tenant["token"])[0] == 204
+
+
+def status(platform: Platform, tenant: dict, workspace_id: str) -> str:
+    return platform.tenant_get(tenant, f"/workspaces/{workspace_id}")[1]["status"]
+
+
+def test_a_quiet_workspace_goes_offline_once_with_one_restart_request(
+    monitored: Platform, endpoint: RestartEndpoint
+) -> None:
+    tenant, other = monitored.new_tenant("quiet"), monitored.new_tenant("bystander")
+    ws = new_workspace(monitored, tenant, endpoint.url)
+    beat(monitored, tenant, ws)
+    wait_for(lambda: status(monitored, tenant, ws) == "offline", 30, what="offline after the TTL")
+    wait_for(lambda: "WORKSPACE_RESTART_REQUESTED" in events_of(monitored, tenant["id"], ws), 30)
+    assert events_of(monitored, tenant["id"], ws) == [
+        "WORKSPACE_ONLINE",
+        "WORKSPACE_OFFLINE",
+        "WORKSPACE_RESTART_REQUESTED",
+    ]
+    assert endpoint.count(ws) == 1
+    assert events_of(monitored, other["id"], ws) == []  # the owner's stream only
+
+
+def test_expiries_missed_while_the_monitor_was_down_are_caught_by_the_scan(monitored: Platform) -> None:
+    tenant = monitored.new_tenant("missed")
+    ids = [new_workspace(monitored, tenant, None) for _ in range(50)]
+    namespace = monitored.settings.ray_namespace
+    ray.kill(ray.get_actor(LIVENESS_SPEC.name, namespace=namespace), no_restart=True)
+    for ws in ids:
+        beat(monitored, tenant, ws)
+    client = redis.Redis.from_url(monitored.settings.redis_url)
+    wait_for(lambda: not any(client.exists(keys.workspace_alive(w)) for w in ids), 30, what="all 50 keys expired")
+    assert {status(monitored, tenant, w) for w in ids} == {"online"}  # nobody noticed yet
+    liveness_monitor_actor(monitored.settings)  # back: its first tick scans
+    wait_for(lambda: all(status(monitored, tenant, w) == "offline" for w in ids), 30, what="all 50 offline")
+    wait_for(lambda: all("WORKSPACE_RESTART_REQUESTED" in events_of(monitored, tenant["id"], w) for w in ids), 30)
+    for ws in ids:
+        assert events_of(monitored, tenant["id"], ws) == [
+            "WORKSPACE_ONLINE",
+            "WORKSPACE_OFFLINE",
+            "WORKSPACE_RESTART_REQUESTED",
+        ]
+
+
+def test_flapping_comes_back_online_and_restarts_are_debounced(monitored: Platform, endpoint: RestartEndpoint) -> None:
+    tenant = monitored.new_tenant("flapping")
+    ws = new_workspace(monitored, tenant, endpoint.url)
+    for _ in range(2):
+        beat(monitored, tenant, ws)
+        assert status(monitored, tenant, ws) == "online"
+        wait_for(lambda: status(monitored, tenant, ws) == "offline", 30, what="offline")
+    wait_for(lambda: monitored.subsystem("liveness-monitor")["progress"]["restarts_debounced"] >= 1, 30)
+    seen = events_of(monitored, tenant["id"], ws)
+    transitions = [e for e in seen if e != "WORKSPACE_RESTART_REQUESTED"]
+    assert transitions == ["WORKSPACE_ONLINE", "WORKSPACE_OFFLINE"] * 2  # one event per transition
+    assert seen.count("WORKSPACE_RESTART_REQUESTED") == 1
+    assert endpoint.count(ws) == 1  # the second offline within RESTART_DEBOUNCE_S sent no request
+
+
+def test_a_corrupt_workspace_is_quarantined_and_the_others_are_still_watched(monitored: Platform) -> None:
+    tenant = monitored.new_tenant("poison")
+    bad, good = new_workspace(monitored, tenant, None), new_workspace(monitored, tenant, None)
+    client = redis.Redis.from_url(monitored.settings.redis_url)
+    beat(monitored, tenant, bad)
+    client.hdel(keys.workspace(bad), "tenant_id")  # a record that lost its tenant
+    beat(monitored, tenant, good)
+    wait_for(lambda: status(monitored, tenant, good) == "offline", 30, what="the good one offline")
+    sub = wait_for(lambda: (s := monitored.subsystem("liveness-monitor"))["quarantined"] >= 1 and s, 30)
+    assert sub["state"] == "RUNNING"
+    client.srem(keys.WORKSPACES_ONLINE, bad)  # leave no poison behind for the other tests
