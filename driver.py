@@ -25,6 +25,7 @@ from actors.api import API_SPEC, api_actor
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
 from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
 from actors.health import health_actor
+from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
 from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
 from actors.scheduler import SCHEDULER_SPEC, scheduler_actor
 from actors.subsystem import SubsystemSpec
@@ -43,6 +44,7 @@ SUBSYSTEMS: list[tuple[SubsystemSpec, Callable[[Settings], Any]]] = [
     (SCHEDULER_SPEC, scheduler_actor),
     (BROADCASTER_SPEC, broadcaster_actor),
     (LIVENESS_SPEC, liveness_monitor_actor),
+    (HEALTH_SWEEP_SPEC, health_sweep_actor),
 ]
 
 

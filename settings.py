@@ -72,6 +72,7 @@ class Settings:
     ws_queue_size: int = 10_000
     liveness_scan_interval_s: float = 10.0
     restart_debounce_s: float = 60.0
+    health_sweep_interval_s: float = 15.0
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
 
@@ -117,6 +118,7 @@ class Settings:
             ws_queue_size=int(_number(env, "WS_QUEUE_SIZE", 10_000, minimum=1)),
             liveness_scan_interval_s=_number(env, "LIVENESS_SCAN_INTERVAL_S", 10.0, minimum=0.1),
             restart_debounce_s=_number(env, "RESTART_DEBOUNCE_S", 60.0, minimum=0),
+            health_sweep_interval_s=_number(env, "HEALTH_SWEEP_INTERVAL_S", 15.0, minimum=0.1),
             ws_ping_interval_s=_number(env, "WS_PING_INTERVAL_S", 20.0, minimum=0.1),
             ws_ping_timeout_s=_number(env, "WS_PING_TIMEOUT_S", 20.0, minimum=0.1),
         )

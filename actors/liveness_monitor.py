@@ -24,7 +24,7 @@ from actors.subsystem import Subsystem, SubsystemSpec
 from settings import Settings
 from store import events, keys, workspaces
 from store.client import connect
-from store.records import is_id, now_rfc3339
+from store.records import is_id
 
 log = logging.getLogger(__name__)
 
@@ -120,38 +120,17 @@ class LivenessMonitor(Subsystem):
             self.offline_transitions += 1
 
     async def _transition(self, workspace_id: str, raw: dict[bytes, bytes], reason: str) -> bool:
-        if not raw:
-            await self.redis.srem(keys.WORKSPACES_ONLINE, workspace_id)  # deleted meanwhile
-            return False
-        fields = {k.decode(): v.decode() for k, v in raw.items()}  # bad UTF-8 is this item's failure
-        tenant_id = fields.get("tenant_id", "")
-        if not is_id(tenant_id):
-            raise ValueError(f"workspace {workspace_id} has no valid tenant_id")
-        entry = events.entry(
-            "WORKSPACE_OFFLINE", tenant_id, workspace_id, {"workspace_id": workspace_id, "reason": reason}
-        )
-        now = time.time()
-        changed = await self._mark_offline(
-            keys=[
-                keys.workspace(workspace_id),
-                keys.workspace_alive(workspace_id),
-                keys.WORKSPACES_ONLINE,
-                keys.WORKSPACES_RESTARTS,
-                keys.events(tenant_id),
-            ],
-            args=[
-                workspace_id,
-                tenant_id,
-                now_rfc3339(now),
-                int(now),
-                self.settings.events_max_per_tenant,
-                "1",
-                *[x for pair in entry.items() for x in pair],
-            ],
+        changed = await workspaces.mark_offline(
+            self._mark_offline,
+            workspace_id,
+            raw,
+            reason,
+            max_len=self.settings.events_max_per_tenant,
+            require_expired=True,
         )
         if changed:
-            log.info("workspace %s of tenant %s is offline (%s)", workspace_id, tenant_id, reason)
-        return bool(changed)
+            log.info("workspace %s is offline (%s)", workspace_id, reason)
+        return changed
 
     # -- restart requests ----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from store import events, keys
-from store.records import list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
+from store.records import is_id, list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
 
 A2A_VERSIONS = ("1.0", "0.3")
 ONLINE, OFFLINE, UNKNOWN = "online", "offline", "unknown"
@@ -108,3 +108,36 @@ async def heartbeat(redis: aioredis.Redis, tenant_id: str, workspace_id: str, tt
         *[x for pair in entry.items() for x in pair],
     )
     return came_online == 1
+
+
+async def mark_offline(
+    script: Any, workspace_id: str, raw: dict[bytes, bytes], reason: str, *, max_len: int, require_expired: bool
+) -> bool:
+    """Run MARK_OFFLINE (a registered Script) for a workspace read as `raw`; raises ValueError if it is corrupt."""
+    if not raw:
+        return False  # deleted meanwhile
+    fields = {k.decode(): v.decode() for k, v in raw.items()}  # bad UTF-8 is this workspace's failure
+    tenant_id = fields.get("tenant_id", "")
+    if not is_id(tenant_id):
+        raise ValueError(f"workspace {workspace_id} has no valid tenant_id")
+    entry = events.entry("WORKSPACE_OFFLINE", tenant_id, workspace_id, {"workspace_id": workspace_id, "reason": reason})
+    now = time.time()
+    changed = await script(
+        keys=[
+            keys.workspace(workspace_id),
+            keys.workspace_alive(workspace_id),
+            keys.WORKSPACES_ONLINE,
+            keys.WORKSPACES_RESTARTS,
+            keys.events(tenant_id),
+        ],
+        args=[
+            workspace_id,
+            tenant_id,
+            now_rfc3339(now),
+            int(now),
+            max_len,
+            "1" if require_expired else "0",
+            *[x for pair in entry.items() for x in pair],
+        ],
+    )
+    return bool(changed)

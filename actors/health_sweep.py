@@ -1,0 +1,146 @@
+"""Health sweep: probe every online workspace's `GET <url>/health`; 3 failures in a row take it offline.
+
+A sweep starts every `HEALTH_SWEEP_INTERVAL_S`. Probes run concurrently (at most
+PROBE_CONCURRENCY at once), each with its own PROBE_TIMEOUT_S, so a hanging workspace
+costs one probe slot for at most that long and never delays the others. The offline
+transition is the liveness monitor's compare-and-set, so a workspace goes offline once
+whoever notices first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import ray
+
+from actors.handles import ACTOR_OPTIONS
+from actors.subsystem import Subsystem, SubsystemSpec
+from settings import Settings
+from store import keys, workspaces
+from store.client import connect
+
+log = logging.getLogger(__name__)
+
+# The tick checks once a second whether a sweep is due; a sweep takes up to a few probe timeouts.
+HEALTH_SWEEP_SPEC = SubsystemSpec("health-sweep", interval_s=1.0, stale_after_s=15.0)
+PROBE_TIMEOUT_S = 2.0
+PROBE_CONCURRENCY = 100
+FAILURES_TO_OFFLINE = 3
+
+
+class HealthSweep(Subsystem):
+    spec = HEALTH_SWEEP_SPEC
+
+    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+        self.redis = connect(settings.redis_url, timeout_s=5.0)
+        self._mark_offline = self.redis.register_script(workspaces.MARK_OFFLINE)
+        self._session: aiohttp.ClientSession | None = None
+        self._sweep_due = 0.0
+        self.failures: dict[str, int] = {}  # consecutive failed probes per workspace
+        self.watched = 0
+        self.probe_failures = 0
+        self.offline_transitions = 0
+        self.last_sweep_s: float | None = None
+        self.sweeps = 0
+        super().__init__(settings, spec)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "sweeps": self.sweeps,
+            "watched": self.watched,
+            "probe_failures": self.probe_failures,
+            "failing": sum(1 for n in self.failures.values() if n),
+            "offline_transitions": self.offline_transitions,
+            "last_sweep_s": None if self.last_sweep_s is None else round(self.last_sweep_s, 3),
+        }
+
+    async def tick(self) -> None:
+        if time.monotonic() < self._sweep_due:
+            return
+        self._sweep_due = time.monotonic() + self.settings.health_sweep_interval_s
+        started = time.monotonic()
+        await self._sweep()
+        self.last_sweep_s = time.monotonic() - started
+        self.sweeps += 1
+
+    async def _sweep(self) -> None:
+        ids = sorted(raw.decode() for raw in await self.redis.smembers(keys.WORKSPACES_ONLINE))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for workspace_id in ids:
+                pipe.hgetall(keys.workspace(workspace_id))
+            records = await pipe.execute(raise_on_error=False)
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
+                connector=aiohttp.TCPConnector(limit=PROBE_CONCURRENCY, force_close=True),
+            )
+        slots = asyncio.Semaphore(PROBE_CONCURRENCY)
+        self.watched = len(ids)
+        self.failures = {w: n for w, n in self.failures.items() if w in set(ids)}
+        await asyncio.gather(*(self._check(w, raw, slots) for w, raw in zip(ids, records, strict=True)))
+
+    async def _check(self, workspace_id: str, raw: Any, slots: asyncio.Semaphore) -> None:
+        version = _version(raw)
+        outcome = await self.items.run(
+            workspace_id, lambda: self._probe_once(workspace_id, raw, slots), version=version
+        )
+        if outcome.ok and outcome.value:
+            self.offline_transitions += 1
+
+    async def _probe_once(self, workspace_id: str, raw: Any, slots: asyncio.Semaphore) -> bool:
+        if not isinstance(raw, dict):
+            raise TypeError(f"workspace {workspace_id} is not a hash: {raw}")
+        if not raw:
+            return False  # deleted meanwhile
+        url = raw.get(b"url", b"").decode()  # bad UTF-8 is this workspace's failure
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"workspace {workspace_id} has no valid url: {url[:100]!r}")
+        async with slots:
+            healthy = await self._probe(url.rstrip("/") + "/health")
+        if healthy:
+            self.failures.pop(workspace_id, None)
+            return False
+        self.probe_failures += 1
+        failed = self.failures[workspace_id] = self.failures.get(workspace_id, 0) + 1
+        if failed < FAILURES_TO_OFFLINE:
+            return False
+        self.failures.pop(workspace_id, None)
+        return await workspaces.mark_offline(
+            self._mark_offline,
+            workspace_id,
+            raw,
+            f"{FAILURES_TO_OFFLINE} health probes failed",
+            max_len=self.settings.events_max_per_tenant,
+            require_expired=False,
+        )
+
+    async def _probe(self, url: str) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(url) as response:
+                return 200 <= response.status < 300
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+
+def _version(raw: Any) -> str:
+    if not isinstance(raw, dict):
+        return f"unreadable: {raw}"
+    return json.dumps(sorted((k.decode(errors="replace"), v.decode(errors="replace")) for k, v in raw.items()))
+
+
+HealthSweepActor = ray.remote(HealthSweep)
+
+
+def health_sweep_actor(settings: Settings) -> Any:
+    """Create or attach to the health sweep of `settings.ray_namespace`."""
+    return HealthSweepActor.options(
+        name=HEALTH_SWEEP_SPEC.name, namespace=settings.ray_namespace, **ACTOR_OPTIONS
+    ).remote(settings)

@@ -1,0 +1,96 @@
+"""The health sweep: failing, hanging and refusing workspaces go offline after 3 sweeps; healthy ones never."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import redis
+
+from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
+from store import keys
+from store.embedded import free_port
+from tests.support import Platform, start_platform, wait_for
+from tests.test_liveness_monitor import beat, events_of, status
+
+
+class Workspaces:
+    """One loopback server for many workspaces: /ok<n>/health is 200, /bad/health 500, /hang/health hangs."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        release = self.release
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/hang"):
+                    release.wait(30)
+                code = 500 if self.path.startswith("/bad") else 200
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+@pytest.fixture
+def swept(ray_session: dict, redis_url: str, tmp_path) -> Iterator[Platform]:
+    deployed = start_platform(
+        redis_url, tmp_path / "data", subsystems=[(HEALTH_SWEEP_SPEC, health_sweep_actor)], health_sweep_interval_s=1.0
+    )
+    yield deployed
+    deployed.close()
+
+
+def test_bad_workspaces_go_offline_after_three_sweeps_and_healthy_ones_never(swept: Platform) -> None:
+    servers = Workspaces()
+    try:
+        tenant = swept.new_tenant("sweep")
+        urls = {
+            "failing": f"{servers.base}/bad",
+            "hanging": f"{servers.base}/hang",
+            "refusing": f"http://127.0.0.1:{free_port()}/",
+        }
+        ids = {}
+        for name, url in [*urls.items(), *((f"ok{n}", f"{servers.base}/ok{n}/") for n in range(200))]:
+            status_code, ws = swept.tenant_post(tenant, "/workspaces", {"name": name, "url": url})
+            assert status_code == 201, ws
+            ids[name] = ws["id"]
+            beat(swept, tenant, ws["id"])
+        bad = [ids[n] for n in urls]
+        wait_for(lambda: all(status(swept, tenant, w) == "offline" for w in bad), 60, what="the 3 bad ones offline")
+        before = swept.subsystem("health-sweep")["progress"]
+        # Three more sweeps: enough for any healthy workspace to have failed its way offline.
+        wait_for(lambda: swept.subsystem("health-sweep")["progress"]["sweeps"] >= before["sweeps"] + 3, 60)
+        client = redis.Redis.from_url(swept.settings.redis_url)
+        healthy = [w for n, w in ids.items() if n.startswith("ok")]
+        assert all(client.hget(keys.workspace(w), "status") == b"online" for w in healthy)
+        for w in bad:
+            assert events_of(swept, tenant["id"], w).count("WORKSPACE_OFFLINE") == 1
+        progress = swept.subsystem("health-sweep")["progress"]
+        assert progress["watched"] >= 200 and before["probe_failures"] >= 9
+    finally:
+        servers.stop()
+
+
+def test_a_workspace_with_a_corrupt_url_is_quarantined(swept: Platform) -> None:
+    tenant = swept.new_tenant("sweep-poison")
+    _, ws = swept.tenant_post(tenant, "/workspaces", {"name": "w", "url": "http://127.0.0.1:1/"})
+    beat(swept, tenant, ws["id"])
+    client = redis.Redis.from_url(swept.settings.redis_url)
+    client.hset(keys.workspace(ws["id"]), "url", b"\xff\xfe not a url")
+    sub = wait_for(lambda: (s := swept.subsystem("health-sweep"))["quarantined"] >= 1 and s, 30)
+    assert sub["state"] == "RUNNING"
+    client.srem(keys.WORKSPACES_ONLINE, ws["id"])
