@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -13,6 +14,7 @@ import redis
 
 from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
 from store import keys
+from store.embedded import EmbeddedRedis, free_port
 from tests.support import Platform, start_platform, wait_for
 
 
@@ -149,3 +151,31 @@ def test_a_corrupt_workspace_is_quarantined_and_the_others_are_still_watched(mon
     sub = wait_for(lambda: (s := monitored.subsystem("liveness-monitor"))["quarantined"] >= 1 and s, 30)
     assert sub["state"] == "RUNNING"
     client.srem(keys.WORKSPACES_ONLINE, bad)  # leave no poison behind for the other tests
+
+
+def test_keys_expiring_while_redis_restarts_are_all_caught(ray_session: dict, tmp_path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    server.start()
+    platform = start_platform(
+        server.url,
+        tmp_path / "data",
+        subsystems=[(LIVENESS_SPEC, liveness_monitor_actor)],
+        workspace_ttl_s=1.0,
+        liveness_scan_interval_s=1.0,
+    )
+    try:
+        tenant = platform.new_tenant("outage")
+        ids = [new_workspace(platform, tenant, None) for _ in range(20)]
+        for ws in ids:
+            beat(platform, tenant, ws)
+        server.stop()  # the keys expire while Redis is down: no notification will ever come
+        platform.wait_state("liveness-monitor", "BACKOFF", timeout_s=30)
+        time.sleep(1.5)  # every TTL has passed
+        server.start()
+        wait_for(lambda: all(status(platform, tenant, w) == "offline" for w in ids), 60, what="all 20 offline")
+        for ws in ids:
+            assert events_of(platform, tenant["id"], ws).count("WORKSPACE_OFFLINE") == 1
+        platform.wait_state("liveness-monitor", "RUNNING", timeout_s=60)
+    finally:
+        platform.close()
+        server.stop()
