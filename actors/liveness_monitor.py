@@ -29,7 +29,6 @@ from store.records import is_id
 log = logging.getLogger(__name__)
 
 LIVENESS_SPEC = SubsystemSpec("liveness-monitor", interval_s=1.0)
-SCAN_BATCH = 1000
 RESTARTS_PER_TICK = 32
 RESTART_TIMEOUT_S = 5.0
 RESTART_ATTEMPTS = 5  # then the request is given up, and the event says so
@@ -74,18 +73,10 @@ class LivenessMonitor(Subsystem):
 
     async def _reconcile(self) -> None:
         """Every online workspace whose liveness key is gone goes offline."""
-        watched = 0
-        async for batch in _batches(self.redis.sscan_iter(keys.WORKSPACES_ONLINE, count=SCAN_BATCH), SCAN_BATCH):
-            ids = [raw.decode() for raw in batch]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for workspace_id in ids:
-                    pipe.exists(keys.workspace_alive(workspace_id))
-                alive = await pipe.execute()
-            watched += len(ids)
-            for workspace_id, present in zip(ids, alive, strict=True):
-                if not present:
-                    await self._offline(workspace_id)
-        self.watched = watched
+        scan = workspaces.OnlineScan(self.redis)
+        async for workspace_id in scan.expired():
+            await self._offline(workspace_id)
+        self.watched = scan.watched
 
     async def _listen(self) -> None:
         """Expired-key notifications for liveness keys (fast path; the scan catches what this misses)."""
@@ -189,17 +180,6 @@ class LivenessMonitor(Subsystem):
 
 async def _fail(error: str) -> None:
     raise TypeError(error)
-
-
-async def _batches(source: Any, size: int) -> Any:
-    batch: list[Any] = []
-    async for item in source:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 LivenessMonitorActor = ray.remote(LivenessMonitor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -141,3 +142,33 @@ async def mark_offline(
         ],
     )
     return bool(changed)
+
+
+class OnlineScan:
+    """The reconciliation scan: online workspaces whose liveness key is gone, in batches of `batch`."""
+
+    def __init__(self, redis: aioredis.Redis, batch: int = 1000) -> None:
+        self.redis = redis
+        self.batch = batch
+        self.watched = 0
+
+    async def expired(self) -> AsyncIterator[str]:
+        ids: list[str] = []
+        async for raw in self.redis.sscan_iter(keys.WORKSPACES_ONLINE, count=self.batch):
+            ids.append(raw.decode())
+            if len(ids) >= self.batch:
+                for workspace_id in await self._gone(ids):
+                    yield workspace_id
+                ids = []
+        for workspace_id in await self._gone(ids):
+            yield workspace_id
+
+    async def _gone(self, ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for workspace_id in ids:
+                pipe.exists(keys.workspace_alive(workspace_id))
+            alive = await pipe.execute()
+        self.watched += len(ids)
+        return [w for w, present in zip(ids, alive, strict=True) if not present]
