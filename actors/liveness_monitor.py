@@ -64,6 +64,10 @@ class LivenessMonitor(Subsystem):
         self._scan_due = 0.0  # every (re)start begins with a full reconciliation scan
 
     async def tick(self) -> None:
+        # Deadlines first: each heartbeat records when its key expires, so a quiet workspace is
+        # found within a tick of its expiry, whenever Redis gets round to expiring the key.
+        for workspace_id in await workspaces.due(self.redis, time.time()):
+            await self._offline(workspace_id)
         if time.monotonic() >= self._scan_due:
             await self._reconcile()
             self._scan_due = time.monotonic() + self.settings.liveness_scan_interval_s

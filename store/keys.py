@@ -10,6 +10,7 @@ workspace:{id}               hash  id, tenant_id, name, url, a2a_version, restar
 workspace:{id}:alive         string with a TTL: set by each workspace heartbeat
 workspace:{id}:restart_debounce string with a TTL: a restart request was sent (RESTART_DEBOUNCE_S)
 workspaces:online            set   ids of workspaces whose status is online (the reconciliation scan reads it)
+workspaces:deadlines         zset  workspace id -> when its liveness key expires (unix seconds; set by each heartbeat)
 workspaces:restarts          zset  workspace id -> when to send its restart request (queued by the offline transition)
 tenant:{id}:schedules        set   the tenant's schedule ids
 schedule:{id}                hash  the schedule's JSON fields as strings      (contract)
@@ -74,6 +75,7 @@ def workspace_restart_debounce(workspace_id: str) -> str:
 TENANTS = "tenants"
 WORKSPACES_ONLINE = "workspaces:online"
 WORKSPACES_RESTARTS = "workspaces:restarts"
+WORKSPACES_DEADLINES = "workspaces:deadlines"
 EVENTS_PREFIX = "events:"
 SCHEDULES_DUE = "schedules:due"
 SCHEDULES_INFLIGHT = "schedules:inflight"

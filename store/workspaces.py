@@ -14,21 +14,23 @@ from store.records import is_id, list_owned, new_id, now_rfc3339, optional, read
 A2A_VERSIONS = ("1.0", "0.3")
 ONLINE, OFFLINE, UNKNOWN = "online", "offline", "unknown"
 
-# KEYS: workspace hash, liveness key, online set, events stream. ARGV: id, ttl ms, now,
-# stream maxlen, then the WORKSPACE_ONLINE event's field/value pairs (store.events.entry).
-# Sets the liveness key; the transition to online happens once and emits one event.
+# KEYS: workspace hash, liveness key, online set, events stream, deadlines. ARGV: id, ttl ms,
+# now, stream maxlen, the key's expiry (unix seconds), then the WORKSPACE_ONLINE event's
+# field/value pairs (store.events.entry). Sets the liveness key and its deadline; the
+# transition to online happens once and emits one event.
 HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'last_heartbeat_at', ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 if redis.call('HGET', KEYS[1], 'status') == 'online' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'online', 'online_at', ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 6))
 return 1
 """
 
-# KEYS: workspace hash, liveness key, online set, restart queue, events stream. ARGV: id,
+# KEYS: workspace hash, liveness key, online set, restart queue, events stream, deadlines. ARGV: id,
 # tenant id, now, now unix seconds, stream maxlen, "1" if the liveness key must be gone,
 # then the WORKSPACE_OFFLINE event's field/value pairs. A compare-and-set: only an online
 # workspace goes offline, so each transition happens once, emits one event and queues one
@@ -36,12 +38,14 @@ return 1
 MARK_OFFLINE = """
 if redis.call('HGET', KEYS[1], 'tenant_id') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'online' then
   redis.call('SREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
   return 0
 end
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'offline', 'offline_at', ARGV[3])
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[1])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7))
 return 1
@@ -88,6 +92,7 @@ async def delete(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> bo
         pipe.delete(keys.workspace(workspace_id), keys.workspace_alive(workspace_id))
         pipe.srem(keys.tenant_workspaces(tenant_id), workspace_id)
         pipe.srem(keys.WORKSPACES_ONLINE, workspace_id)
+        pipe.zrem(keys.WORKSPACES_DEADLINES, workspace_id)
         await pipe.execute()
     return True
 
@@ -95,17 +100,20 @@ async def delete(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> bo
 async def heartbeat(redis: aioredis.Redis, tenant_id: str, workspace_id: str, ttl_s: float, max_len: int) -> bool:
     """Set (not only extend) the liveness key; returns whether the workspace came online with it."""
     entry = events.entry("WORKSPACE_ONLINE", tenant_id, workspace_id, {"workspace_id": workspace_id})
+    now = time.time()
     came_online = await redis.eval(
         HEARTBEAT,
-        4,
+        5,
         keys.workspace(workspace_id),
         keys.workspace_alive(workspace_id),
         keys.WORKSPACES_ONLINE,
         keys.events(tenant_id),
+        keys.WORKSPACES_DEADLINES,
         workspace_id,
         int(ttl_s * 1000),
-        now_rfc3339(time.time()),
+        now_rfc3339(now),
         max_len,
+        now + ttl_s,
         *[x for pair in entry.items() for x in pair],
     )
     return came_online == 1
@@ -130,6 +138,7 @@ async def mark_offline(
             keys.WORKSPACES_ONLINE,
             keys.WORKSPACES_RESTARTS,
             keys.events(tenant_id),
+            keys.WORKSPACES_DEADLINES,
         ],
         args=[
             workspace_id,
@@ -172,3 +181,8 @@ class OnlineScan:
             alive = await pipe.execute()
         self.watched += len(ids)
         return [w for w, present in zip(ids, alive, strict=True) if not present]
+
+
+async def due(redis: aioredis.Redis, now: float, limit: int = 1000) -> list[str]:
+    """Online workspaces whose liveness key's deadline has passed (their key has expired or is about to)."""
+    return [raw.decode() for raw in await redis.zrangebyscore(keys.WORKSPACES_DEADLINES, "-inf", now, 0, limit)]
