@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import ray
@@ -100,10 +99,7 @@ class HealthSweep(Subsystem):
             raise TypeError(f"workspace {workspace_id} is not a hash: {raw}")
         if not raw:
             return False  # deleted meanwhile
-        url = raw.get(b"url", b"").decode()  # bad UTF-8 is this workspace's failure
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"workspace {workspace_id} has no valid url: {url[:100]!r}")
+        url = workspaces.checked(workspace_id, raw)["url"]
         async with slots:
             healthy = await self._probe(url.rstrip("/") + "/health")
         if healthy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
@@ -125,10 +126,7 @@ async def mark_offline(
     """Run MARK_OFFLINE (a registered Script) for a workspace read as `raw`; raises ValueError if it is corrupt."""
     if not raw:
         return False  # deleted meanwhile
-    fields = {k.decode(): v.decode() for k, v in raw.items()}  # bad UTF-8 is this workspace's failure
-    tenant_id = fields.get("tenant_id", "")
-    if not is_id(tenant_id):
-        raise ValueError(f"workspace {workspace_id} has no valid tenant_id")
+    tenant_id = checked(workspace_id, raw)["tenant_id"]
     entry = events.entry("WORKSPACE_OFFLINE", tenant_id, workspace_id, {"workspace_id": workspace_id, "reason": reason})
     now = time.time()
     changed = await script(
@@ -186,3 +184,20 @@ class OnlineScan:
 async def due(redis: aioredis.Redis, now: float, limit: int = 1000) -> list[str]:
     """Online workspaces whose liveness key's deadline has passed (their key has expired or is about to)."""
     return [raw.decode() for raw in await redis.zrangebyscore(keys.WORKSPACES_DEADLINES, "-inf", now, 0, limit)]
+
+
+def checked(workspace_id: str, raw: dict[bytes, bytes]) -> dict[str, str]:
+    """A stored workspace's fields; raises ValueError if they are corrupt (bad UTF-8, tenant or url)."""
+    fields = {k.decode(): v.decode() for k, v in raw.items()}  # UnicodeDecodeError is a ValueError
+    if not is_id(fields.get("tenant_id", "")):
+        raise ValueError(f"workspace {workspace_id} has no valid tenant_id")
+    for name in ("url", "restart_url"):
+        value = fields.get(name, "")
+        if (name == "url" or value) and not _http_url(value):
+            raise ValueError(f"workspace {workspace_id} has an invalid {name}: {value[:100]!r}")
+    return fields
+
+
+def _http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

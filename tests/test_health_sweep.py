@@ -11,6 +11,7 @@ import redis
 from aiohttp import web
 
 from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
+from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
 from store import keys
 from store.embedded import free_port
 from tests.support import Platform, start_platform, wait_for
@@ -95,3 +96,42 @@ def test_a_workspace_with_a_corrupt_url_is_quarantined(swept: Platform) -> None:
     sub = wait_for(lambda: (s := swept.subsystem("health-sweep"))["quarantined"] >= 1 and s, 30)
     assert sub["state"] == "RUNNING"
     client.srem(keys.WORKSPACES_ONLINE, ws["id"])
+
+
+def test_corrupt_workspaces_are_quarantined_by_both_actors(ray_session: dict, redis_url: str, tmp_path) -> None:
+    platform = start_platform(
+        redis_url,
+        tmp_path / "data",
+        subsystems=[(LIVENESS_SPEC, liveness_monitor_actor), (HEALTH_SWEEP_SPEC, health_sweep_actor)],
+        workspace_ttl_s=1.0,
+        liveness_scan_interval_s=1.0,
+        health_sweep_interval_s=1.0,
+    )
+    client = redis.Redis.from_url(platform.settings.redis_url)
+    try:
+        tenant = platform.new_tenant("corrupt")
+        ids = {}
+        for name in ("bad-url", "bad-utf8", "no-tenant", "good"):
+            _, ws = platform.tenant_post(
+                tenant, "/workspaces", {"name": name, "url": f"http://127.0.0.1:{free_port()}/"}
+            )
+            ids[name] = ws["id"]
+            beat(platform, tenant, ws["id"])
+        client.hset(keys.workspace(ids["bad-url"]), "url", "not a url")
+        client.hset(keys.workspace(ids["bad-utf8"]), "name", b"\xff\xfe")
+        client.hdel(keys.workspace(ids["no-tenant"]), "tenant_id")
+
+        def quarantined(name: str) -> bool:
+            return platform.subsystem(name)["quarantined"] >= 3
+
+        wait_for(lambda: quarantined("liveness-monitor") and quarantined("health-sweep"), 60, what="3 each")
+        # The good workspace (quiet, and its health endpoint refuses) still goes offline, once.
+        wait_for(lambda: status(platform, tenant, ids["good"]) == "offline", 30)
+        assert events_of(platform, tenant["id"], ids["good"]).count("WORKSPACE_OFFLINE") == 1
+        for name in ("liveness-monitor", "health-sweep"):
+            assert platform.subsystem(name)["state"] == "RUNNING"
+    finally:
+        for workspace_id in ids.values():
+            client.srem(keys.WORKSPACES_ONLINE, workspace_id)
+            client.zrem(keys.WORKSPACES_DEADLINES, workspace_id)
+        platform.close()
