@@ -83,7 +83,8 @@ class HealthSweep(Subsystem):
             )
         slots = asyncio.Semaphore(PROBE_CONCURRENCY)
         self.watched = len(ids)
-        self.failures = {w: n for w, n in self.failures.items() if w in set(ids)}
+        online = set(ids)
+        self.failures = {w: n for w, n in self.failures.items() if w in online}
         await asyncio.gather(*(self._check(w, raw, slots) for w, raw in zip(ids, records, strict=True)))
 
     async def _check(self, workspace_id: str, raw: Any, slots: asyncio.Semaphore) -> None:
