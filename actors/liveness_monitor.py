@@ -146,7 +146,8 @@ class LivenessMonitor(Subsystem):
         if not raw or not is_id(tenant_id):
             await self.redis.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
             return
-        attempt = int(fields.get("restart_attempt") or 0) if (fields.get("restart_attempt") or "0").isdigit() else 0
+        stored_attempt = fields.get("restart_attempt", "")
+        attempt = int(stored_attempt) if stored_attempt.isdigit() else 0
         if attempt == 0:
             debounce_ms = int(self.settings.restart_debounce_s * 1000)
             if not await self.redis.set(keys.workspace_restart_debounce(workspace_id), "1", nx=True, px=debounce_ms):
