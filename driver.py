@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from cryptography.fernet import Fernet
 
 from actors.api import API_SPEC, api_actor
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
+from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
 from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
 from actors.health import health_actor
 from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
@@ -45,6 +47,7 @@ SUBSYSTEMS: list[tuple[SubsystemSpec, Callable[[Settings], Any]]] = [
     (BROADCASTER_SPEC, broadcaster_actor),
     (LIVENESS_SPEC, liveness_monitor_actor),
     (HEALTH_SWEEP_SPEC, health_sweep_actor),
+    (CHANNEL_SPEC, channel_manager_actor),
 ]
 
 
@@ -53,17 +56,45 @@ def admin_token(settings: Settings) -> tuple[str, Path | None]:
     if settings.admin_token:
         return settings.admin_token, None
     path = settings.data_dir.resolve() / "admin_token"
+    token = _stored_secret(path, lambda: secrets.token_urlsafe(32), lambda token: len(token) >= 16, replace=True)
+    return token, path
+
+
+def channel_secret_key(settings: Settings) -> str:
+    """CHANNEL_SECRET_KEY, or the key stored in DATA_DIR/channel_secret_key (created 0600 if missing)."""
+    if settings.channel_secret_key:
+        return settings.channel_secret_key
+    path = settings.data_dir.resolve() / "channel_secret_key"
+    # A bad key file is never replaced: every stored channel secret would become unreadable.
+    return _stored_secret(path, lambda: Fernet.generate_key().decode(), _is_fernet_key, replace=False)
+
+
+def _is_fernet_key(key: str) -> bool:
+    try:
+        Fernet(key.encode())
+    except ValueError:
+        return False
+    return True
+
+
+def _stored_secret(path: Path, make: Callable[[], str], valid: Callable[[str], bool], *, replace: bool) -> str:
+    """The secret in `path`; if there is none, a new one from `make`, written with mode 0600.
+
+    An invalid secret in `path` is replaced only if `replace`; otherwise it is a start error.
+    """
     if path.exists():
-        token = path.read_text().strip()
-        if len(token) >= 16:
-            return token, path
+        value = path.read_text().strip()
+        if valid(value):
+            return value
+        if not replace:
+            raise RuntimeError(f"{path} does not hold a valid key; restore it, or set the key in the environment")
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
+    value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+        f.write(value + "\n")
     os.chmod(path, 0o600)
-    return token, path
+    return value
 
 
 def connect_ray(settings: Settings) -> None:
@@ -102,6 +133,7 @@ class Deployment:
             self.redis = EmbeddedRedis(settings.data_dir)
             settings = self.settings = dataclasses.replace(settings, redis_url=self.redis.start())
         self.token, self.token_path = admin_token(settings)
+        settings = self.settings = dataclasses.replace(settings, channel_secret_key=channel_secret_key(settings))
         connect_ray(settings)
         health = health_actor(settings)
         self.handles = [(HEALTH_ACTOR, health)]

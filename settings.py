@@ -7,6 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
 
 SUBSYSTEM_NAMES = ("scheduler", "broadcaster", "liveness-monitor", "health-sweep", "channel-manager", "api")
 
@@ -45,6 +48,27 @@ def _port(environ: Mapping[str, str], key: str, default: int) -> int:
     return int(raw)
 
 
+def _base_url(environ: Mapping[str, str], key: str, default: str) -> str:
+    raw = _text(environ, key)
+    if raw is None:
+        return default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{key} must be an http(s) URL with a host and no query, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _fernet_key(environ: Mapping[str, str], key: str) -> str | None:
+    raw = _text(environ, key)
+    if raw is None:
+        return None
+    try:
+        Fernet(raw.encode())
+    except ValueError:
+        raise ValueError(f"{key} must be a Fernet key (32 bytes, url-safe base64)") from None
+    return raw
+
+
 def _text(environ: Mapping[str, str], key: str) -> str | None:
     raw = environ.get(key)
     if raw is None or raw.strip() == "":
@@ -75,6 +99,11 @@ class Settings:
     health_sweep_interval_s: float = 15.0
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
+    channel_secret_key: str | None = field(default=None, repr=False)
+    telegram_api_base: str = "https://api.telegram.org"
+    slack_api_base: str = "https://slack.com/api"
+    telegram_poll_timeout_s: float = 25.0
+    channel_reply_timeout_s: float = 60.0
 
     @property
     def api_url(self) -> str:
@@ -121,4 +150,9 @@ class Settings:
             health_sweep_interval_s=_number(env, "HEALTH_SWEEP_INTERVAL_S", 15.0, minimum=0.1),
             ws_ping_interval_s=_number(env, "WS_PING_INTERVAL_S", 20.0, minimum=0.1),
             ws_ping_timeout_s=_number(env, "WS_PING_TIMEOUT_S", 20.0, minimum=0.1),
+            channel_secret_key=_fernet_key(env, "CHANNEL_SECRET_KEY"),
+            telegram_api_base=_base_url(env, "TELEGRAM_API_BASE", "https://api.telegram.org"),
+            slack_api_base=_base_url(env, "SLACK_API_BASE", "https://slack.com/api"),
+            telegram_poll_timeout_s=_number(env, "TELEGRAM_POLL_TIMEOUT_S", 25.0, minimum=0),
+            channel_reply_timeout_s=_number(env, "CHANNEL_REPLY_TIMEOUT_S", 60.0, minimum=0.1),
         )

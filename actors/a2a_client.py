@@ -56,3 +56,30 @@ async def send(
     if "result" not in reply:
         return Outcome(False, "invalid JSON-RPC response: no result")
     return Outcome(True, result=reply["result"])
+
+
+def reply_texts(result: Any) -> list[str]:
+    """The text parts of an A2A reply, in order: a message's parts, or a task's artifacts and status message.
+
+    Accepts both wire versions: 1.0 wraps the reply as {"message": ...} or {"task": ...};
+    0.3 returns the Message or Task itself, tagged by `kind`.
+    """
+    if not isinstance(result, dict):
+        return []
+    reply = result.get("message") or result.get("task") or result
+    if not isinstance(reply, dict):
+        return []
+    texts = _texts(reply.get("parts"))
+    for artifact in reply.get("artifacts") or []:
+        if isinstance(artifact, dict):
+            texts += _texts(artifact.get("parts"))
+    status = reply.get("status")
+    if not texts and isinstance(status, dict) and isinstance(status.get("message"), dict):
+        texts = _texts(status["message"].get("parts"))
+    return texts
+
+
+def _texts(parts: Any) -> list[str]:
+    if not isinstance(parts, list):
+        return []
+    return [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]

@@ -22,6 +22,7 @@ from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownS
 from settings import Settings
 from store import keys
 from store.client import connect
+from store.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class ApiActor(Subsystem):
             events_max_per_tenant=settings.events_max_per_tenant,
             ws_queue_size=settings.ws_queue_size,
             broadcast_positions_key=keys.broadcaster_positions(settings.ray_namespace),
+            secret_box=SecretBox(settings.channel_secret_key or ""),
         )
         self.hub = self.app.state.hub
         self.base_url = settings.api_url

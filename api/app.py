@@ -7,10 +7,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from api import admin, events, probes, schedules, stream, tenants, workspaces
+from api import admin, channels, events, probes, schedules, stream, tenants, webhooks, workspaces
 from api.backend import Backend
 from api.errors import EXCEPTION_HANDLERS
 from api.hub import Hub
+from store.secrets import SecretBox
 
 
 def create_app(
@@ -23,6 +24,7 @@ def create_app(
     events_max_per_tenant: int,
     ws_queue_size: int,
     broadcast_positions_key: str,
+    secret_box: SecretBox,
 ) -> Starlette:
     """Build the app; it holds no globals, everything comes in through the arguments."""
     routes = [
@@ -41,6 +43,12 @@ def create_app(
         Route("/schedules/{schedule_id}", schedules.get, methods=["GET"]),
         Route("/schedules/{schedule_id}", schedules.patch, methods=["PATCH"]),
         Route("/schedules/{schedule_id}", schedules.delete, methods=["DELETE"]),
+        Route("/channels", channels.list_all, methods=["GET"]),
+        Route("/channels", channels.create, methods=["POST"]),
+        Route("/channels/{channel_id}", channels.get, methods=["GET"]),
+        Route("/channels/{channel_id}", channels.patch, methods=["PATCH"]),
+        Route("/channels/{channel_id}", channels.delete, methods=["DELETE"]),
+        Route("/webhooks/slack/{channel_id}", webhooks.slack, methods=["POST"]),
         Route("/events", events.publish, methods=["POST"]),
         WebSocketRoute("/ws", stream.subscribe),
         Route("/ws", stream.needs_upgrade, methods=["GET"]),
@@ -54,4 +62,5 @@ def create_app(
     app.state.events_max_per_tenant = events_max_per_tenant
     app.state.hub = Hub(ws_queue_size)
     app.state.broadcast_positions_key = broadcast_positions_key
+    app.state.secret_box = secret_box
     return app

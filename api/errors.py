@@ -29,8 +29,8 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-async def read_json(request: Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
-    """The request's JSON body; 413 past `max_bytes` (read no further), 400 if not JSON."""
+async def read_body(request: Request, *, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request's raw body; 413 past `max_bytes` (read no further)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body is larger than {max_bytes} bytes")
@@ -39,6 +39,12 @@ async def read_json(request: Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any
         body += chunk
         if len(body) > max_bytes:
             raise ApiError(413, f"request body is larger than {max_bytes} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The request's JSON body; 413 past `max_bytes` (read no further), 400 if not JSON."""
+    body = await read_body(request, max_bytes=max_bytes)
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -17,7 +17,14 @@ schedule:{id}                hash  the schedule's JSON fields as strings      (c
 schedules:due                zset  schedule id -> its next slot (unix seconds)
 schedules:inflight           zset  "{id}:{slot}" -> lease expiry (unix seconds)
 schedules:quarantined        set   ids of quarantined schedules (out of the due index)
+tenant:{id}:channels         set   the tenant's channel ids
+channels                     set   every channel id (the channel manager reconciles them)
+channel:{id}                 hash  id, tenant_id, workspace_id, type, config (Fernet-encrypted JSON), status, ...
+channel:{id}:inbox           stream  inbound messages not yet relayed (deleted once answered)
+channel:{id}:offset          string  Telegram getUpdates offset: updates below it are in the inbox or ignored
+channel:{id}:seen:{key}      string with a TTL: a Slack event id or message already accepted (retries dropped)
 events:{tenant_id}           stream  the tenant's events                      (contract)
+channels:wake                pubsub channel: a channel id whose inbox has new messages
 broadcaster:{ns}:positions   hash  tenant id -> last stream id delivered to the API (ns = RAY_NAMESPACE)
 """
 
@@ -72,7 +79,29 @@ def workspace_restart_debounce(workspace_id: str) -> str:
     return f"workspace:{workspace_id}:restart_debounce"
 
 
+def tenant_channels(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}:channels"
+
+
+def channel(channel_id: str) -> str:
+    return f"channel:{channel_id}"
+
+
+def channel_inbox(channel_id: str) -> str:
+    return f"channel:{channel_id}:inbox"
+
+
+def channel_offset(channel_id: str) -> str:
+    return f"channel:{channel_id}:offset"
+
+
+def channel_seen(channel_id: str, key: str) -> str:
+    return f"channel:{channel_id}:seen:{key}"
+
+
 TENANTS = "tenants"
+CHANNELS = "channels"
+CHANNELS_WAKE = "channels:wake"
 WORKSPACES_ONLINE = "workspaces:online"
 WORKSPACES_RESTARTS = "workspaces:restarts"
 WORKSPACES_DEADLINES = "workspaces:deadlines"

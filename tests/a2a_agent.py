@@ -33,6 +33,9 @@ class _Recorder(AgentExecutor):
             await asyncio.sleep(self.agent.delay_s)
         message = context.message
         text = get_message_text(message)
+        if self.agent.hold_prefix is not None and text.startswith(self.agent.hold_prefix):
+            while not self.agent.released.is_set():  # a wedged agent, for this one message
+                await asyncio.sleep(0.05)
         with self.agent.lock:
             self.agent.messages.append({"messageId": message.message_id, "text": text, "at": time.time()})
         await event_queue.enqueue_event(new_text_message(f"echo: {text}", context_id=context.context_id))
@@ -44,8 +47,11 @@ class _Recorder(AgentExecutor):
 class A2AAgent:
     """Start with `start()`, stop with `stop()`; `url` is its JSON-RPC endpoint."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, hold_prefix: str | None = None) -> None:
+        """`hold_prefix`: a message whose text starts with it gets no answer until `released` is set."""
         self.delay_s = delay_s
+        self.hold_prefix = hold_prefix
+        self.released = threading.Event()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.lock = threading.Lock()

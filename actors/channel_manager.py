@@ -1,0 +1,424 @@
+"""Channel manager: a supervised poller per enabled Telegram channel, and the relay of every channel's inbox.
+
+Each tick reconciles the running channels with the stored ones (added, removed, changed,
+disabled, re-enabled) and beats. A Telegram channel's poller is its own RecoverLoop, outside
+the subsystem's loops: its failures back off that channel alone and show in the channel's
+`status`, never in the manager's health. Pollers and the Slack webhook only append to the
+channel's inbox (store.channels); relaying runs apart, in ChatQueues: in order per chat,
+at most RELAY_SLOTS at once, each call to a workspace with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import ray
+import redis.exceptions
+
+from actors import slack, telegram
+from actors.a2a_client import Outcome, reply_texts, send
+from actors.channel_relay import ChatQueues
+from actors.chat import ChatApiError
+from actors.handles import ACTOR_OPTIONS
+from actors.isolation import ItemGuard
+from actors.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
+from actors.supervised import LoopState, RecoverLoop
+from settings import Settings
+from store import channels, keys
+from store.channels import Channel, Inbound
+from store.client import connect
+from store.records import is_id
+from store.secrets import SecretBox
+
+log = logging.getLogger(__name__)
+
+CHANNEL_SPEC = SubsystemSpec("channel-manager", interval_s=2.0)
+RELAY_SLOTS = 64  # workspace calls in flight at once, over every channel
+POST_ATTEMPTS = 5
+POST_TIMEOUT_S = 10.0
+RETRY_AFTER_CAP_S = 300.0
+LOAD_PAGE = 500
+# The fields whose change means the channel must be parsed (and perhaps restarted) again.
+IDENTITY = (b"tenant_id", b"workspace_id", b"type", b"config", b"allowed_chats", b"enabled", b"revision")
+
+Item = tuple[str, Inbound]  # (inbox entry id, message)
+
+
+@dataclass(eq=False)
+class Run:
+    """One enabled channel in this process: its queues, and for Telegram its poller."""
+
+    channel: Channel
+    queues: ChatQueues[Item]
+    poller: RecoverLoop | None = None
+    task: asyncio.Task[None] | None = None
+    loaded_upto: str = "0-0"
+    polling: bool = False
+    polls: int = 0
+    rate_limited: int = 0
+    reported: tuple[str, str] | None = None
+    stopped: bool = False
+
+    def status(self) -> tuple[str, str] | None:
+        """(status, last_error) as the channel should read; None while it has not started."""
+        if self.poller is None:
+            return "running", ""
+        if self.poller.state in (LoopState.BACKOFF, LoopState.FAILED):
+            return "backoff", self.poller.last_error or ""
+        return ("running", "") if self.polling else None
+
+
+class ChannelManager(Subsystem):
+    spec = CHANNEL_SPEC
+
+    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+        self.redis = connect(settings.redis_url, timeout_s=5.0)
+        self.box = SecretBox(settings.channel_secret_key or "")
+        self.runs: dict[str, Run] = {}
+        self._parsed: dict[str, tuple[bytes, Channel]] = {}
+        self._slots = asyncio.Semaphore(RELAY_SLOTS)
+        self._session: aiohttp.ClientSession | None = None
+        self._finish = self.redis.register_script(channels.FINISH)
+        self._set_status = self.redis.register_script(channels.SET_STATUS)
+        self.watched = 0
+        self.relayed = 0
+        self.relay_errors = 0
+        self.quarantines = 0
+        self.malformed = 0
+        self.in_flight = 0
+        super().__init__(settings, spec)
+        self.items = ItemGuard(propagate=TRANSIENT_ERRORS, on_quarantine=self._corrupt)
+        self.supervise(f"{self.name}.wake", self._listen)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "watched": self.watched,
+            "running": len(self.runs),
+            "relayed": self.relayed,
+            "relay_errors": self.relay_errors,
+            "backlog": sum(r.queues.backlog for r in self.runs.values()),
+            "in_flight": self.in_flight,
+            "quarantines": self.quarantines,
+            "malformed": self.malformed,
+            "rate_limited": sum(r.rate_limited for r in self.runs.values()),
+            # Each Telegram channel's poller loop, by channel id.
+            "pollers": {cid: r.poller.state.value for cid, r in self.runs.items() if r.poller is not None},
+        }
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # One long poll per Telegram channel is open at all times: no connection cap.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        ids = sorted(m.decode() for m in await self.redis.smembers(keys.CHANNELS))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for channel_id in ids:
+                pipe.hgetall(keys.channel(channel_id))
+            # A key of the wrong type is that one channel's problem, not the tick's.
+            raws = await pipe.execute(raise_on_error=False) if ids else []
+        wanted = set()
+        for channel_id, raw in zip(ids, raws, strict=True):
+            version = _version(raw)
+            outcome = await self.items.run(
+                channel_id, lambda c=channel_id, r=raw, v=version: self._reconcile(c, r, v), version=version
+            )
+            if outcome.ok and outcome.value:
+                wanted.add(channel_id)
+        for channel_id in set(self.runs) - wanted:
+            await self._retire(self.runs[channel_id])
+        self._parsed = {c: p for c, p in self._parsed.items() if c in wanted}
+        self.watched = len(ids)
+        await self._load_all()
+
+    async def _reconcile(self, channel_id: str, raw: Any, version: bytes) -> bool:
+        """Start, update or keep the channel's run; False if it should not run. Raises if the record is corrupt."""
+        cached = self._parsed.get(channel_id)
+        channel = cached[1] if cached and cached[0] == version else Channel.parse(channel_id, raw, self.box)
+        self._parsed[channel_id] = (version, channel)
+        if not channel.enabled or raw.get(b"status") == b"quarantined":
+            return False
+        run = self.runs.get(channel_id)
+        if run is not None and run.stopped:
+            return False  # being retired (quarantined just now)
+        if run is not None and run.channel.secrets != channel.secrets:
+            await self._retire(run)  # a new token: a new poller, and the inbox read again
+            run = None
+        if run is None:
+            run = self._start(channel)
+        elif run.channel.revision != channel.revision:
+            run.channel, run.reported = channel, None  # allowed chats or workspace: taken as they are
+        await self._write_status(run)
+        return True
+
+    def _start(self, channel: Channel) -> Run:
+        run = Run(channel, ChatQueues(lambda item: self._relay(run, item), self._slots, room=channels.INBOX_MAX))
+        if channel.type == "telegram":
+            run.poller = RecoverLoop(f"{self.name}.{channel.id}", lambda: self._poll(run))
+            run.task = asyncio.get_running_loop().create_task(run.poller.run(), name=run.poller.name)
+        self.runs[channel.id] = run
+        log.info("channel %s (%s) started", channel.id, channel.type)
+        return run
+
+    async def _retire(self, run: Run) -> None:
+        """Stop the run's poller and queues; its unanswered messages stay in the inbox."""
+        run.stopped = True
+        if self.runs.get(run.channel.id) is run:
+            del self.runs[run.channel.id]
+        if run.task is not None and run.task is not asyncio.current_task():
+            run.task.cancel()
+            await asyncio.gather(run.task, return_exceptions=True)
+        await run.queues.close()
+        log.info("channel %s stopped", run.channel.id)
+
+    async def _write_status(self, run: Run) -> None:
+        status = run.status()
+        if status is None or status == run.reported:
+            return
+        channel = run.channel
+        written = await self._set_status(
+            keys=[keys.channel(channel.id), keys.channel(channel.id)],
+            args=[channel.revision, *status, self.settings.events_max_per_tenant],
+        )
+        if written:
+            run.reported = status
+
+    async def _quarantine(self, run: Run, error: str) -> None:
+        """The platform refused the channel's credentials: stop it, say so, until a PATCH."""
+        channel = run.channel
+        log.error("channel %s quarantined: %s", channel.id, error)
+        run.stopped = True
+        event = channels.quarantine_event(channel.id, channel.tenant_id, channel.workspace_id, channel.type, error)
+        await self._set_status(
+            keys=[keys.channel(channel.id), keys.events(channel.tenant_id)],
+            args=[channel.revision, "quarantined", error, self.settings.events_max_per_tenant, *channels.flat(event)],
+        )
+        self.quarantines += 1
+        asyncio.get_running_loop().create_task(self._retire(run))
+
+    async def _corrupt(self, channel_id: Any, error: str) -> None:
+        """ItemGuard's quarantine of a record that cannot be run (corrupt config, bad ids)."""
+        channel_id = str(channel_id)
+        run = self.runs.get(channel_id)
+        if run is not None:
+            await self._retire(run)
+        try:
+            raw = await self.redis.hgetall(keys.channel(channel_id))
+        except redis.exceptions.ResponseError:  # not a hash: nothing to record on
+            return
+        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        if not raw or fields.get("status") == "quarantined":
+            return
+        tenant_id = fields.get("tenant_id", "")
+        args: list[Any] = [fields.get("revision", ""), "quarantined", error, self.settings.events_max_per_tenant]
+        if is_id(tenant_id):
+            workspace_id = fields.get("workspace_id", "")
+            args += channels.flat(
+                channels.quarantine_event(channel_id, tenant_id, workspace_id, fields.get("type", ""), error)
+            )
+        stream = keys.events(tenant_id) if is_id(tenant_id) else keys.channel(channel_id)
+        await self._set_status(keys=[keys.channel(channel_id), stream], args=args)
+        self.quarantines += 1
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    async def _poll(self, run: Run) -> None:
+        """Long-poll one bot; each batch goes to the inbox with the new offset, atomically."""
+        run.polling = False
+        token = run.channel.secrets["bot_token"]
+        offset = int(await self.redis.get(keys.channel_offset(run.channel.id)) or 0)
+        while True:
+            await run.queues.room()
+            try:
+                updates = await telegram.get_updates(
+                    self.session, self.settings.telegram_api_base, token, offset, self.settings.telegram_poll_timeout_s
+                )
+            except ChatApiError as exc:
+                if exc.revoked:
+                    await self._quarantine(run, f"Telegram refused the bot token ({exc})")
+                    return
+                if exc.retry_after is None:
+                    raise
+                run.rate_limited += 1
+                log.warning("channel %s rate limited; waiting %.0f s as told", run.channel.id, exc.retry_after)
+                await asyncio.sleep(min(exc.retry_after, RETRY_AFTER_CAP_S))
+                continue
+            run.polling = True
+            run.polls += 1
+            if not updates:
+                continue
+            next_offset = max(offset, max(u["update_id"] for u in updates) + 1)
+            messages = [m for u in updates if u["update_id"] >= offset and (m := telegram.message_of(u)) is not None]
+            await channels.accept_batch(
+                self.redis,
+                run.channel,
+                messages,
+                offset=offset,
+                next_offset=next_offset,
+                max_len=self.settings.events_max_per_tenant,
+                now=time.time(),
+            )
+            offset = next_offset
+            await self._load(run)
+
+    async def _listen(self) -> None:
+        """Wake-ups from the Slack webhook: read that channel's inbox now (the tick would, within 2 s)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.CHANNELS_WAKE)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                run = self.runs.get(message["data"].decode(errors="replace")) if message else None
+                if run is not None:
+                    await self._load(run)
+        finally:
+            await pubsub.aclose()
+
+    async def _load_all(self) -> None:
+        """Queue what each channel's inbox holds beyond what was loaded (one round trip)."""
+        runs = list(self.runs.values())
+        if not runs:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for run in runs:
+                pipe.xrange(keys.channel_inbox(run.channel.id), f"({run.loaded_upto}", "+", count=LOAD_PAGE)
+            pages = await pipe.execute()
+        for run, entries in zip(runs, pages, strict=True):
+            await self._queue(run, entries)
+            if len(entries) == LOAD_PAGE:
+                await self._load(run)
+
+    async def _load(self, run: Run) -> None:
+        while not run.stopped:
+            entries = await self.redis.xrange(
+                keys.channel_inbox(run.channel.id), f"({run.loaded_upto}", "+", count=LOAD_PAGE
+            )
+            await self._queue(run, entries)
+            if len(entries) < LOAD_PAGE:
+                return
+
+    async def _queue(self, run: Run, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            if run.stopped or _after(run.loaded_upto, entry_id):
+                continue  # loaded meanwhile by another path
+            run.loaded_upto = entry_id
+            try:
+                inbound = Inbound.from_fields(fields)
+            except (ValueError, UnicodeDecodeError) as exc:
+                log.warning("channel %s: inbox entry %s dropped: %s", run.channel.id, entry_id, exc)
+                self.malformed += 1
+                await self.redis.xdel(keys.channel_inbox(run.channel.id), entry_id)
+                continue
+            run.queues.add(inbound.chat_id, (entry_id, inbound))
+
+    # -- relay -----------------------------------------------------------------------------
+
+    async def _relay(self, run: Run, item: Item) -> None:
+        """Ask the workspace, post its answer, then mark the message answered (with its event)."""
+        if run.stopped:
+            return  # the run is being retired; the message stays in the inbox for the next one
+        entry_id, inbound = item
+        channel = run.channel
+        self.in_flight += 1
+        try:
+            outcome = await self._ask(channel, inbound)
+        finally:
+            self.in_flight -= 1
+        error = None if outcome.ok else outcome.error
+        text = "\n\n".join(reply_texts(outcome.result)) if outcome.ok else f"(the agent did not reply: {error})"
+        try:
+            if text:
+                await self._post(channel, inbound, text)
+        except ChatApiError as exc:
+            if exc.revoked and not run.stopped:
+                await self._quarantine(run, f"{channel.type} refused the bot token ({exc})")
+            if exc.revoked:
+                return  # not answered: it stays in the inbox until the channel runs again
+            error = f"reply not posted: {exc}"
+        payload = {
+            "chat_id": inbound.chat_id,
+            "in_reply_to": inbound.message_id,
+            "text": text,
+            "status": "ok" if error is None else "error",
+            "error": error,
+        }
+        event = channels.message_event(channel, "out", payload)
+        await self._finish(
+            keys=[keys.channel_inbox(channel.id), keys.events(channel.tenant_id)],
+            args=[entry_id, self.settings.events_max_per_tenant, *channels.flat(event)],
+        )
+        self.relayed += 1
+        self.relay_errors += error is not None
+
+    async def _ask(self, channel: Channel, inbound: Inbound) -> Outcome:
+        try:
+            raw = await self.redis.hgetall(keys.workspace(channel.workspace_id))
+        except redis.exceptions.ResponseError:
+            return Outcome(False, f"workspace {channel.workspace_id} record is unreadable")
+        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        if fields.get("tenant_id") != channel.tenant_id:
+            return Outcome(False, f"workspace {channel.workspace_id} does not exist")
+        url, version = fields.get("url", ""), fields.get("a2a_version", "")
+        if version not in ("1.0", "0.3") or not url.startswith(("http://", "https://")):
+            return Outcome(False, f"workspace {channel.workspace_id} has a corrupt url or a2a_version")
+        message_id = inbound.a2a_message_id(channel)
+        return await send(self.session, url, version, message_id, inbound.text, self.settings.channel_reply_timeout_s)
+
+    async def _post(self, channel: Channel, inbound: Inbound, text: str) -> None:
+        """Post with retries: as told on 429, 1 s, 2 s, 4 s ... on transient failures; raises the last failure."""
+        post = telegram.send_message if channel.type == "telegram" else slack.post_message
+        base = self.settings.telegram_api_base if channel.type == "telegram" else self.settings.slack_api_base
+        for attempt in range(POST_ATTEMPTS):
+            try:
+                await post(self.session, base, channel.secrets["bot_token"], inbound, text, POST_TIMEOUT_S)
+                return
+            except ChatApiError as exc:
+                retry = exc.retry_after is not None or exc.transient
+                if exc.revoked or not retry or attempt == POST_ATTEMPTS - 1:
+                    raise
+                wait_s = exc.retry_after if exc.retry_after is not None else 2.0**attempt
+                log.warning("channel %s: reply failed (%s); retry in %.0f s", channel.id, exc, wait_s)
+                await asyncio.sleep(min(wait_s, RETRY_AFTER_CAP_S))
+
+    # -- remote methods --------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        for run in list(self.runs.values()):
+            await self._retire(run)
+        if self._session is not None:
+            await self._session.close()
+        await super().stop()
+
+
+def _version(raw: Any) -> bytes:
+    if not isinstance(raw, dict):
+        return f"unreadable: {raw}".encode()
+    return hashlib.sha256(b"\0".join(k + b"=" + raw.get(k, b"") for k in IDENTITY)).digest()
+
+
+def _after(a: str, b: str) -> bool:
+    """Whether stream id `a` is at or after `b`."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) >= (int(bms), int(bseq or 0))
+
+
+ChannelManagerActor = ray.remote(ChannelManager)
+
+
+def channel_manager_actor(settings: Settings) -> Any:
+    """Create or attach to the channel manager of `settings.ray_namespace`."""
+    return ChannelManagerActor.options(
+        name=CHANNEL_SPEC.name, namespace=settings.ray_namespace, **ACTOR_OPTIONS
+    ).remote(settings)

@@ -1,0 +1,110 @@
+"""Slack Events API webhook: signature verified, acknowledged at once, the message put in the channel's inbox.
+
+The relay itself runs in the channel manager, which reads the inbox; this route only
+verifies (v0 HMAC-SHA256 over the raw body with the channel's signing secret, timestamp
+within 5 minutes, constant-time compare: slack_sdk's SignatureVerifier) and records. A
+retried event (same `event_id`, or the same message seen through another event type) is
+acknowledged and not recorded again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis.exceptions
+from slack_sdk.signature import SignatureVerifier
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from api import validate
+from api.errors import ApiError, read_body
+from store import channels, keys
+
+log = logging.getLogger(__name__)
+
+MAX_SKEW_S = 5 * 60
+RELAYED_EVENTS = ("message", "app_mention")
+
+
+async def slack(request: Request) -> JSONResponse:
+    state = request.app.state
+    channel_id = request.path_params["channel_id"]
+    raw: Any = None
+    if validate.is_resource_id(channel_id):
+        try:
+            raw = await state.redis.hgetall(keys.channel(channel_id))
+        except redis.exceptions.ResponseError:  # not a hash: no channel
+            raw = None
+    if not raw or raw.get(b"type") != b"slack":
+        raise ApiError(404, "no such Slack channel")
+    body = await read_body(request)
+    try:
+        channel = channels.Channel.parse(channel_id, raw, state.secret_box)
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("slack channel %s cannot verify requests: %s", channel_id, exc)
+        raise ApiError(503, "this channel's stored config is unreadable; fix it with PATCH /channels/{id}") from None
+    _verify(request, body, channel.secrets["signing_secret"])
+    try:
+        envelope = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ApiError(400, "body is not JSON") from None
+    if not isinstance(envelope, dict):
+        raise ApiError(400, "body is not a JSON object")
+    if envelope.get("type") == "url_verification":
+        challenge = envelope.get("challenge")
+        if not isinstance(challenge, str):
+            raise ApiError(400, "url_verification without a challenge")
+        return JSONResponse({"challenge": challenge})
+    if envelope.get("type") != "event_callback":
+        return JSONResponse({"ok": True, "ignored": f"envelope type {envelope.get('type')!r}"})
+    event_id, event = envelope.get("event_id"), envelope.get("event")
+    if not isinstance(event_id, str) or not event_id or not isinstance(event, dict):
+        raise ApiError(400, "event_callback without event_id or event")
+    message = _message(event)
+    if message is None:
+        return JSONResponse({"ok": True, "ignored": "not a user's message"})
+    if not channel.enabled:
+        return JSONResponse({"ok": True, "ignored": "channel disabled"})
+    if not channel.allows(message.chat_id):
+        return JSONResponse({"ok": True, "ignored": "chat not allowed"})
+    accepted = await channels.accept_once(
+        state.redis, channel, message, event_id, max_len=state.events_max_per_tenant, now=time.time()
+    )
+    if accepted == -1:
+        raise ApiError(404, "no such Slack channel")
+    if accepted == -2:
+        raise ApiError(503, "this channel's inbox is full; retry later")
+    if accepted == 1:
+        try:
+            await state.redis.publish(keys.CHANNELS_WAKE, channel_id)
+        except redis.exceptions.RedisError as exc:  # the manager's reconcile finds the message all the same
+            log.warning("could not wake the channel manager for %s: %s", channel_id, exc)
+    return JSONResponse({"ok": True, "duplicate": accepted == 0})
+
+
+def _verify(request: Request, body: bytes, signing_secret: str) -> None:
+    """401 unless the request carries a fresh, valid v0 signature."""
+    timestamp = request.headers.get("x-slack-request-timestamp")
+    signature = request.headers.get("x-slack-signature")
+    if not timestamp or not signature:
+        raise ApiError(401, "missing X-Slack-Request-Timestamp or X-Slack-Signature")
+    if not timestamp.isdigit():
+        raise ApiError(401, "X-Slack-Request-Timestamp is not a unix time")
+    if abs(time.time() - int(timestamp)) > MAX_SKEW_S:
+        raise ApiError(401, "X-Slack-Request-Timestamp is more than 5 minutes off (a replay?)")
+    if not SignatureVerifier(signing_secret).is_valid(body, timestamp, signature):
+        raise ApiError(401, "X-Slack-Signature does not match")
+
+
+def _message(event: dict[str, Any]) -> channels.Inbound | None:
+    """The user's message an event carries; None for bots (our own replies included), edits and the rest."""
+    if event.get("type") not in RELAYED_EVENTS or event.get("subtype") or event.get("bot_id"):
+        return None
+    chat, ts, text, user = event.get("channel"), event.get("ts"), event.get("text"), event.get("user", "")
+    if not all(isinstance(v, str) and v for v in (chat, ts)) or not isinstance(text, str) or not isinstance(user, str):
+        return None
+    thread = event.get("thread_ts")
+    return channels.Inbound(chat, ts, text, user, thread if isinstance(thread, str) else "")

@@ -1,0 +1,414 @@
+"""Channels: a tenant's Telegram bots and Slack apps bound to a workspace, and their inboxes.
+
+A channel is a `channel:{id}` hash. Its secrets (bot token, signing secret) are one Fernet
+token in the `config` field and are never shown. Inbound messages are appended to the
+channel's inbox stream together with their event, in one atomic step, and deleted from it
+once answered, so the inbox is exactly the messages still to relay.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from store import events, keys
+from store.records import decode, is_id, list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
+from store.secrets import SecretBox
+
+TYPES = ("telegram", "slack")
+SECRET_FIELDS = {"telegram": ("bot_token",), "slack": ("bot_token", "signing_secret")}
+# `starting`: created or changed, not yet taken up by the channel manager.
+STATUSES = ("starting", "running", "backoff", "quarantined", "disabled")
+EDITABLE = ("workspace_id", "type", "config", "allowed_chats", "enabled")
+INBOX_MAX = 1000  # per channel; beyond it Telegram polling pauses and Slack is answered 503 (it retries)
+SEEN_TTL_S = 24 * 3600  # Slack retries for minutes; an accepted event id is remembered for a day
+ALLOWED_CHATS_MAX = 1000
+EVENT_TEXT_MAX = 4000
+TELEGRAM_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{20,200}")
+CHAT_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def check_config(channel_type: str, config: Any) -> dict[str, str]:
+    """The channel's secrets, checked for its type; ValueError naming the field."""
+    if not isinstance(config, dict):
+        raise ValueError("config: must be an object")
+    fields = SECRET_FIELDS[channel_type]
+    unknown = set(config) - set(fields)
+    if unknown:
+        raise ValueError(f"config: unknown field(s) for {channel_type}: {', '.join(sorted(map(str, unknown)))}")
+    for name in fields:
+        value = config.get(name)
+        if not isinstance(value, str) or not value or len(value) > 512 or not value.isprintable() or " " in value:
+            raise ValueError(f"config.{name}: required, a string of at most 512 printable characters")
+    if channel_type == "telegram" and not TELEGRAM_TOKEN.fullmatch(config["bot_token"]):
+        raise ValueError("config.bot_token: not a Telegram bot token (<bot id>:<secret>)")
+    return {name: config[name] for name in fields}
+
+
+def check_allowed_chats(value: Any) -> list[str] | None:
+    """Chat ids as strings (Telegram's numbers included), or None for any chat; ValueError naming the field."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > ALLOWED_CHATS_MAX:
+        raise ValueError(f"allowed_chats: must be a list of at most {ALLOWED_CHATS_MAX} chat ids, or null")
+    chats = []
+    for chat in value:
+        text = str(chat) if isinstance(chat, int) and not isinstance(chat, bool) else chat
+        if not isinstance(text, str) or not CHAT_ID.fullmatch(text):
+            raise ValueError(f"allowed_chats: {chat!r} is not a chat id")
+        chats.append(text)
+    return sorted(set(chats))
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A channel record as the channel manager runs it: checked, secrets opened."""
+
+    id: str
+    tenant_id: str
+    workspace_id: str
+    type: str
+    secrets: dict[str, str]
+    allowed_chats: frozenset[str] | None
+    enabled: bool
+    revision: str
+    status: str
+
+    @classmethod
+    def parse(cls, channel_id: str, raw: Any, box: SecretBox) -> Channel:
+        """Raises ValueError (or UnicodeDecodeError) naming what is corrupt."""
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError(f"channel {channel_id} has no readable record")
+        fields = decode(raw)
+        for name in ("tenant_id", "workspace_id"):
+            if not is_id(fields.get(name, "")):
+                raise ValueError(f"{name} is missing or malformed")
+        channel_type = fields.get("type", "")
+        if channel_type not in TYPES:
+            raise ValueError(f"type {channel_type!r} is not one of {', '.join(TYPES)}")
+        secrets = check_config(channel_type, box.open(fields.get("config", "")))
+        allowed = fields.get("allowed_chats", "")
+        try:
+            chats = check_allowed_chats(json.loads(allowed)) if allowed else None
+        except json.JSONDecodeError:
+            raise ValueError("allowed_chats is not JSON") from None
+        return cls(
+            id=channel_id,
+            tenant_id=fields["tenant_id"],
+            workspace_id=fields["workspace_id"],
+            type=channel_type,
+            secrets=secrets,
+            allowed_chats=None if chats is None else frozenset(chats),
+            enabled=fields.get("enabled") == "true",
+            revision=fields.get("revision", ""),
+            status=fields.get("status", ""),
+        )
+
+    def allows(self, chat_id: str) -> bool:
+        return self.allowed_chats is None or chat_id in self.allowed_chats
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
+
+
+def public(fields: dict[str, str]) -> dict[str, Any]:
+    """A channel hash as the API shows it: secrets named, never shown (tolerant of corrupt hashes)."""
+    try:
+        allowed = json.loads(fields["allowed_chats"]) if fields.get("allowed_chats") else None
+    except json.JSONDecodeError:
+        allowed = None
+    channel_type = fields.get("type", "")
+    return {
+        "id": fields.get("id", ""),
+        "workspace_id": fields.get("workspace_id", ""),
+        "type": channel_type,
+        "config": dict.fromkeys(SECRET_FIELDS.get(channel_type, ()), "redacted"),
+        "allowed_chats": allowed,
+        "enabled": fields.get("enabled") == "true",
+        "status": fields.get("status") or "starting",
+        "last_error": optional(fields.get("last_error", "")),
+        "last_message_at": optional(fields.get("last_message_at", "")),
+        "message_count": _int(fields.get("message_count")),
+        "created_at": fields.get("created_at", ""),
+        "updated_at": fields.get("updated_at", ""),
+    }
+
+
+async def create(
+    redis: aioredis.Redis, box: SecretBox, tenant_id: str, body: dict[str, Any], now: float
+) -> dict[str, Any]:
+    """Store a channel validated by the caller (check_config, check_allowed_chats)."""
+    channel_id = new_id()
+    stamp = now_rfc3339(now)
+    record = to_hash(
+        {
+            "id": channel_id,
+            "tenant_id": tenant_id,
+            "workspace_id": body["workspace_id"],
+            "type": body["type"],
+            "config": box.seal(body["config"]),
+            "allowed_chats": None if body["allowed_chats"] is None else json.dumps(body["allowed_chats"]),
+            "enabled": body["enabled"],
+            "revision": 1,
+            "status": "starting" if body["enabled"] else "disabled",
+            "last_error": None,
+            "last_message_at": None,
+            "message_count": 0,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+    )
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.channel(channel_id), mapping=record)
+        pipe.sadd(keys.tenant_channels(tenant_id), channel_id)
+        pipe.sadd(keys.CHANNELS, channel_id)
+        await pipe.execute()
+    return public(record)
+
+
+async def get(redis: aioredis.Redis, tenant_id: str, channel_id: str) -> dict[str, str] | None:
+    return await read_owned(redis, keys.channel(channel_id), tenant_id)
+
+
+async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]]:
+    return await list_owned(redis, keys.tenant_channels(tenant_id), keys.channel, tenant_id, public)
+
+
+async def patch(
+    redis: aioredis.Redis, box: SecretBox, tenant_id: str, channel_id: str, changes: dict[str, Any], now: float
+) -> dict[str, Any] | None:
+    """Apply validated changes atomically; None if the channel is gone or not the tenant's.
+
+    Every change bumps `revision` and clears the status (a quarantined channel is tried
+    again). A Telegram token for another bot resets the update offset: offsets are per bot.
+    """
+    key = keys.channel(channel_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                raw = await pipe.hgetall(key)
+                fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+                if not raw or fields.get("tenant_id") != tenant_id:
+                    return None
+                updates = {k: v for k, v in changes.items() if k != "config"}
+                if "allowed_chats" in changes:
+                    chats = changes["allowed_chats"]
+                    updates["allowed_chats"] = None if chats is None else json.dumps(chats)
+                new_bot = False
+                if "config" in changes:
+                    updates["config"] = box.seal(changes["config"])
+                    new_bot = _bot_id(box, fields.get("config", "")) != changes["config"]["bot_token"].split(":")[0]
+                enabled = changes.get("enabled", fields.get("enabled") == "true")
+                updates.update(
+                    status="starting" if enabled else "disabled", last_error=None, updated_at=now_rfc3339(now)
+                )
+                stored = to_hash(updates)
+                pipe.multi()
+                pipe.hset(key, mapping=stored)
+                pipe.hincrby(key, "revision", 1)
+                if new_bot:
+                    pipe.delete(keys.channel_offset(channel_id))
+                await pipe.execute()
+                return public({**fields, **stored})
+            except redis.exceptions.WatchError:
+                continue
+
+
+def _bot_id(box: SecretBox, sealed: str) -> str | None:
+    try:
+        return box.open(sealed).get("bot_token", "").split(":")[0]
+    except ValueError:
+        return None
+
+
+async def delete(redis: aioredis.Redis, tenant_id: str, channel_id: str) -> None:
+    """Remove the channel, its inbox (messages not yet relayed are dropped) and its offset."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.channel(channel_id), keys.channel_inbox(channel_id), keys.channel_offset(channel_id))
+        pipe.srem(keys.tenant_channels(tenant_id), channel_id)
+        pipe.srem(keys.CHANNELS, channel_id)
+        await pipe.execute()
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One message from a chat, as the inbox keeps it."""
+
+    chat_id: str
+    message_id: str  # unique within the chat (Telegram message_id, Slack ts)
+    text: str
+    sender: str = ""
+    thread: str = ""  # Slack: the thread to answer in
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "chat_id": self.chat_id,
+            "message_id": self.message_id,
+            "text": self.text,
+            "sender": self.sender,
+            "thread": self.thread,
+        }
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> Inbound:
+        """Raises ValueError/UnicodeDecodeError for an entry the platform did not write."""
+        fields = decode(raw)
+        if not fields.get("chat_id") or not fields.get("message_id") or "text" not in fields:
+            raise ValueError("inbox entry lacks chat_id, message_id or text")
+        return cls(
+            fields["chat_id"], fields["message_id"], fields["text"], fields.get("sender", ""), fields.get("thread", "")
+        )
+
+    def a2a_message_id(self, channel: Channel) -> str:
+        """The same on every re-delivery, so a workspace can drop duplicates."""
+        return f"channel-{channel.type}-{channel.id}:{self.chat_id}:{self.message_id}"
+
+
+def message_event(channel: Channel, direction: str, payload: dict[str, Any]) -> dict[str, str]:
+    """A CHANNEL_MESSAGE event entry; texts are cut to EVENT_TEXT_MAX characters."""
+    body = {"channel_id": channel.id, "type": channel.type, "direction": direction, **payload}
+    if isinstance(body.get("text"), str):
+        body["text"] = body["text"][:EVENT_TEXT_MAX]
+    return events.entry("CHANNEL_MESSAGE", channel.tenant_id, channel.workspace_id, body)
+
+
+def flat(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
+class Conflict(RuntimeError):
+    """The offset or the channel changed under a batch: another poller, or a delete."""
+
+
+async def accept_batch(
+    redis: aioredis.Redis,
+    channel: Channel,
+    messages: Iterable[Inbound],
+    *,
+    offset: int,
+    next_offset: int,
+    max_len: int,
+    now: float,
+) -> int:
+    """Append a polled batch to the inbox with its events and move the offset, atomically.
+
+    Messages from chats the channel does not allow are dropped (the offset still moves past
+    them). Raises Conflict if the stored offset is not `offset` or the channel is gone, so
+    two pollers of one channel can never both record a batch. Returns how many were kept.
+    """
+    kept = [m for m in messages if channel.allows(m.chat_id)]
+    offset_key, key = keys.channel_offset(channel.id), keys.channel(channel.id)
+    async with redis.pipeline(transaction=True) as pipe:
+        for _ in range(10):
+            try:
+                await pipe.watch(offset_key, key)
+                stored = await pipe.get(offset_key)
+                if int(stored or 0) != offset or not await pipe.exists(key):
+                    raise Conflict(f"offset of channel {channel.id} moved or the channel is gone")
+                pipe.multi()
+                for message in kept:
+                    pipe.xadd(keys.channel_inbox(channel.id), message.fields())
+                    payload = {"chat_id": message.chat_id, "message_id": message.message_id, "text": message.text}
+                    pipe.xadd(
+                        keys.events(channel.tenant_id),
+                        message_event(channel, "in", {**payload, "sender": message.sender}),
+                        maxlen=max_len,
+                        approximate=True,
+                    )
+                if kept:
+                    pipe.hincrby(key, "message_count", len(kept))
+                    pipe.hset(key, "last_message_at", now_rfc3339(now))
+                pipe.set(offset_key, next_offset)
+                await pipe.execute()
+                return len(kept)
+            except redis.exceptions.WatchError:
+                continue  # a status write to the channel hash: read again
+    raise Conflict(f"channel {channel.id} kept changing while its batch was recorded")
+
+
+# KEYS: channel hash, inbox, events, seen(event id), seen(message). ARGV: seen ttl, inbox max,
+# events maxlen, last_message_at, n, then n inbox field/value items, then the event's.
+# Returns 1 accepted, 0 a duplicate, -1 no such channel, -2 inbox full.
+ACCEPT_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[1])
+redis.call('SET', KEYS[5], '1', 'EX', ARGV[1])
+local n = tonumber(ARGV[5])
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6, 5 + n))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6 + n))
+redis.call('HINCRBY', KEYS[1], 'message_count', 1)
+redis.call('HSET', KEYS[1], 'last_message_at', ARGV[4])
+return 1
+"""
+
+
+async def accept_once(
+    redis: aioredis.Redis, channel: Channel, message: Inbound, event_id: str, *, max_len: int, now: float
+) -> int:
+    """Append one pushed message (a Slack event) unless its event id or message was seen; see ACCEPT_ONCE."""
+    inbox = flat(message.fields())
+    payload = {"chat_id": message.chat_id, "message_id": message.message_id, "text": message.text}
+    event = flat(message_event(channel, "in", {**payload, "sender": message.sender, "event_id": event_id}))
+    return int(
+        await redis.eval(
+            ACCEPT_ONCE,
+            5,
+            keys.channel(channel.id),
+            keys.channel_inbox(channel.id),
+            keys.events(channel.tenant_id),
+            keys.channel_seen(channel.id, f"event:{event_id}"),
+            keys.channel_seen(channel.id, f"message:{message.chat_id}:{message.message_id}"),
+            SEEN_TTL_S,
+            INBOX_MAX,
+            max_len,
+            now_rfc3339(now),
+            len(inbox),
+            *inbox,
+            *event,
+        )
+    )
+
+
+# KEYS: inbox, events. ARGV: entry id, events maxlen, then the event's field/value items.
+# The entry is answered once: a second finish (a re-delivery after a crash) writes nothing.
+FINISH = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+return 1
+"""
+
+# KEYS: channel hash, events. ARGV: revision, status, last_error, events maxlen, then an
+# optional event's field/value items. Writes only if the channel is still at `revision`:
+# a PATCH meanwhile wins.
+SET_STATUS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if (redis.call('HGET', KEYS[1], 'revision') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'last_error', ARGV[3])
+if #ARGV > 4 then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5)) end
+return 1
+"""
+
+
+def quarantine_event(
+    channel_id: str, tenant_id: str, workspace_id: str, channel_type: str, error: str
+) -> dict[str, str]:
+    payload = {"channel_id": channel_id, "type": channel_type, "error": error}
+    return events.entry("CHANNEL_QUARANTINED", tenant_id, workspace_id, payload)
