@@ -34,8 +34,7 @@ class _Recorder(AgentExecutor):
         message = context.message
         text = get_message_text(message)
         if self.agent.hold_prefix is not None and text.startswith(self.agent.hold_prefix):
-            while not self.agent.released.is_set():  # a wedged agent, for this one message
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(self.agent.released.wait)  # a wedged agent, for this one message
         with self.agent.lock:
             self.agent.messages.append({"messageId": message.message_id, "text": text, "at": time.time()})
         await event_queue.enqueue_event(new_text_message(f"echo: {text}", context_id=context.context_id))

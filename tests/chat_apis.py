@@ -208,7 +208,12 @@ class ChatApis:
             return web.json_response({"ok": False, "error": "no_text" if body.get("channel") else "channel_not_found"})
         ts = f"{time.time():.6f}"
         with self.lock:
-            post = {"token": token, "channel": body["channel"], "text": body["text"], "thread_ts": body.get("thread_ts")}
+            post = {
+                "token": token,
+                "channel": body["channel"],
+                "text": body["text"],
+                "thread_ts": body.get("thread_ts"),
+            }
             self.slack_posts.append({**post, "at": time.time()})
         return web.json_response({"ok": True, "channel": body["channel"], "ts": ts, "message": {"text": body["text"]}})
 

@@ -13,7 +13,7 @@ from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
 from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
-from tests.support import Platform, http, start_platform, wait_for
+from tests.support import Platform, start_platform, wait_for
 
 _tokens = itertools.count(1)
 
@@ -39,7 +39,9 @@ def agents() -> Iterator[list[A2AAgent]]:
 
 
 @pytest.fixture(scope="module")
-def relay(ray_session: dict, redis_url: str, apis: ChatApis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def relay(
+    ray_session: dict, redis_url: str, apis: ChatApis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
     deployed = start_platform(
         redis_url,
         tmp_path_factory.mktemp("channels"),
