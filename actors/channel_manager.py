@@ -237,12 +237,15 @@ class ChannelManager(Subsystem):
         run.polling = False
         token = run.channel.secrets["bot_token"]
         offset = int(await self.redis.get(keys.channel_offset(run.channel.id)) or 0)
+        base, poll_s = self.settings.telegram_api_base, self.settings.telegram_poll_timeout_s
+        first = True
         while True:
             await run.queues.room()
             try:
-                updates = await telegram.get_updates(
-                    self.session, self.settings.telegram_api_base, token, offset, self.settings.telegram_poll_timeout_s
-                )
+                if first:  # the token is checked at once, not after a whole idle long poll
+                    await telegram.get_me(self.session, base, token, POST_TIMEOUT_S)
+                    run.polling, first = True, False
+                updates = await telegram.get_updates(self.session, base, token, offset, poll_s)
             except ChatApiError as exc:
                 if exc.revoked:
                     await self._quarantine(run, f"Telegram refused the bot token ({exc})")

@@ -45,6 +45,14 @@ async def call(
     )
 
 
+async def get_me(session: aiohttp.ClientSession, base: str, token: str, timeout_s: float) -> dict[str, Any]:
+    """The bot's own user: a quick check that the token is accepted."""
+    result = await call(session, base, token, "getMe", {}, timeout_s)
+    if not isinstance(result, dict) or not isinstance(result.get("id"), int):
+        raise ChatApiError("getMe: result is not a user", transient=True)
+    return result
+
+
 async def get_updates(
     session: aiohttp.ClientSession, base: str, token: str, offset: int, timeout_s: float
 ) -> list[dict[str, Any]]:

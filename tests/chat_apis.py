@@ -3,7 +3,7 @@
 Telegram (https://core.telegram.org/bots/api): `POST /bot<token>/getUpdates` long-polls (it
 holds the request until an update arrives or `timeout` seconds pass; `offset` confirms the
 updates before it; a second concurrent poll ends the first with 409) and
-`POST /bot<token>/sendMessage`. Errors are `{"ok": false, "error_code", "description",
+`POST /bot<token>/sendMessage`, and `getMe`. Errors are `{"ok": false, "error_code", "description",
 "parameters": {"retry_after"}}` with the same HTTP status. Slack
 (https://docs.slack.dev/reference/methods/chat.postMessage): `POST /api/chat.postMessage`
 with a bearer token answers `{"ok": true, "channel", "ts"}` or `{"ok": false, "error"}`.
@@ -67,6 +67,7 @@ class ChatApis:
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
+        app.router.add_post("/bot{token}/getMe", self._get_me)
         app.router.add_post("/bot{token}/getUpdates", self._get_updates)
         app.router.add_post("/bot{token}/sendMessage", self._send_message)
         app.router.add_post("/api/chat.postMessage", self._post_message)
@@ -117,6 +118,13 @@ class ChatApis:
         self.bot(token).revoked = True
         self.loop.call_soon_threadsafe(self._wake, self.bot(token))
 
+    def rotate(self, token: str, new_token: str) -> None:
+        """The bot's owner revokes `token` and gets `new_token` for the same bot (its updates wait)."""
+        with self.lock:
+            bot = self.bots.pop(token)
+            bot.token, bot.revoked = new_token, False
+            self.bots[new_token] = bot
+
     def rate_limit(self, token: str, retry_after: int) -> None:
         self.bot(token).retry_after = retry_after
 
@@ -140,6 +148,13 @@ class ChatApis:
     def _wake(self, bot: Bot) -> None:
         if bot.wakeup is not None:
             bot.wakeup.set()
+
+    async def _get_me(self, request: web.Request) -> web.Response:
+        bot = self.bots.get(request.match_info["token"])
+        if bot is None or bot.revoked:
+            return _error(401, "Unauthorized")
+        bot_id = int(bot.token.partition(":")[0])
+        return web.json_response({"ok": True, "result": {"id": bot_id, "is_bot": True, "username": f"bot{bot_id}"}})
 
     async def _get_updates(self, request: web.Request) -> web.Response:
         bot = self.bots.get(request.match_info["token"])

@@ -186,6 +186,12 @@ class Platform:
     def tenant_get(self, tenant: dict[str, Any], path: str) -> tuple[int, Any]:
         return self.get(path, token=tenant["token"])
 
+    def tenant_patch(self, tenant: dict[str, Any], path: str, body: Any) -> tuple[int, Any]:
+        return http("PATCH", self.url + path, body, token=tenant["token"])
+
+    def tenant_delete(self, tenant: dict[str, Any], path: str) -> tuple[int, Any]:
+        return http("DELETE", self.url + path, token=tenant["token"])
+
     def close(self) -> None:
         for name in list(self.tickers):
             NamedActor(name, self.settings.ray_namespace).kill(restart=False)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
+from actors.channel_manager import CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
+from actors.handles import NamedActor
 from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
@@ -80,8 +84,6 @@ def replied(apis: ChatApis, token: str, chat_id: int, message_ids: list[int]) ->
 
 
 def events_of(platform: Platform, tenant_id: str, name: str) -> list[dict[str, Any]]:
-    import json
-
     client = redis.Redis.from_url(platform.settings.redis_url)
     found = []
     for _, fields in client.xrange(keys.events(tenant_id)):
@@ -121,3 +123,187 @@ def test_three_bots_of_three_tenants_relay_to_their_workspaces_and_reply_in_the_
         assert record["message_count"] == 6 and record["last_message_at"] is not None
         directions = [e["direction"] for e in events_of(relay, tenant["id"], "CHANNEL_MESSAGE")]
         assert directions.count("in") == 6 and directions.count("out") == 6
+
+
+def rotated(token: str) -> str:
+    """A new token for the same bot (the part before ':' is the bot id)."""
+    bot_id, _, secret = token.partition(":")
+    return f"{bot_id}:BBH{secret[3:]}"
+
+
+def test_a_revoked_token_quarantines_its_channel_only_and_a_patch_brings_it_back(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    tenant_a, tenant_b = relay.new_tenant("revoked"), relay.new_tenant("unaffected")
+    token_a, token_b = new_token(), new_token()
+    apis.bot(token_a), apis.bot(token_b)
+    channel_a = bind(relay, tenant_a, agents[0], token_a)
+    channel_b = bind(relay, tenant_b, agents[1], token_b)
+    for tenant, channel in ((tenant_a, channel_a), (tenant_b, channel_b)):
+        wait_for(lambda t=tenant, c=channel: running(relay, t, c["id"]), 30, what="channel running")
+
+    apis.revoke(token_a)
+    sent_b = []
+    quarantined = None
+    while quarantined is None or len(sent_b) < 5:  # bot B keeps being written to throughout
+        sent_b.append(apis.send(token_b, 50, f"during {len(sent_b)}"))
+        wait_for(lambda: replied(apis, token_b, 50, sent_b), 30, what="bot B replies")
+        assert channel_of(relay, tenant_b, channel_b["id"])["status"] == "running"
+        record = channel_of(relay, tenant_a, channel_a["id"])
+        quarantined = record if record["status"] == "quarantined" else None
+    assert "401" in quarantined["last_error"] and "Unauthorized" in quarantined["last_error"]
+    (event,) = events_of(relay, tenant_a["id"], "CHANNEL_QUARANTINED")
+    assert event["channel_id"] == channel_a["id"] and "401" in event["error"]
+    assert relay.subsystem("channel-manager")["healthy"]  # one tenant's channel, not the subsystem
+
+    # The owner gets a new token for the same bot; what users wrote meanwhile is still relayed.
+    waiting = apis.send(token_a, 60, "written while quarantined")
+    new = rotated(token_a)
+    apis.rotate(token_a, new)
+    status, patched = relay.tenant_patch(tenant_a, f"/channels/{channel_a['id']}", {"config": {"bot_token": new}})
+    assert status == 200 and patched["status"] == "starting" and patched["last_error"] is None, patched
+    wait_for(lambda: replied(apis, new, 60, [waiting]), 30, what="relayed after the PATCH")
+    wait_for(lambda: running(relay, tenant_a, channel_a["id"]), 30, what="channel running again")
+
+
+def test_429_retry_after_is_honoured_and_nothing_is_lost(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    tenant = relay.new_tenant("rate-limited")
+    token = new_token()
+    apis.bot(token)
+    channel = bind(relay, tenant, agents[0], token)
+    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
+    apis.rate_limit(token, 3)
+    first = apis.send(token, 70, "wakes the poll; the next one gets 429")
+    wait_for(lambda: apis.bot(token).rate_limited_at, 30, what="a 429 answered")
+    second = apis.send(token, 70, "written while the poller waits")
+    wait_for(lambda: replied(apis, token, 70, [first, second]), 30, what="both replied")
+    limited_at = apis.bot(token).rate_limited_at[0]
+    next_poll = min(at for at, _ in apis.bot(token).polls if at > limited_at)
+    assert next_poll - limited_at >= 3 - 0.05  # no earlier than told (a lower bound: slowness cannot break it)
+    assert relay.subsystem("channel-manager")["progress"]["rate_limited"] >= 1
+    assert [r["reply_to"] for r in apis.replies(token, 70)] == [first, second]
+
+
+def test_a_hung_workspace_delays_only_its_own_chat(relay: Platform, apis: ChatApis, agents: list[A2AAgent]) -> None:
+    hanging = A2AAgent(hold_prefix="hang").start()
+    try:
+        tenant, other_tenant = relay.new_tenant("hung"), relay.new_tenant("other")
+        token, other_token = new_token(), new_token()
+        apis.bot(token), apis.bot(other_token)
+        channel = bind(relay, tenant, hanging, token)
+        other = bind(relay, other_tenant, agents[1], other_token)
+        for t, c in ((tenant, channel), (other_tenant, other)):
+            wait_for(lambda t=t, c=c: running(relay, t, c["id"]), 30, what="channel running")
+        stuck = [apis.send(token, 81, "hang here"), apis.send(token, 81, "behind the hang")]
+        same_bot = [apis.send(token, 82, f"same bot {i}") for i in range(5)]
+        other_bot = [apis.send(other_token, 83, f"other bot {i}") for i in range(5)]
+        wait_for(lambda: replied(apis, token, 82, same_bot), 60, what="the same bot's other chat")
+        wait_for(lambda: replied(apis, other_token, 83, other_bot), 60, what="the other bot")
+        assert apis.replies(token, 81) == []  # still waiting for its agent
+        asked = [r["body"]["params"]["message"]["parts"][0]["text"] for r in hanging.bodies_for("channel-telegram-")]
+        assert "hang here" in asked and "behind the hang" not in asked  # in order: the next waits its turn
+        hanging.released.set()
+        wait_for(lambda: replied(apis, token, 81, stuck), 60, what="the hung chat, once its agent answers")
+        assert [r["reply_to"] for r in apis.replies(token, 81)] == stuck  # in order
+    finally:
+        hanging.released.set()
+        hanging.stop()
+
+
+def test_chats_outside_allowed_chats_are_ignored(relay: Platform, apis: ChatApis, agents: list[A2AAgent]) -> None:
+    tenant = relay.new_tenant("allowed")
+    token = new_token()
+    apis.bot(token)
+    channel = bind(relay, tenant, agents[2], token, allowed_chats=[91])
+    assert channel["allowed_chats"] == ["91"]
+    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
+    ignored = apis.send(token, 92, "not allowed")
+    apis.send_other(token, 91)  # not a text message
+    allowed = apis.send(token, 91, "allowed")
+    wait_for(lambda: replied(apis, token, 91, [allowed]), 30, what="the allowed chat replied")
+    wait_for(lambda: apis.pending(token) == 0, 30, what="the offset moved past every update")
+    assert apis.replies(token, 92) == [] and ignored not in {r["reply_to"] for r in apis.replies(token)}
+    received = [e for e in events_of(relay, tenant["id"], "CHANNEL_MESSAGE") if e["direction"] == "in"]
+    assert [e["chat_id"] for e in received] == ["91"]
+
+
+def test_a_corrupt_channel_is_quarantined_and_the_others_run(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    tenant = relay.new_tenant("poison")
+    good_token, bad_token = new_token(), new_token()
+    apis.bot(good_token), apis.bot(bad_token)
+    good = bind(relay, tenant, agents[0], good_token)
+    bad = bind(relay, tenant, agents[0], bad_token)
+    client = redis.Redis.from_url(relay.settings.redis_url)
+    client.hset(keys.channel(bad["id"]), "config", "not a Fernet token")
+    client.hincrby(keys.channel(bad["id"]), "revision", 1)
+    wait_for(
+        lambda: channel_of(relay, tenant, bad["id"])["status"] == "quarantined",
+        60,
+        what="the corrupt channel quarantined",
+    )
+    record = channel_of(relay, tenant, bad["id"])
+    assert "cannot be decrypted" in record["last_error"]
+    (event,) = events_of(relay, tenant["id"], "CHANNEL_QUARANTINED")
+    assert event["channel_id"] == bad["id"]
+    sent = apis.send(good_token, 95, "still relayed")
+    wait_for(lambda: replied(apis, good_token, 95, [sent]), 30, what="the good channel relays")
+    assert relay.subsystem("channel-manager")["healthy"] and running(relay, tenant, good["id"])
+    # A PATCH with a good config releases it.
+    status, _ = relay.tenant_patch(tenant, f"/channels/{bad['id']}", {"config": {"bot_token": bad_token}})
+    assert status == 200
+    wait_for(lambda: running(relay, tenant, bad["id"]), 30, what="released by the PATCH")
+
+
+def test_sigkill_with_500_updates_queued_each_is_handled_exactly_once(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    bots = []
+    for n, agent in enumerate(agents):
+        tenant = relay.new_tenant(f"killed-{n}")
+        token = new_token()
+        apis.bot(token)
+        bots.append((tenant, token, bind(relay, tenant, agent, token), agent))
+    for tenant, _, channel, _ in bots:
+        wait_for(lambda t=tenant, c=channel: running(relay, t, c["id"]), 30, what="channel running")
+    sent: dict[tuple[str, int], list[int]] = {}
+    for i in range(500):
+        _, token, _, _ = bots[i % 3]
+        chat = 1000 + i % 15
+        sent.setdefault((token, chat), []).append(apis.send(token, chat, f"update {i}"))
+    wait_for(lambda: sum(len(apis.replies(t)) for _, t, _, _ in bots) >= 50, 60, what="50 relayed")
+    os.kill(pid_of(relay, "channel-manager"), signal.SIGKILL)
+    answered_at_kill = sum(len(apis.replies(t)) for _, t, _, _ in bots)
+    assert answered_at_kill < 500  # the kill did come with updates still queued
+    for (token, chat), message_ids in sent.items():
+        wait_for(lambda t=token, c=chat, m=message_ids: replied(apis, t, c, m), 120, what="every update answered")
+    sub = relay.subsystem("channel-manager")
+    assert sub["restarts"]["process"] >= 1
+
+    for tenant, token, channel, agent in bots:
+        expected = {
+            f"channel-telegram-{channel['id']}:{chat}:{m}" for (t, chat), ids in sent.items() if t == token for m in ids
+        }
+        received = [
+            r["body"]["params"]["message"]["messageId"] for r in agent.bodies_for(f"channel-telegram-{channel['id']}")
+        ]
+        assert set(received) == expected  # every update reached its workspace...
+        # ...and a second delivery, with the same messageId, only for what was in flight at the kill.
+        assert len(received) - len(expected) <= RELAY_SLOTS
+        messages = events_of(relay, tenant["id"], "CHANNEL_MESSAGE")
+        inbound = [(e["chat_id"], e["message_id"]) for e in messages if e["direction"] == "in"]
+        answered = [(e["chat_id"], e["in_reply_to"]) for e in messages if e["direction"] == "out"]
+        assert len(inbound) == len(set(inbound)) == len(expected)  # recorded exactly once (offset persisted)
+        assert len(answered) == len(set(answered)) == len(expected)  # answered exactly once
+    for (token, chat), message_ids in sent.items():
+        replies = [r["reply_to"] for r in apis.replies(token, chat)]
+        first_replies = list(dict.fromkeys(replies))
+        assert first_replies == message_ids  # in order per chat, across the restart
+        assert len(replies) - len(message_ids) <= RELAY_SLOTS
+
+
+def pid_of(platform: Platform, actor: str) -> int:
+    return NamedActor(actor, platform.settings.ray_namespace).call_sync("ping", timeout_s=10)["pid"]
