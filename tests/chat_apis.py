@@ -233,9 +233,11 @@ class ChatApis:
         return web.json_response({"ok": True, "channel": body["channel"], "ts": ts, "message": {"text": body["text"]}})
 
 
-def slack_request(signing_secret: str, payload: dict[str, Any], timestamp: int | None = None) -> tuple[bytes, dict]:
-    """An Events API request body and its headers, signed as Slack signs them (v0)."""
-    body = json.dumps(payload).encode()
+def slack_request(
+    signing_secret: str, payload: dict[str, Any] | bytes, timestamp: int | None = None
+) -> tuple[bytes, dict]:
+    """An Events API request body (a payload as JSON, or raw bytes) and its headers, signed as Slack signs them (v0)."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     ts = str(int(time.time()) if timestamp is None else timestamp)
     digest = hmac.new(signing_secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
     headers = {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}", "Content-Type": "application/json"}
