@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
+from driver import channel_secret_key
 from settings import Settings
+from store.secrets import SecretBox
 
 
 def test_defaults() -> None:
@@ -34,6 +38,11 @@ def test_defaults() -> None:
         ("WS_QUEUE_SIZE", "0"),
         ("WS_PING_INTERVAL_S", "never"),
         ("WS_PING_TIMEOUT_S", "0"),
+        ("CHANNEL_SECRET_KEY", "not-a-fernet-key"),
+        ("TELEGRAM_API_BASE", "api.telegram.org"),
+        ("SLACK_API_BASE", "ftp://slack.com/api"),
+        ("TELEGRAM_POLL_TIMEOUT_S", "-1"),
+        ("CHANNEL_REPLY_TIMEOUT_S", "0"),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: str) -> None:
@@ -51,3 +60,25 @@ def test_values_are_read() -> None:
         "redis://127.0.0.1:1/0",
         Path("/x"),
     )
+
+
+def test_channel_settings_are_read() -> None:
+    key = Fernet.generate_key().decode()
+    s = Settings.from_env(
+        {"CHANNEL_SECRET_KEY": key, "TELEGRAM_API_BASE": "http://127.0.0.1:9/", "SLACK_API_BASE": "http://h/api"}
+    )
+    assert (s.channel_secret_key, s.telegram_api_base, s.slack_api_base) == (key, "http://127.0.0.1:9", "http://h/api")
+    assert key not in repr(s)
+
+
+def test_the_channel_key_is_generated_once_with_mode_0600_and_a_bad_one_refused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    key = channel_secret_key(settings)
+    path = tmp_path / "channel_secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert channel_secret_key(settings) == key  # the same key on the next start
+    SecretBox(key).open(SecretBox(key).seal({"bot_token": "t"}))
+    path.write_text("damaged\n")
+    with pytest.raises(RuntimeError, match="channel_secret_key"):
+        channel_secret_key(settings)  # never replaced: every sealed secret would be lost
+    assert path.read_text() == "damaged\n"

@@ -1,0 +1,111 @@
+"""Channels API: validation, secrets never stored in clear nor returned, tenants kept apart."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from store import keys
+from tests.support import Platform
+
+TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+SLACK = {"bot_token": "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy", "signing_secret": "8f742231b10e8888"}
+
+
+@pytest.fixture(scope="module")
+def tenants(platform: Platform) -> dict[str, Any]:
+    found = {}
+    for name in ("a", "b"):
+        tenant = platform.new_tenant(name)
+        status, workspace = platform.tenant_post(tenant, "/workspaces", {"name": "w", "url": "http://127.0.0.1:1/"})
+        assert status == 201
+        found[name] = {**tenant, "workspace": workspace["id"]}
+    return found
+
+
+def telegram(workspace_id: str, **extra: Any) -> dict[str, Any]:
+    return {"workspace_id": workspace_id, "type": "telegram", "config": {"bot_token": TOKEN}, **extra}
+
+
+def test_secrets_are_sealed_at_rest_and_never_returned(platform: Platform, tenants: dict[str, Any]) -> None:
+    a = tenants["a"]
+    status, created = platform.tenant_post(a, "/channels", telegram(a["workspace"]))
+    assert status == 201, created
+    status, slack = platform.tenant_post(
+        a, "/channels", {"workspace_id": a["workspace"], "type": "slack", "config": SLACK}
+    )
+    assert status == 201, slack
+    assert created["config"] == {"bot_token": "redacted"}
+    assert slack["config"] == {"bot_token": "redacted", "signing_secret": "redacted"}
+    assert created["status"] == "starting" and created["message_count"] == 0 and created["last_error"] is None
+    client = redis.Redis.from_url(platform.settings.redis_url)
+    secrets = [TOKEN, SLACK["bot_token"], SLACK["signing_secret"], TOKEN.split(":")[1]]
+    for channel_id in (created["id"], slack["id"]):
+        stored = b"".join(k + v for k, v in client.hgetall(keys.channel(channel_id)).items())
+        assert not any(s.encode() in stored for s in secrets)
+    status, patched = platform.tenant_patch(a, f"/channels/{created['id']}", {"config": {"bot_token": TOKEN}})
+    assert status == 200
+    answers = [created, slack, patched, platform.tenant_get(a, "/channels")[1]]
+    answers += [platform.tenant_get(a, f"/channels/{c}")[1] for c in (created["id"], slack["id"])]
+    text = json.dumps(answers)
+    assert not any(s in text for s in secrets)
+
+
+def test_a_tenant_cannot_read_change_or_bind_anothers(platform: Platform, tenants: dict[str, Any]) -> None:
+    a, b = tenants["a"], tenants["b"]
+    _, channel = platform.tenant_post(a, "/channels", telegram(a["workspace"]))
+    path = f"/channels/{channel['id']}"
+    assert platform.tenant_get(b, path)[0] == 404
+    assert platform.tenant_patch(b, path, {"enabled": False})[0] == 404
+    assert platform.tenant_delete(b, path)[0] == 404
+    assert channel["id"] not in [c["id"] for c in platform.tenant_get(b, "/channels")[1]["channels"]]
+    status, reply = platform.tenant_post(b, "/channels", telegram(a["workspace"]))
+    assert status == 422 and "workspace_id" in reply["error"]
+    status, reply = platform.tenant_patch(a, path, {"workspace_id": b["workspace"]})
+    assert status == 422 and "workspace_id" in reply["error"]
+    assert platform.get("/channels", token=None)[0] == 401
+    assert platform.tenant_get(a, path)[1]["enabled"] is True
+    assert platform.tenant_delete(a, path)[0] == 204
+    assert platform.tenant_get(a, path)[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"type": "irc"}, "type"),
+        ({"config": {"bot_token": "not-a-token"}}, "config.bot_token"),
+        ({"config": {"bot_token": TOKEN, "extra": "x"}}, "config"),
+        ({"config": "text"}, "config"),
+        ({"config": {}}, "config.bot_token"),
+        ({"allowed_chats": "all"}, "allowed_chats"),
+        ({"allowed_chats": [True]}, "allowed_chats"),
+        ({"allowed_chats": ["has space"]}, "allowed_chats"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"workspace_id": "../x"}, "workspace_id"),
+        ({"colour": "red"}, "unknown field"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(
+    platform: Platform, tenants: dict[str, Any], change: dict[str, Any], field: str
+) -> None:
+    a = tenants["a"]
+    status, reply = platform.tenant_post(a, "/channels", {**telegram(a["workspace"]), **change})
+    assert status == 422 and reply["error"].startswith(field), reply
+
+
+def test_patch_rules(platform: Platform, tenants: dict[str, Any]) -> None:
+    a = tenants["a"]
+    _, channel = platform.tenant_post(a, "/channels", telegram(a["workspace"], allowed_chats=[-1001, "42"]))
+    assert channel["allowed_chats"] == ["-1001", "42"]
+    path = f"/channels/{channel['id']}"
+    status, reply = platform.tenant_patch(a, path, {"type": "slack"})
+    assert status == 422 and reply["error"].startswith("type"), reply
+    status, reply = platform.tenant_patch(a, path, {"config": SLACK})
+    assert status == 422 and reply["error"].startswith("config"), reply
+    status, disabled = platform.tenant_patch(a, path, {"enabled": False, "allowed_chats": None})
+    assert status == 200 and disabled["status"] == "disabled" and disabled["allowed_chats"] is None
+    status, enabled = platform.tenant_patch(a, path, {"enabled": True})
+    assert status == 200 and enabled["status"] == "starting"
