@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from store import events, keys
 from store.records import decode, is_id, list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
@@ -223,7 +224,7 @@ async def patch(
                     pipe.delete(keys.channel_offset(channel_id))
                 await pipe.execute()
                 return public({**fields, **stored})
-            except redis.exceptions.WatchError:
+            except WatchError:
                 continue
 
 
@@ -337,7 +338,7 @@ async def accept_batch(
                 pipe.set(offset_key, next_offset)
                 await pipe.execute()
                 return len(kept)
-            except redis.exceptions.WatchError:
+            except WatchError:
                 continue  # a status write to the channel hash: read again
     raise Conflict(f"channel {channel.id} kept changing while its batch was recorded")
 

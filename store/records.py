@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 
 def new_id() -> str:
@@ -52,7 +53,7 @@ async def read_owned(redis: aioredis.Redis, key: str, tenant_id: str) -> dict[st
     """The hash at `key` if it exists and belongs to the tenant (bytes decoded leniently)."""
     try:
         raw = await redis.hgetall(key)
-    except redis.exceptions.ResponseError:  # not a hash: nobody's record
+    except ResponseError:  # not a hash: nobody's record
         return None
     fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
     return fields if raw and fields.get("tenant_id") == tenant_id else None

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis.asyncio as aioredis
 from croniter import croniter
+from redis.exceptions import WatchError
 
 from store import keys
 from store.records import list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
@@ -186,7 +187,7 @@ async def patch(
                 pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
                 await pipe.execute()
                 return public({**merged, **updates})
-            except redis.exceptions.WatchError:
+            except WatchError:
                 continue
     assert invalid is not None
     raise invalid

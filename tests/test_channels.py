@@ -258,6 +258,40 @@ def test_a_corrupt_channel_is_quarantined_and_the_others_run(
     wait_for(lambda: running(relay, tenant, bad["id"]), 30, what="released by the PATCH")
 
 
+def test_disabled_then_enabled_relays_what_was_written_meanwhile_and_delete_stops_the_poller(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    tenant = relay.new_tenant("toggled")
+    token = new_token()
+    apis.bot(token)
+    channel = bind(relay, tenant, agents[1], token)
+    path = f"/channels/{channel['id']}"
+    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
+
+    def reconciled() -> None:
+        """Two more reconciles (the progress seen after them is that of a reconcile after the change)."""
+        for _ in range(2):
+            tick = relay.subsystem("channel-manager")["last_tick_at"]
+            wait_for(lambda t=tick: relay.subsystem("channel-manager")["last_tick_at"] != t, 30, what="a reconcile")
+
+    def polling() -> bool:
+        return channel["id"] in relay.subsystem("channel-manager")["progress"]["pollers"]
+
+    assert relay.tenant_patch(tenant, path, {"enabled": False})[1]["status"] == "disabled"
+    reconciled()
+    assert not polling()
+    waiting = apis.send(token, 99, "written while disabled")
+    assert relay.tenant_patch(tenant, path, {"enabled": True})[0] == 200
+    wait_for(lambda: replied(apis, token, 99, [waiting]), 30, what="relayed once enabled again")
+    assert relay.tenant_delete(tenant, path)[0] == 204
+    reconciled()
+    assert not polling()
+    polls = len(apis.bot(token).polls)
+    apis.send(token, 99, "after the delete")
+    reconciled()
+    assert len(apis.bot(token).polls) == polls and apis.pending(token) == 1  # nobody polls it any more
+
+
 def test_sigkill_with_500_updates_queued_each_is_handled_exactly_once(
     relay: Platform, apis: ChatApis, agents: list[A2AAgent]
 ) -> None:

@@ -109,3 +109,18 @@ def test_patch_rules(platform: Platform, tenants: dict[str, Any]) -> None:
     assert status == 200 and disabled["status"] == "disabled" and disabled["allowed_chats"] is None
     status, enabled = platform.tenant_patch(a, path, {"enabled": True})
     assert status == 200 and enabled["status"] == "starting"
+
+
+def test_a_record_of_the_wrong_type_reads_as_no_record(platform: Platform, tenants: dict[str, Any]) -> None:
+    a = tenants["a"]
+    client = redis.Redis.from_url(platform.settings.redis_url)
+    bogus = "e" * 32
+    client.set(keys.channel(bogus), "not a hash")
+    client.sadd(keys.tenant_channels(a["id"]), bogus)
+    try:
+        assert platform.tenant_get(a, f"/channels/{bogus}")[0] == 404
+        status, listed = platform.tenant_get(a, "/channels")
+        assert status == 200 and bogus not in [c["id"] for c in listed["channels"]]
+    finally:
+        client.delete(keys.channel(bogus))
+        client.srem(keys.tenant_channels(a["id"]), bogus)
