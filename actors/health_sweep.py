@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 HEALTH_SWEEP_SPEC = SubsystemSpec("health-sweep", interval_s=1.0, stale_after_s=15.0)
 PROBE_TIMEOUT_S = 2.0
 PROBE_CONCURRENCY = 100
-REDIS_CONCURRENCY = 16  # offline transitions at once (the Redis pool holds 100 connections)
 FAILURES_TO_OFFLINE = 3
 
 
@@ -48,7 +47,6 @@ class HealthSweep(Subsystem):
         self.offline_transitions = 0
         self.last_sweep_s: float | None = None
         self.sweeps = 0
-        self._redis_slots = asyncio.Semaphore(REDIS_CONCURRENCY)
         super().__init__(settings, spec)
 
     def progress(self) -> dict[str, Any]:
@@ -111,15 +109,15 @@ class HealthSweep(Subsystem):
         if failed < FAILURES_TO_OFFLINE:
             return False
         self.failures.pop(workspace_id, None)
-        async with self._redis_slots:
-            return await workspaces.mark_offline(
-                self._mark_offline,
-                workspace_id,
-                raw,
-                f"{FAILURES_TO_OFFLINE} health probes failed",
-                max_len=self.settings.events_max_per_tenant,
-                require_expired=False,
-            )
+        # A mass offline waits for pooled connections (store.client.connect) rather than failing.
+        return await workspaces.mark_offline(
+            self._mark_offline,
+            workspace_id,
+            raw,
+            f"{FAILURES_TO_OFFLINE} health probes failed",
+            max_len=self.settings.events_max_per_tenant,
+            require_expired=False,
+        )
 
     async def _probe(self, url: str) -> bool:
         assert self._session is not None

@@ -44,10 +44,10 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 
 @contextlib.contextmanager
-def platform(subsystems: Sequence[Any] = ()) -> Iterator[Platform]:
-    """Ray + Redis + health and API actors (and `subsystems`), torn down afterwards."""
+def platform(subsystems: Sequence[Any] = (), **overrides: Any) -> Iterator[Platform]:
+    """Ray + Redis + health and API actors (and `subsystems`, with settings `overrides`), torn down afterwards."""
     with local_ray(), redis_server() as server, tempfile.TemporaryDirectory(prefix="bench-data") as data:
-        deployed = start_platform(server.url, Path(data), subsystems=subsystems)
+        deployed = start_platform(server.url, Path(data), subsystems=subsystems, **overrides)
         try:
             yield deployed
         finally:

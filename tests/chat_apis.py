@@ -37,6 +37,7 @@ class Bot:
     sent: list[dict[str, Any]] = field(default_factory=list)
     polls: list[tuple[float, int]] = field(default_factory=list)  # (when, offset)
     rate_limited_at: list[float] = field(default_factory=list)
+    arrived: dict[int, float] = field(default_factory=dict)  # message id -> when the user sent it
     generation: int = 0
     wakeup: asyncio.Event | None = None
 
@@ -71,7 +72,7 @@ class ChatApis:
         app.router.add_post("/bot{token}/getUpdates", self._get_updates)
         app.router.add_post("/bot{token}/sendMessage", self._send_message)
         app.router.add_post("/api/chat.postMessage", self._post_message)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         self.loop.run_until_complete(self.runner.setup())
         self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
         started.set()
@@ -100,7 +101,8 @@ class ChatApis:
                 "date": int(time.time()),
                 "text": text,
             }
-            bot.updates.append({"update_id": bot.next_update_id, "message": message, "sent_at": time.time()})
+            bot.updates.append({"update_id": bot.next_update_id, "message": message})
+            bot.arrived[message_id] = time.time()
             bot.next_update_id += 1
         self.loop.call_soon_threadsafe(self._wake, bot)
         return message_id
@@ -175,7 +177,7 @@ class ChatApis:
         while True:
             with self.lock:
                 bot.updates = [u for u in bot.updates if u["update_id"] >= offset]  # confirmed by the offset
-                ready = [{k: v for k, v in u.items() if k != "sent_at"} for u in bot.updates[:limit]]
+                ready = bot.updates[:limit]
             if ready or time.monotonic() >= deadline:
                 return web.json_response({"ok": True, "result": ready})
             bot.wakeup.clear()
