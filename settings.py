@@ -153,6 +153,6 @@ class Settings:
             channel_secret_key=_fernet_key(env, "CHANNEL_SECRET_KEY"),
             telegram_api_base=_base_url(env, "TELEGRAM_API_BASE", "https://api.telegram.org"),
             slack_api_base=_base_url(env, "SLACK_API_BASE", "https://slack.com/api"),
-            telegram_poll_timeout_s=_number(env, "TELEGRAM_POLL_TIMEOUT_S", 25.0, minimum=0),
+            telegram_poll_timeout_s=_number(env, "TELEGRAM_POLL_TIMEOUT_S", 25.0, minimum=1),
             channel_reply_timeout_s=_number(env, "CHANNEL_REPLY_TIMEOUT_S", 60.0, minimum=0.1),
         )

@@ -50,7 +50,10 @@ async def create(request: Request) -> JSONResponse:
     body = validate.json_object(await read_json(request))
     record = await _checked(request, tenant_id, body, channel_type=None)
     state = request.app.state
-    created = await channels.create(state.redis, state.secret_box, tenant_id, record, time.time())
+    try:
+        created = await channels.create(state.redis, state.secret_box, tenant_id, record, time.time())
+    except channels.BotTaken as exc:
+        raise ApiError(409, str(exc)) from None
     return JSONResponse(created, status_code=201)
 
 
@@ -73,7 +76,10 @@ async def patch(request: Request) -> JSONResponse:
     body = validate.json_object(await read_json(request))
     changes = await _checked(request, tenant_id, body, channel_type=fields.get("type", ""))
     state = request.app.state
-    updated = await channels.patch(state.redis, state.secret_box, tenant_id, fields["id"], changes, time.time())
+    try:
+        updated = await channels.patch(state.redis, state.secret_box, tenant_id, fields["id"], changes, time.time())
+    except channels.BotTaken as exc:
+        raise ApiError(409, str(exc)) from None
     if updated is None:
         raise ApiError(404, "channel not found")
     return JSONResponse(updated)
@@ -81,5 +87,5 @@ async def patch(request: Request) -> JSONResponse:
 
 async def delete(request: Request) -> Response:
     tenant_id, fields = await _own(request)
-    await channels.delete(request.app.state.redis, tenant_id, fields["id"])
+    await channels.delete(request.app.state.redis, tenant_id, fields["id"], fields.get("bot_id", ""))
     return Response(status_code=204)

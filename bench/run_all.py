@@ -14,6 +14,8 @@ BENCHES = [
     "detection.py",
     "scheduler_burst.py",
     "broadcaster.py",
+    "workspace_liveness.py",
+    "channels.py",
     "memory.py",
 ]
 

@@ -150,8 +150,14 @@ def public(fields: dict[str, str]) -> dict[str, Any]:
 async def create(
     redis: aioredis.Redis, box: SecretBox, tenant_id: str, body: dict[str, Any], now: float
 ) -> dict[str, Any]:
-    """Store a channel validated by the caller (check_config, check_allowed_chats)."""
+    """Store a channel validated by the caller (check_config, check_allowed_chats).
+
+    Raises BotTaken if its Telegram bot is already another channel's.
+    """
     channel_id = new_id()
+    bot = bot_of(body["type"], body["config"])
+    if bot:
+        await _claim_bot(redis, bot, channel_id)
     stamp = now_rfc3339(now)
     record = to_hash(
         {
@@ -160,6 +166,7 @@ async def create(
             "workspace_id": body["workspace_id"],
             "type": body["type"],
             "config": box.seal(body["config"]),
+            "bot_id": bot,
             "allowed_chats": None if body["allowed_chats"] is None else json.dumps(body["allowed_chats"]),
             "enabled": body["enabled"],
             "revision": 1,
@@ -193,9 +200,17 @@ async def patch(
     """Apply validated changes atomically; None if the channel is gone or not the tenant's.
 
     Every change bumps `revision` and clears the status (a quarantined channel is tried
-    again). A Telegram token for another bot resets the update offset: offsets are per bot.
+    again). A Telegram token for another bot moves the bot binding (BotTaken if that bot is
+    already another channel's) and resets the update offset: offsets are per bot.
     """
     key = keys.channel(channel_id)
+    fields = await read_owned(redis, key, tenant_id)
+    if fields is None:
+        return None
+    old_bot = fields.get("bot_id", "")
+    new_bot = bot_of(fields.get("type", ""), changes["config"]) if "config" in changes else old_bot
+    if new_bot and new_bot != old_bot:
+        await _claim_bot(redis, new_bot, channel_id)
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -204,14 +219,12 @@ async def patch(
                 fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
                 if not raw or fields.get("tenant_id") != tenant_id:
                     return None
-                updates = {k: v for k, v in changes.items() if k != "config"}
+                updates = {k: v for k, v in changes.items() if k not in ("config", "type")}
                 if "allowed_chats" in changes:
                     chats = changes["allowed_chats"]
                     updates["allowed_chats"] = None if chats is None else json.dumps(chats)
-                new_bot = False
                 if "config" in changes:
-                    updates["config"] = box.seal(changes["config"])
-                    new_bot = _bot_id(box, fields.get("config", "")) != changes["config"]["bot_token"].split(":")[0]
+                    updates["config"], updates["bot_id"] = box.seal(changes["config"]), new_bot
                 enabled = changes.get("enabled", fields.get("enabled") == "true")
                 updates.update(
                     status="starting" if enabled else "disabled", last_error=None, updated_at=now_rfc3339(now)
@@ -220,28 +233,72 @@ async def patch(
                 pipe.multi()
                 pipe.hset(key, mapping=stored)
                 pipe.hincrby(key, "revision", 1)
-                if new_bot:
+                if new_bot != old_bot:
                     pipe.delete(keys.channel_offset(channel_id))
                 await pipe.execute()
-                return public({**fields, **stored})
+                break
+            except WatchError:
+                continue
+    if old_bot and new_bot != old_bot:
+        await _release_bot(redis, old_bot, channel_id)
+    return public({**fields, **stored})
+
+
+class BotTaken(ValueError):
+    """A Telegram bot can be polled by one channel only (Telegram answers a second poller 409)."""
+
+
+def bot_of(channel_type: str, config: dict[str, str]) -> str | None:
+    """The Telegram bot id (the token's public part before ':'); None for other types."""
+    return config["bot_token"].partition(":")[0] if channel_type == "telegram" else None
+
+
+async def _claim_bot(redis: aioredis.Redis, bot: str, channel_id: str) -> None:
+    """Bind the bot to the channel unless another existing channel holds it (BotTaken)."""
+    taken = False
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(keys.TELEGRAM_BOTS)
+                owner = (await pipe.hget(keys.TELEGRAM_BOTS, bot) or b"").decode()
+                # A binding left by a channel that no longer exists is free.
+                if owner and owner != channel_id and await pipe.exists(keys.channel(owner)):
+                    taken = True
+                    break
+                pipe.multi()
+                pipe.hset(keys.TELEGRAM_BOTS, bot, channel_id)
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+    if taken:  # raised outside the pipeline, whose cleanup would mask it
+        raise BotTaken("config.bot_token: this bot is already bound to another channel")
+
+
+async def _release_bot(redis: aioredis.Redis, bot: str, channel_id: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(keys.TELEGRAM_BOTS)
+                if (await pipe.hget(keys.TELEGRAM_BOTS, bot) or b"").decode() != channel_id:
+                    return
+                pipe.multi()
+                pipe.hdel(keys.TELEGRAM_BOTS, bot)
+                await pipe.execute()
+                return
             except WatchError:
                 continue
 
 
-def _bot_id(box: SecretBox, sealed: str) -> str | None:
-    try:
-        return box.open(sealed).get("bot_token", "").split(":")[0]
-    except ValueError:
-        return None
-
-
-async def delete(redis: aioredis.Redis, tenant_id: str, channel_id: str) -> None:
-    """Remove the channel, its inbox (messages not yet relayed are dropped) and its offset."""
+async def delete(redis: aioredis.Redis, tenant_id: str, channel_id: str, bot: str = "") -> None:
+    """Remove the channel, its inbox (messages not yet relayed are dropped), its offset and its bot binding."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.channel(channel_id), keys.channel_inbox(channel_id), keys.channel_offset(channel_id))
         pipe.srem(keys.tenant_channels(tenant_id), channel_id)
         pipe.srem(keys.CHANNELS, channel_id)
         await pipe.execute()
+    if bot:
+        await _release_bot(redis, bot, channel_id)
 
 
 # -- messages ------------------------------------------------------------------------------

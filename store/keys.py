@@ -24,6 +24,7 @@ channel:{id}:inbox           stream  inbound messages not yet relayed (deleted o
 channel:{id}:offset          string  Telegram getUpdates offset: updates below it are in the inbox or ignored
 channel:{id}:seen:{key}      string with a TTL: a Slack event id or message already accepted (retries dropped)
 events:{tenant_id}           stream  the tenant's events                      (contract)
+channels:telegram_bots       hash  Telegram bot id -> the channel polling it (one poller per bot)
 channels:wake                pubsub channel: a channel id whose inbox has new messages
 broadcaster:{ns}:positions   hash  tenant id -> last stream id delivered to the API (ns = RAY_NAMESPACE)
 """
@@ -102,6 +103,7 @@ def channel_seen(channel_id: str, key: str) -> str:
 TENANTS = "tenants"
 CHANNELS = "channels"
 CHANNELS_WAKE = "channels:wake"
+TELEGRAM_BOTS = "channels:telegram_bots"
 WORKSPACES_ONLINE = "workspaces:online"
 WORKSPACES_RESTARTS = "workspaces:restarts"
 WORKSPACES_DEADLINES = "workspaces:deadlines"

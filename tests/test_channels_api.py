@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -26,13 +27,18 @@ def tenants(platform: Platform) -> dict[str, Any]:
     return found
 
 
-def telegram(workspace_id: str, **extra: Any) -> dict[str, Any]:
-    return {"workspace_id": workspace_id, "type": "telegram", "config": {"bot_token": TOKEN}, **extra}
+_bots = itertools.count(1)
+
+
+def telegram(workspace_id: str, token: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A Telegram channel's body; each call's bot is a new one unless `token` is given."""
+    token = token or f"{900 + next(_bots)}:{TOKEN.partition(':')[2]}"
+    return {"workspace_id": workspace_id, "type": "telegram", "config": {"bot_token": token}, **extra}
 
 
 def test_secrets_are_sealed_at_rest_and_never_returned(platform: Platform, tenants: dict[str, Any]) -> None:
     a = tenants["a"]
-    status, created = platform.tenant_post(a, "/channels", telegram(a["workspace"]))
+    status, created = platform.tenant_post(a, "/channels", telegram(a["workspace"], TOKEN))
     assert status == 201, created
     status, slack = platform.tenant_post(
         a, "/channels", {"workspace_id": a["workspace"], "type": "slack", "config": SLACK}
@@ -77,7 +83,7 @@ def test_a_tenant_cannot_read_change_or_bind_anothers(platform: Platform, tenant
     [
         ({"type": "irc"}, "type"),
         ({"config": {"bot_token": "not-a-token"}}, "config.bot_token"),
-        ({"config": {"bot_token": TOKEN, "extra": "x"}}, "config"),
+        ({"config": {"bot_token": "1" + TOKEN, "extra": "x"}}, "config"),
         ({"config": "text"}, "config"),
         ({"config": {}}, "config.bot_token"),
         ({"allowed_chats": "all"}, "allowed_chats"),
@@ -124,3 +130,21 @@ def test_a_record_of_the_wrong_type_reads_as_no_record(platform: Platform, tenan
     finally:
         client.delete(keys.channel(bogus))
         client.srem(keys.tenant_channels(a["id"]), bogus)
+
+
+def test_one_telegram_bot_is_bound_to_one_channel(platform: Platform, tenants: dict[str, Any]) -> None:
+    a, b = tenants["a"], tenants["b"]
+    token = f"424242{TOKEN[9:]}"
+    status, first = platform.tenant_post(a, "/channels", telegram(a["workspace"], token))
+    assert status == 201, first
+    for tenant in (a, b):  # Telegram would answer the second poller 409 and both would lose updates
+        status, reply = platform.tenant_post(tenant, "/channels", telegram(tenant["workspace"], token))
+        assert status == 409 and reply["error"].startswith("config.bot_token"), reply
+    _, second = platform.tenant_post(b, "/channels", telegram(b["workspace"]))
+    status, reply = platform.tenant_patch(b, f"/channels/{second['id']}", {"config": {"bot_token": token}})
+    assert status == 409, reply
+    assert platform.tenant_delete(a, f"/channels/{first['id']}")[0] == 204
+    status, moved = platform.tenant_patch(b, f"/channels/{second['id']}", {"config": {"bot_token": token}})
+    assert status == 200, moved
+    status, reply = platform.tenant_post(a, "/channels", telegram(a["workspace"], token))
+    assert status == 409, reply  # now the second channel's
