@@ -39,11 +39,13 @@ from store.secrets import SecretBox
 log = logging.getLogger(__name__)
 
 CHANNEL_SPEC = SubsystemSpec("channel-manager", interval_s=2.0)
-RELAY_SLOTS = 64  # workspace calls in flight at once, over every channel
+RELAY_SLOTS = 256  # workspace and chat API calls in flight at once, over every channel
+CHANNEL_SLOTS = 16  # ... and per channel: a workspace that hangs in many chats holds at most these
 POST_ATTEMPTS = 5
 POST_TIMEOUT_S = 10.0
 RETRY_AFTER_CAP_S = 300.0
 LOAD_PAGE = 500
+NO_ANSWER = "Sorry, the agent could not answer this message."
 # The fields whose change means the channel must be parsed (and perhaps restarted) again.
 IDENTITY = (b"tenant_id", b"workspace_id", b"type", b"config", b"allowed_chats", b"enabled", b"revision")
 
@@ -56,6 +58,7 @@ class Run:
 
     channel: Channel
     queues: ChatQueues[Item]
+    slots: asyncio.Semaphore
     poller: RecoverLoop | None = None
     task: asyncio.Task[None] | None = None
     loaded_upto: str = "0-0"
@@ -69,8 +72,10 @@ class Run:
         """(status, last_error) as the channel should read; None while it has not started."""
         if self.poller is None:
             return "running", ""
-        if self.poller.state in (LoopState.BACKOFF, LoopState.FAILED):
-            return "backoff", self.poller.last_error or ""
+        loop = self.poller.status()
+        # FAILED (many restarts lately) stays set while a new run goes well: polling says which.
+        if loop["state"] == LoopState.BACKOFF.value or (loop["state"] == LoopState.FAILED.value and not self.polling):
+            return "backoff", loop["last_error"] or ""
         return ("running", "") if self.polling else None
 
 
@@ -84,6 +89,9 @@ class ChannelManager(Subsystem):
         self._parsed: dict[str, tuple[bytes, Channel]] = {}
         self._slots = asyncio.Semaphore(RELAY_SLOTS)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._quarantined: dict[str, str] = {}  # channel id -> the revision quarantined here
         self._finish = self.redis.register_script(channels.FINISH)
         self._set_status = self.redis.register_script(channels.SET_STATUS)
         self.watched = 0
@@ -113,6 +121,8 @@ class ChannelManager(Subsystem):
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the channel manager is stopping")
         if self._session is None or self._session.closed:
             # One long poll per Telegram channel is open at all times: no connection cap.
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -129,28 +139,36 @@ class ChannelManager(Subsystem):
             raws = await pipe.execute(raise_on_error=False) if ids else []
         wanted = set()
         for channel_id, raw in zip(ids, raws, strict=True):
+            # Only reading the record is the channel's own failure (quarantined after 3); a
+            # Redis error below is nobody's channel's and goes up to the recover loop.
             version = _version(raw)
             outcome = await self.items.run(
-                channel_id, lambda c=channel_id, r=raw, v=version: self._reconcile(c, r, v), version=version
+                channel_id, lambda c=channel_id, r=raw, v=version: self._parse(c, r, v), version=version
             )
-            if outcome.ok and outcome.value:
+            if outcome.ok and await self._reconcile(outcome.value, raw):
                 wanted.add(channel_id)
         for channel_id in set(self.runs) - wanted:
             await self._retire(self.runs[channel_id])
         self._parsed = {c: p for c, p in self._parsed.items() if c in wanted}
+        self._quarantined = {c: r for c, r in self._quarantined.items() if c in self._parsed}
         self.watched = len(ids)
         await self._load_all()
 
-    async def _reconcile(self, channel_id: str, raw: Any, version: bytes) -> bool:
-        """Start, update or keep the channel's run; False if it should not run. Raises if the record is corrupt."""
+    async def _parse(self, channel_id: str, raw: Any, version: bytes) -> Channel:
+        """The channel as stored (parsed again only when it changed); raises if the record is corrupt."""
         cached = self._parsed.get(channel_id)
         channel = cached[1] if cached and cached[0] == version else Channel.parse(channel_id, raw, self.box)
         self._parsed[channel_id] = (version, channel)
-        if not channel.enabled or raw.get(b"status") == b"quarantined":
+        return channel
+
+    async def _reconcile(self, channel: Channel, raw: dict[bytes, bytes]) -> bool:
+        """Start, update or keep the channel's run; False if it should not run."""
+        quarantined = raw.get(b"status") == b"quarantined" or self._quarantined.get(channel.id) == channel.revision
+        if not channel.enabled or quarantined:
             return False
-        run = self.runs.get(channel_id)
+        run = self.runs.get(channel.id)
         if run is not None and run.stopped:
-            return False  # being retired (quarantined just now)
+            return False  # being retired
         if run is not None and run.channel.secrets != channel.secrets:
             await self._retire(run)  # a new token: a new poller, and the inbox read again
             run = None
@@ -162,7 +180,8 @@ class ChannelManager(Subsystem):
         return True
 
     def _start(self, channel: Channel) -> Run:
-        run = Run(channel, ChatQueues(lambda item: self._relay(run, item), self._slots, room=channels.INBOX_MAX))
+        queues: ChatQueues[Item] = ChatQueues(lambda item: self._relay(run, item), room=channels.INBOX_MAX)
+        run = Run(channel, queues, asyncio.Semaphore(CHANNEL_SLOTS))
         if channel.type == "telegram":
             run.poller = RecoverLoop(f"{self.name}.{channel.id}", lambda: self._poll(run))
             run.task = asyncio.get_running_loop().create_task(run.poller.run(), name=run.poller.name)
@@ -194,17 +213,22 @@ class ChannelManager(Subsystem):
             run.reported = status
 
     async def _quarantine(self, run: Run, error: str) -> None:
-        """The platform refused the channel's credentials: stop it, say so, until a PATCH."""
+        """The platform refused the channel's credentials: stop it, say so once, until a PATCH."""
+        if run.stopped:
+            return  # the poller and a reply can both meet the revoked token
         channel = run.channel
         log.error("channel %s quarantined: %s", channel.id, error)
         run.stopped = True
+        self._quarantined[channel.id] = channel.revision
         event = channels.quarantine_event(channel.id, channel.tenant_id, channel.workspace_id, channel.type, error)
         await self._set_status(
             keys=[keys.channel(channel.id), keys.events(channel.tenant_id)],
             args=[channel.revision, "quarantined", error, self.settings.events_max_per_tenant, *channels.flat(event)],
         )
         self.quarantines += 1
-        asyncio.get_running_loop().create_task(self._retire(run))
+        task = asyncio.get_running_loop().create_task(self._retire(run))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _corrupt(self, channel_id: Any, error: str) -> None:
         """ItemGuard's quarantine of a record that cannot be run (corrupt config, bad ids)."""
@@ -234,7 +258,12 @@ class ChannelManager(Subsystem):
 
     async def _poll(self, run: Run) -> None:
         """Long-poll one bot; each batch goes to the inbox with the new offset, atomically."""
-        run.polling = False
+        try:
+            await self._poll_updates(run)
+        finally:
+            run.polling = False  # until the next run's getMe succeeds
+
+    async def _poll_updates(self, run: Run) -> None:
         token = run.channel.secrets["bot_token"]
         offset = int(await self.redis.get(keys.channel_offset(run.channel.id)) or 0)
         base, poll_s = self.settings.telegram_api_base, self.settings.telegram_poll_timeout_s
@@ -333,20 +362,21 @@ class ChannelManager(Subsystem):
             return  # the run is being retired; the message stays in the inbox for the next one
         entry_id, inbound = item
         channel = run.channel
-        self.in_flight += 1
-        try:
-            outcome = await self._ask(channel, inbound)
-        finally:
-            self.in_flight -= 1
+        async with run.slots, self._slots:
+            self.in_flight += 1
+            try:
+                outcome = await self._ask(channel, inbound)
+            finally:
+                self.in_flight -= 1
         error = None if outcome.ok else outcome.error
-        text = "\n\n".join(reply_texts(outcome.result)) if outcome.ok else f"(the agent did not reply: {error})"
+        # The chat sees no internal detail (addresses, errors); the event keeps it.
+        text = "\n\n".join(reply_texts(outcome.result)) if outcome.ok else NO_ANSWER
         try:
             if text:
-                await self._post(channel, inbound, text)
+                await self._post(run, inbound, text)
         except ChatApiError as exc:
-            if exc.revoked and not run.stopped:
-                await self._quarantine(run, f"{channel.type} refused the bot token ({exc})")
             if exc.revoked:
+                await self._quarantine(run, f"{channel.type} refused the bot token ({exc})")
                 return  # not answered: it stays in the inbox until the channel runs again
             error = f"reply not posted: {exc}"
         payload = {
@@ -378,30 +408,40 @@ class ChannelManager(Subsystem):
         message_id = inbound.a2a_message_id(channel)
         return await send(self.session, url, version, message_id, inbound.text, self.settings.channel_reply_timeout_s)
 
-    async def _post(self, channel: Channel, inbound: Inbound, text: str) -> None:
-        """Post with retries: as told on 429, 1 s, 2 s, 4 s ... on transient failures; raises the last failure."""
-        post = telegram.send_message if channel.type == "telegram" else slack.post_message
+    async def _post(self, run: Run, inbound: Inbound, text: str) -> None:
+        """Post the text, each part with retries: as told on 429, 1 s, 2 s, 4 s ... on transient
+        failures, waiting outside the relay slots. Raises the last failure; a part already
+        posted is not posted again."""
+        channel = run.channel
+        chat_api = telegram if channel.type == "telegram" else slack
         base = self.settings.telegram_api_base if channel.type == "telegram" else self.settings.slack_api_base
-        for attempt in range(POST_ATTEMPTS):
-            try:
-                await post(self.session, base, channel.secrets["bot_token"], inbound, text, POST_TIMEOUT_S)
-                return
-            except ChatApiError as exc:
-                retry = exc.retry_after is not None or exc.transient
-                if exc.revoked or not retry or attempt == POST_ATTEMPTS - 1:
-                    raise
-                wait_s = exc.retry_after if exc.retry_after is not None else 2.0**attempt
-                log.warning("channel %s: reply failed (%s); retry in %.0f s", channel.id, exc, wait_s)
-                await asyncio.sleep(min(wait_s, RETRY_AFTER_CAP_S))
+        post = telegram.send_message if channel.type == "telegram" else slack.post_message
+        for part in chat_api.split(text):
+            for attempt in range(POST_ATTEMPTS):
+                try:
+                    async with run.slots, self._slots:
+                        await post(self.session, base, channel.secrets["bot_token"], inbound, part, POST_TIMEOUT_S)
+                    break
+                except ChatApiError as exc:
+                    retry = exc.retry_after is not None or exc.transient
+                    if exc.revoked or not retry or attempt == POST_ATTEMPTS - 1:
+                        raise
+                    wait_s = exc.retry_after if exc.retry_after is not None else 2.0**attempt
+                    log.warning("channel %s: reply failed (%s); retry in %.0f s", channel.id, exc, wait_s)
+                    await asyncio.sleep(min(wait_s, RETRY_AFTER_CAP_S))
 
     # -- remote methods --------------------------------------------------------------------
 
     async def stop(self) -> None:
+        """Stop the tick, the wake loop and the beats first (nothing starts a run after that),
+        then every channel, then the HTTP session."""
+        await super().stop()
+        self._closed = True
         for run in list(self.runs.values()):
             await self._retire(run)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        await super().stop()
 
 
 def _version(raw: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""Chat relay queues: each chat's messages one at a time and in order, many chats at once, bounded."""
+"""Chat relay queues: each chat's messages one at a time and in order, many chats at once."""
 
 from __future__ import annotations
 
@@ -19,18 +19,15 @@ RETRY = RestartPolicy(initial_backoff_s=1.0, max_backoff_s=30.0)
 class ChatQueues(Generic[T]):
     """Per-chat FIFO queues, each drained by its own task while it has items.
 
-    `handle(item)` runs for one item at a time per chat, and at most `slots` (a semaphore
-    shared by every channel) at once overall, so a chat whose agent hangs holds one slot
-    and delays only the messages behind it. An item whose `handle` raises is retried after
-    a backoff (1 s, 2 s ... 30 s) and stays at its chat's head: order is kept and nothing is
-    skipped; `handle` decides itself when an item is answered with an error instead.
+    `handle(item)` runs for one item at a time per chat, so a chat whose agent hangs delays
+    only the messages behind it (`handle` bounds its own concurrency where it does I/O). An
+    item whose `handle` raises is retried after a backoff (1 s, 2 s ... 30 s) and stays at
+    its chat's head: order is kept and nothing is skipped; `handle` decides itself when an
+    item is answered with an error instead. `room()` waits while `room` items are queued.
     """
 
-    def __init__(
-        self, handle: Callable[[T], Awaitable[None]], slots: asyncio.Semaphore, *, room: int, sleep=asyncio.sleep
-    ) -> None:
+    def __init__(self, handle: Callable[[T], Awaitable[None]], *, room: int, sleep=asyncio.sleep) -> None:
         self._handle = handle
-        self._slots = slots
         self._room = room
         self._sleep = sleep
         self._chats: dict[str, deque[T]] = {}
@@ -63,8 +60,7 @@ class ChatQueues(Generic[T]):
         try:
             while queue:
                 try:
-                    async with self._slots:
-                        await self._handle(queue[0])
+                    await self._handle(queue[0])
                 except Exception as exc:  # the item stays at the head: retried, never skipped
                     self.retries += 1
                     delay = RETRY.base_delay_s(attempt)

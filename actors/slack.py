@@ -9,7 +9,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from actors.chat import ChatApiError
 from store.channels import Inbound
 
+MESSAGE_MAX = 40_000  # characters; Slack truncates a longer text
 REVOKED = {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive", "no_permission"}
+
+
+def split(text: str) -> list[str]:
+    return [text[i : i + MESSAGE_MAX] for i in range(0, len(text), MESSAGE_MAX)]
 
 
 async def post_message(

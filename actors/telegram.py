@@ -9,14 +9,18 @@ import aiohttp
 from actors.chat import ChatApiError
 from store.channels import Inbound
 
-MESSAGE_MAX = 4096  # Telegram's limit on one message's text
+MESSAGE_MAX = 4096  # Telegram's limit on one message's text, in UTF-16 code units
 UPDATES_PER_POLL = 100
 
 
 async def call(
     session: aiohttp.ClientSession, base: str, token: str, method: str, body: dict[str, Any], timeout_s: float
 ) -> Any:
-    """One Bot API method; its `result`, or ChatApiError. 401 (revoked), 404 (unknown token) and 403 are `revoked`."""
+    """One Bot API method; its `result`, or ChatApiError. 401 (revoked), 404 (unknown token) and 403 are `revoked`.
+
+    The token is part of the URL; it is cut out of every error text (errors reach logs,
+    `last_error` and events).
+    """
     try:
         async with session.post(
             f"{base}/bot{token}/{method}", json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
@@ -27,12 +31,13 @@ async def call(
                 reply = None
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ChatApiError(f"{method}: {type(exc).__name__}: {exc}", transient=True) from None
+        detail = f"{type(exc).__name__}: {exc}".replace(token, "<token>")
+        raise ChatApiError(f"{method}: {detail}", transient=True) from None
     if isinstance(reply, dict) and reply.get("ok") is True:
         return reply.get("result")
     reply = reply if isinstance(reply, dict) else {}
     code = reply.get("error_code") if isinstance(reply.get("error_code"), int) else status
-    description = f"{method}: {reply.get('description') or 'no description'}"
+    description = f"{method}: {reply.get('description') or 'no description'}".replace(token, "<token>")
     parameters = reply.get("parameters") if isinstance(reply.get("parameters"), dict) else {}
     retry_after = parameters.get("retry_after")
     wait_s = float(retry_after) if isinstance(retry_after, int | float) and retry_after >= 0 else None
@@ -79,22 +84,35 @@ def message_of(update: dict[str, Any]) -> Inbound | None:
     return Inbound(str(chat["id"]), str(message["message_id"]), message["text"], str(name))
 
 
+def split(text: str) -> list[str]:
+    """The text in messages of at most MESSAGE_MAX UTF-16 code units each (an emoji counts 2)."""
+    chunks, start, units = [], 0, 0
+    for i, char in enumerate(text):
+        width = 2 if ord(char) > 0xFFFF else 1
+        if units + width > MESSAGE_MAX:
+            chunks.append(text[start:i])
+            start, units = i, 0
+        units += width
+    if start < len(text):
+        chunks.append(text[start:])
+    return chunks
+
+
 async def send_message(
     session: aiohttp.ClientSession, base: str, token: str, inbound: Inbound, text: str, timeout_s: float
 ) -> None:
-    """Answer `inbound` in its chat, as a reply to it; a long text goes in several messages.
+    """Answer `inbound` in its chat, as a reply to it, with one message (see `split`).
 
     Only 401/404 on sending mean the token is gone; 403 here is this chat's (the bot was
     blocked or removed), so it is not `revoked`.
     """
-    for start in range(0, len(text), MESSAGE_MAX):
-        body = {
-            "chat_id": int(inbound.chat_id),
-            "text": text[start : start + MESSAGE_MAX],
-            "reply_parameters": {"message_id": int(inbound.message_id), "allow_sending_without_reply": True},
-        }
-        try:
-            await call(session, base, token, "sendMessage", body, timeout_s)
-        except ChatApiError as exc:
-            exc.revoked = exc.status in (401, 404)
-            raise
+    body = {
+        "chat_id": int(inbound.chat_id),
+        "text": text,
+        "reply_parameters": {"message_id": int(inbound.message_id), "allow_sending_without_reply": True},
+    }
+    try:
+        await call(session, base, token, "sendMessage", body, timeout_s)
+    except ChatApiError as exc:
+        exc.revoked = exc.status in (401, 404)
+        raise

@@ -156,8 +156,6 @@ async def create(
     """
     channel_id = new_id()
     bot = bot_of(body["type"], body["config"])
-    if bot:
-        await _claim_bot(redis, bot, channel_id)
     stamp = now_rfc3339(now)
     record = to_hash(
         {
@@ -178,11 +176,26 @@ async def create(
             "updated_at": stamp,
         }
     )
+    taken = False
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.channel(channel_id), mapping=record)
-        pipe.sadd(keys.tenant_channels(tenant_id), channel_id)
-        pipe.sadd(keys.CHANNELS, channel_id)
-        await pipe.execute()
+        while True:
+            try:
+                if bot:  # the binding and the record in one transaction: two POSTs cannot both get the bot
+                    await pipe.watch(keys.TELEGRAM_BOTS)
+                    if taken := await _held_by_another(pipe, bot, channel_id):
+                        break
+                pipe.multi()
+                if bot:
+                    pipe.hset(keys.TELEGRAM_BOTS, bot, channel_id)
+                pipe.hset(keys.channel(channel_id), mapping=record)
+                pipe.sadd(keys.tenant_channels(tenant_id), channel_id)
+                pipe.sadd(keys.CHANNELS, channel_id)
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+    if taken:  # raised outside the pipeline, whose cleanup would mask it
+        raise BotTaken("config.bot_token: this bot is already bound to another channel")
     return public(record)
 
 
@@ -200,25 +213,25 @@ async def patch(
     """Apply validated changes atomically; None if the channel is gone or not the tenant's.
 
     Every change bumps `revision` and clears the status (a quarantined channel is tried
-    again). A Telegram token for another bot moves the bot binding (BotTaken if that bot is
-    already another channel's) and resets the update offset: offsets are per bot.
+    again). A Telegram token for another bot moves the bot binding in the same transaction
+    (BotTaken if that bot is already another channel's) and resets the update offset:
+    offsets are per bot.
     """
     key = keys.channel(channel_id)
-    fields = await read_owned(redis, key, tenant_id)
-    if fields is None:
-        return None
-    old_bot = fields.get("bot_id", "")
-    new_bot = bot_of(fields.get("type", ""), changes["config"]) if "config" in changes else old_bot
-    if new_bot and new_bot != old_bot:
-        await _claim_bot(redis, new_bot, channel_id)
+    taken = False
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(key)
+                await pipe.watch(key, keys.TELEGRAM_BOTS)
                 raw = await pipe.hgetall(key)
                 fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
                 if not raw or fields.get("tenant_id") != tenant_id:
                     return None
+                old_bot = fields.get("bot_id", "")
+                new_bot = bot_of(fields.get("type", ""), changes["config"]) if "config" in changes else old_bot
+                moved = bool(new_bot) and new_bot != old_bot
+                if moved and (taken := await _held_by_another(pipe, new_bot, channel_id)):
+                    break
                 updates = {k: v for k, v in changes.items() if k not in ("config", "type")}
                 if "allowed_chats" in changes:
                     chats = changes["allowed_chats"]
@@ -230,18 +243,21 @@ async def patch(
                     status="starting" if enabled else "disabled", last_error=None, updated_at=now_rfc3339(now)
                 )
                 stored = to_hash(updates)
+                release_old = old_bot and new_bot != old_bot and await pipe.hget(keys.TELEGRAM_BOTS, old_bot)
                 pipe.multi()
                 pipe.hset(key, mapping=stored)
                 pipe.hincrby(key, "revision", 1)
-                if new_bot != old_bot:
+                if moved:
+                    pipe.hset(keys.TELEGRAM_BOTS, new_bot, channel_id)
                     pipe.delete(keys.channel_offset(channel_id))
+                if release_old == channel_id.encode():
+                    pipe.hdel(keys.TELEGRAM_BOTS, old_bot)
                 await pipe.execute()
-                break
+                return public({**fields, **stored})
             except WatchError:
                 continue
-    if old_bot and new_bot != old_bot:
-        await _release_bot(redis, old_bot, channel_id)
-    return public({**fields, **stored})
+    assert taken
+    raise BotTaken("config.bot_token: this bot is already bound to another channel")
 
 
 class BotTaken(ValueError):
@@ -253,26 +269,10 @@ def bot_of(channel_type: str, config: dict[str, str]) -> str | None:
     return config["bot_token"].partition(":")[0] if channel_type == "telegram" else None
 
 
-async def _claim_bot(redis: aioredis.Redis, bot: str, channel_id: str) -> None:
-    """Bind the bot to the channel unless another existing channel holds it (BotTaken)."""
-    taken = False
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await pipe.watch(keys.TELEGRAM_BOTS)
-                owner = (await pipe.hget(keys.TELEGRAM_BOTS, bot) or b"").decode()
-                # A binding left by a channel that no longer exists is free.
-                if owner and owner != channel_id and await pipe.exists(keys.channel(owner)):
-                    taken = True
-                    break
-                pipe.multi()
-                pipe.hset(keys.TELEGRAM_BOTS, bot, channel_id)
-                await pipe.execute()
-                break
-            except WatchError:
-                continue
-    if taken:  # raised outside the pipeline, whose cleanup would mask it
-        raise BotTaken("config.bot_token: this bot is already bound to another channel")
+async def _held_by_another(pipe: Any, bot: str, channel_id: str) -> bool:
+    """Whether another existing channel holds the bot (a binding left by a deleted channel is free)."""
+    owner = (await pipe.hget(keys.TELEGRAM_BOTS, bot) or b"").decode()
+    return bool(owner) and owner != channel_id and bool(await pipe.exists(keys.channel(owner)))
 
 
 async def _release_bot(redis: aioredis.Redis, bot: str, channel_id: str) -> None:
@@ -367,8 +367,9 @@ async def accept_batch(
     """Append a polled batch to the inbox with its events and move the offset, atomically.
 
     Messages from chats the channel does not allow are dropped (the offset still moves past
-    them). Raises Conflict if the stored offset is not `offset` or the channel is gone, so
-    two pollers of one channel can never both record a batch. Returns how many were kept.
+    them). Raises Conflict if the stored offset is not `offset`, or the channel is gone or
+    now polls another bot, so two pollers can never both record a batch. Returns how many
+    were kept.
     """
     kept = [m for m in messages if channel.allows(m.chat_id)]
     offset_key, key = keys.channel_offset(channel.id), keys.channel(channel.id)
@@ -377,8 +378,11 @@ async def accept_batch(
             try:
                 await pipe.watch(offset_key, key)
                 stored = await pipe.get(offset_key)
-                if int(stored or 0) != offset or not await pipe.exists(key):
-                    raise Conflict(f"offset of channel {channel.id} moved or the channel is gone")
+                # The channel must still be there and still this bot's: a PATCH to another bot
+                # resets the offset, and this bot's offset must not land in the new bot's place.
+                bot = (await pipe.hget(key, "bot_id") or b"").decode()
+                if int(stored or 0) != offset or bot != bot_of(channel.type, channel.secrets):
+                    raise Conflict(f"offset of channel {channel.id} moved, or its bot changed, or it is gone")
                 pipe.multi()
                 for message in kept:
                     pipe.xadd(keys.channel_inbox(channel.id), message.fields())
@@ -454,11 +458,13 @@ return 1
 """
 
 # KEYS: channel hash, events. ARGV: revision, status, last_error, events maxlen, then an
-# optional event's field/value items. Writes only if the channel is still at `revision`:
-# a PATCH meanwhile wins.
+# optional event's field/value items. Writes only if the channel is still at `revision`
+# and not quarantined: a PATCH meanwhile wins, and only a PATCH (a new revision) lifts a
+# quarantine, which is announced once.
 SET_STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if (redis.call('HGET', KEYS[1], 'revision') or '') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'quarantined' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'last_error', ARGV[3])
 if #ARGV > 4 then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5)) end
 return 1

@@ -38,6 +38,9 @@ class Bot:
     polls: list[tuple[float, int]] = field(default_factory=list)  # (when, offset)
     rate_limited_at: list[float] = field(default_factory=list)
     arrived: dict[int, float] = field(default_factory=dict)  # message id -> when the user sent it
+    failing_polls: int = 0  # the next n getUpdates answer 502
+    reply_retry_after: int | None = None  # the next sendMessage answers 429 with this retry_after
+    replies_limited_at: list[float] = field(default_factory=list)
     generation: int = 0
     wakeup: asyncio.Event | None = None
 
@@ -130,6 +133,12 @@ class ChatApis:
     def rate_limit(self, token: str, retry_after: int) -> None:
         self.bot(token).retry_after = retry_after
 
+    def rate_limit_replies(self, token: str, retry_after: int) -> None:
+        self.bot(token).reply_retry_after = retry_after
+
+    def fail_polls(self, token: str, count: int) -> None:
+        self.bot(token).failing_polls = count
+
     def replies(self, token: str, chat_id: int | None = None) -> list[dict[str, Any]]:
         bot = self.bot(token)
         with self.lock:
@@ -168,6 +177,9 @@ class ChatApis:
             retry_after, bot.retry_after = bot.retry_after, None
             bot.rate_limited_at.append(time.time())
             return _error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
+        if bot.failing_polls:
+            bot.failing_polls -= 1
+            return _error(502, "Bad Gateway")
         bot.generation += 1
         generation = bot.generation
         bot.wakeup = bot.wakeup or asyncio.Event()
@@ -200,6 +212,10 @@ class ChatApis:
             return _error(400, "Bad Request: chat not found")
         if not isinstance(text, str) or not text.strip() or len(text) > 4096:
             return _error(400, "Bad Request: message text is empty or too long")
+        if bot.reply_retry_after is not None:
+            retry_after, bot.reply_retry_after = bot.reply_retry_after, None
+            bot.replies_limited_at.append(time.time())
+            return _error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
         reply_to = (body.get("reply_parameters") or {}).get("message_id")
         with self.lock:
             bot.sent.append({"chat_id": chat_id, "text": text, "reply_to": reply_to, "at": time.time()})

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from actors.channel_manager import CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
+from actors.channel_manager import CHANNEL_SLOTS, CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
 from actors.handles import NamedActor
 from store import keys
 from tests.a2a_agent import A2AAgent
@@ -184,6 +184,34 @@ def test_429_retry_after_is_honoured_and_nothing_is_lost(
     assert next_poll - limited_at >= 3 - 0.05  # no earlier than told (a lower bound: slowness cannot break it)
     assert relay.subsystem("channel-manager")["progress"]["rate_limited"] >= 1
     assert [r["reply_to"] for r in apis.replies(token, 70)] == [first, second]
+    # The same on the way back: a sendMessage answered 429 is posted again once allowed.
+    apis.rate_limit_replies(token, 2)
+    third = apis.send(token, 70, "its reply meets a 429")
+    wait_for(lambda: replied(apis, token, 70, [third]), 30, what="the rate-limited reply posted")
+    (limited_at,) = apis.bot(token).replies_limited_at
+    (reply,) = [r for r in apis.replies(token, 70) if r["reply_to"] == third]
+    assert reply["at"] - limited_at >= 2 - 0.05
+
+
+def test_a_failing_poller_shows_backoff_then_recovers_with_nothing_lost(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    tenant = relay.new_tenant("bad-gateway")
+    token = new_token()
+    apis.bot(token)
+    channel = bind(relay, tenant, agents[2], token)
+    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
+    apis.fail_polls(token, 4)  # backoff 1 + 2 + 4 + 8 s
+    written = apis.send(token, 75, "written while Telegram answers 502")
+    seen = wait_for(
+        lambda: (lambda c: c if c["status"] == "backoff" else None)(channel_of(relay, tenant, channel["id"])),
+        30,
+        what="status backoff",
+    )
+    assert "502" in seen["last_error"] and "Bad Gateway" in seen["last_error"]
+    wait_for(lambda: replied(apis, token, 75, [written]), 60, what="relayed after the outage")
+    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="running again")
+    assert channel_of(relay, tenant, channel["id"])["last_error"] is None
 
 
 def test_a_hung_workspace_delays_only_its_own_chat(relay: Platform, apis: ChatApis, agents: list[A2AAgent]) -> None:
@@ -207,6 +235,34 @@ def test_a_hung_workspace_delays_only_its_own_chat(relay: Platform, apis: ChatAp
         hanging.released.set()
         wait_for(lambda: replied(apis, token, 81, stuck), 60, what="the hung chat, once its agent answers")
         assert [r["reply_to"] for r in apis.replies(token, 81)] == stuck  # in order
+    finally:
+        hanging.released.set()
+        hanging.stop()
+
+
+def test_a_workspace_hung_in_more_chats_than_its_channels_slots_never_holds_up_another_tenant(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    hanging = A2AAgent(hold_prefix="hang").start()
+    try:
+        tenant, other_tenant = relay.new_tenant("hung-wide"), relay.new_tenant("bystander")
+        token, other_token = new_token(), new_token()
+        apis.bot(token), apis.bot(other_token)
+        channel = bind(relay, tenant, hanging, token)
+        other = bind(relay, other_tenant, agents[1], other_token)
+        for t, c in ((tenant, channel), (other_tenant, other)):
+            wait_for(lambda t=t, c=c: running(relay, t, c["id"]), 30, what="channel running")
+        stuck = {chat: apis.send(token, chat, "hang here") for chat in range(2000, 2000 + 2 * CHANNEL_SLOTS)}
+        wait_for(lambda: len(hanging.bodies_for("channel-telegram-")) >= CHANNEL_SLOTS, 30, what="its slots full")
+        other_bot = [apis.send(other_token, 2100 + i % 5, f"bystander {i}") for i in range(20)]
+        for chat in range(2100, 2105):
+            mine = [m for i, m in enumerate(other_bot) if 2100 + i % 5 == chat]
+            wait_for(lambda c=chat, m=mine: replied(apis, other_token, c, m), 60, what="the other tenant's bot")
+        assert len(hanging.bodies_for("channel-telegram-")) == CHANNEL_SLOTS  # the rest wait their turn
+        assert sum(len(apis.replies(token, chat)) for chat in stuck) == 0
+        hanging.released.set()
+        for chat, message_id in stuck.items():
+            wait_for(lambda c=chat, m=message_id: replied(apis, token, c, [m]), 60, what="released")
     finally:
         hanging.released.set()
         hanging.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -148,3 +149,13 @@ def test_one_telegram_bot_is_bound_to_one_channel(platform: Platform, tenants: d
     assert status == 200, moved
     status, reply = platform.tenant_post(a, "/channels", telegram(a["workspace"], token))
     assert status == 409, reply  # now the second channel's
+
+
+def test_two_channels_created_at_once_for_one_bot_get_one_201(platform: Platform, tenants: dict[str, Any]) -> None:
+    a, b = tenants["a"], tenants["b"]
+    for round_ in range(5):
+        token = f"{777000 + round_}:{TOKEN.partition(':')[2]}"
+        bodies = [(t, telegram(t["workspace"], token)) for t in (a, b)]
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda tb: platform.tenant_post(tb[0], "/channels", tb[1]), bodies))
+        assert sorted(status for status, _ in answers) == [201, 409], answers

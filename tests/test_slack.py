@@ -126,6 +126,9 @@ def test_forged_stale_or_unsigned_requests_get_401_and_nothing_is_relayed(
         (bare_body, {"Content-Type": "application/json"}),
         (tampered_body, tampered),
         (bare_body, {"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=00"}),
+        (bare_body, {"X-Slack-Request-Timestamp": "\u00b2", "X-Slack-Signature": "v0=00"}),
+        (bare_body, {**forged, "X-Slack-Signature": "v0=\u00e9"}),
+        (b"\xff\xfe not UTF-8", forged),
     ):
         status, reply = post(slack["url"], body, headers)
         assert status == 401 and reply["error"], reply
