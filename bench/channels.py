@@ -8,7 +8,7 @@
       arrival there, p50/p99.
    Baseline in the same run, against the same Bot API and agents: a minimal relay in one
    asyncio process (getUpdates per bot, then A2A, then sendMessage; in order per chat,
-   64 at once), with no Ray, no Redis, no durability.
+   RELAY_SLOTS at once), with no Ray, no Redis, no durability.
 2. Memory: USS and PSS of the channel manager's process with no channel, then with 1,000
    idle Telegram channels each in its long poll; the difference per channel.
 """

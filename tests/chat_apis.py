@@ -19,11 +19,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
 from store.embedded import free_port
+from tests.support import Platform, start_platform
 
 
 @dataclass
@@ -260,3 +263,15 @@ def slack_request(
     digest = hmac.new(signing_secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
     headers = {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}", "Content-Type": "application/json"}
     return body, headers
+
+
+def start_channel_platform(redis_url: str, data_dir: Path, apis: ChatApis, **overrides: Any) -> Platform:
+    """Health, API and the channel manager, pointed at `apis` for Telegram and Slack."""
+    return start_platform(
+        redis_url,
+        data_dir,
+        subsystems=[(CHANNEL_SPEC, channel_manager_actor)],
+        telegram_api_base=apis.telegram_base,
+        slack_api_base=apis.slack_base,
+        **overrides,
+    )

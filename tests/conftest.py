@@ -12,6 +12,7 @@ import pytest
 import ray
 
 from store.embedded import EmbeddedRedis, free_port
+from tests.chat_apis import ChatApis
 from tests.support import Platform, start_platform
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +54,11 @@ def platform(ray_session: dict, redis_url: str, tmp_path_factory: pytest.TempPat
     deployed = start_platform(redis_url, tmp_path_factory.mktemp("data"))
     yield deployed
     deployed.close()
+
+
+@pytest.fixture(scope="module")
+def apis() -> Iterator[ChatApis]:
+    """Loopback Telegram Bot API and Slack Web API for a module's channels."""
+    server = ChatApis()
+    yield server
+    server.stop()

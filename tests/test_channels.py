@@ -12,25 +12,18 @@ from typing import Any
 import pytest
 import redis
 
-from actors.channel_manager import CHANNEL_SLOTS, CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
+from actors.channel_manager import CHANNEL_SLOTS, RELAY_SLOTS
 from actors.handles import NamedActor
 from store import keys
 from tests.a2a_agent import A2AAgent
-from tests.chat_apis import ChatApis
-from tests.support import Platform, start_platform, wait_for
+from tests.chat_apis import ChatApis, start_channel_platform
+from tests.support import Platform, wait_for
 
 _tokens = itertools.count(1)
 
 
 def new_token() -> str:
     return f"{next(_tokens) + 100000}:AAH{'x' * 30}{next(_tokens)}"
-
-
-@pytest.fixture(scope="module")
-def apis() -> Iterator[ChatApis]:
-    server = ChatApis()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +37,11 @@ def agents() -> Iterator[list[A2AAgent]]:
 
 @pytest.fixture(scope="module")
 def relay(
-    ray_session: dict, redis_url: str, apis: ChatApis, tmp_path_factory: pytest.TempPathFactory
+    ray_session: dict, redis_url: str, apis: ChatApis, agents: list[A2AAgent], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
-    deployed = start_platform(
-        redis_url,
-        tmp_path_factory.mktemp("channels"),
-        subsystems=[(CHANNEL_SPEC, channel_manager_actor)],
-        telegram_api_base=apis.telegram_base,
-        slack_api_base=apis.slack_base,
-        telegram_poll_timeout_s=5.0,
-        channel_reply_timeout_s=120.0,
+    """(After `agents`, so that it drains before they stop.)"""
+    deployed = start_channel_platform(
+        redis_url, tmp_path_factory.mktemp("channels"), apis, telegram_poll_timeout_s=5.0, channel_reply_timeout_s=120.0
     )
     yield deployed
     deployed.close()
@@ -67,6 +55,18 @@ def bind(platform: Platform, tenant: dict, agent: A2AAgent, token: str, **extra:
     status, channel = platform.tenant_post(tenant, "/channels", body)
     assert status == 201, channel
     return channel
+
+
+def new_bot(
+    relay: Platform, apis: ChatApis, agent: A2AAgent, name: str, **extra: Any
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """A new tenant with a new bot bound to a workspace served by `agent`, once its channel runs."""
+    tenant = relay.new_tenant(name)
+    token = new_token()
+    apis.bot(token)
+    channel = bind(relay, tenant, agent, token, **extra)
+    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what=f"the channel of {name} running")
+    return tenant, token, channel
 
 
 def channel_of(platform: Platform, tenant: dict, channel_id: str) -> dict[str, Any]:
@@ -95,15 +95,7 @@ def events_of(platform: Platform, tenant_id: str, name: str) -> list[dict[str, A
 def test_three_bots_of_three_tenants_relay_to_their_workspaces_and_reply_in_the_right_chat(
     relay: Platform, apis: ChatApis, agents: list[A2AAgent]
 ) -> None:
-    bots = []
-    for n, agent in enumerate(agents):
-        tenant = relay.new_tenant(f"tenant-{n}")
-        token = new_token()
-        apis.bot(token)
-        channel = bind(relay, tenant, agent, token)
-        bots.append((tenant, token, channel, agent))
-    for tenant, _, channel, _ in bots:
-        wait_for(lambda t=tenant, c=channel: running(relay, t, c["id"]), 30, what="channel running")
+    bots = [(*new_bot(relay, apis, agent, f"tenant-{n}"), agent) for n, agent in enumerate(agents)]
     sent: dict[tuple[str, int], list[tuple[int, str]]] = {}
     for n, (_, token, _, _) in enumerate(bots):
         for chat in (10 + n, 20 + n):
@@ -134,13 +126,8 @@ def rotated(token: str) -> str:
 def test_a_revoked_token_quarantines_its_channel_only_and_a_patch_brings_it_back(
     relay: Platform, apis: ChatApis, agents: list[A2AAgent]
 ) -> None:
-    tenant_a, tenant_b = relay.new_tenant("revoked"), relay.new_tenant("unaffected")
-    token_a, token_b = new_token(), new_token()
-    apis.bot(token_a), apis.bot(token_b)
-    channel_a = bind(relay, tenant_a, agents[0], token_a)
-    channel_b = bind(relay, tenant_b, agents[1], token_b)
-    for tenant, channel in ((tenant_a, channel_a), (tenant_b, channel_b)):
-        wait_for(lambda t=tenant, c=channel: running(relay, t, c["id"]), 30, what="channel running")
+    tenant_a, token_a, channel_a = new_bot(relay, apis, agents[0], "revoked")
+    tenant_b, token_b, channel_b = new_bot(relay, apis, agents[1], "unaffected")
 
     apis.revoke(token_a)
     sent_b = []
@@ -169,11 +156,7 @@ def test_a_revoked_token_quarantines_its_channel_only_and_a_patch_brings_it_back
 def test_429_retry_after_is_honoured_and_nothing_is_lost(
     relay: Platform, apis: ChatApis, agents: list[A2AAgent]
 ) -> None:
-    tenant = relay.new_tenant("rate-limited")
-    token = new_token()
-    apis.bot(token)
-    channel = bind(relay, tenant, agents[0], token)
-    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
+    _, token, _ = new_bot(relay, apis, agents[0], "rate-limited")
     apis.rate_limit(token, 3)
     first = apis.send(token, 70, "wakes the poll; the next one gets 429")
     wait_for(lambda: apis.bot(token).rate_limited_at, 30, what="a 429 answered")
@@ -196,12 +179,8 @@ def test_429_retry_after_is_honoured_and_nothing_is_lost(
 def test_a_failing_poller_shows_backoff_then_recovers_with_nothing_lost(
     relay: Platform, apis: ChatApis, agents: list[A2AAgent]
 ) -> None:
-    tenant = relay.new_tenant("bad-gateway")
-    token = new_token()
-    apis.bot(token)
-    channel = bind(relay, tenant, agents[2], token)
-    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
-    apis.fail_polls(token, 4)  # backoff 1 + 2 + 4 + 8 s
+    tenant, token, channel = new_bot(relay, apis, agents[2], "bad-gateway")
+    apis.fail_polls(token, 3)  # backoff 1 + 2 + 4 s
     written = apis.send(token, 75, "written while Telegram answers 502")
     seen = wait_for(
         lambda: (lambda c: c if c["status"] == "backoff" else None)(channel_of(relay, tenant, channel["id"])),
@@ -217,13 +196,8 @@ def test_a_failing_poller_shows_backoff_then_recovers_with_nothing_lost(
 def test_a_hung_workspace_delays_only_its_own_chat(relay: Platform, apis: ChatApis, agents: list[A2AAgent]) -> None:
     hanging = A2AAgent(hold_prefix="hang").start()
     try:
-        tenant, other_tenant = relay.new_tenant("hung"), relay.new_tenant("other")
-        token, other_token = new_token(), new_token()
-        apis.bot(token), apis.bot(other_token)
-        channel = bind(relay, tenant, hanging, token)
-        other = bind(relay, other_tenant, agents[1], other_token)
-        for t, c in ((tenant, channel), (other_tenant, other)):
-            wait_for(lambda t=t, c=c: running(relay, t, c["id"]), 30, what="channel running")
+        _, token, _ = new_bot(relay, apis, hanging, "hung")
+        _, other_token, _ = new_bot(relay, apis, agents[1], "other")
         stuck = [apis.send(token, 81, "hang here"), apis.send(token, 81, "behind the hang")]
         same_bot = [apis.send(token, 82, f"same bot {i}") for i in range(5)]
         other_bot = [apis.send(other_token, 83, f"other bot {i}") for i in range(5)]
@@ -245,13 +219,8 @@ def test_a_workspace_hung_in_more_chats_than_its_channels_slots_never_holds_up_a
 ) -> None:
     hanging = A2AAgent(hold_prefix="hang").start()
     try:
-        tenant, other_tenant = relay.new_tenant("hung-wide"), relay.new_tenant("bystander")
-        token, other_token = new_token(), new_token()
-        apis.bot(token), apis.bot(other_token)
-        channel = bind(relay, tenant, hanging, token)
-        other = bind(relay, other_tenant, agents[1], other_token)
-        for t, c in ((tenant, channel), (other_tenant, other)):
-            wait_for(lambda t=t, c=c: running(relay, t, c["id"]), 30, what="channel running")
+        _, token, _ = new_bot(relay, apis, hanging, "hung-wide")
+        _, other_token, _ = new_bot(relay, apis, agents[1], "bystander")
         stuck = {chat: apis.send(token, chat, "hang here") for chat in range(2000, 2000 + 2 * CHANNEL_SLOTS)}
         wait_for(lambda: len(hanging.bodies_for("channel-telegram-")) >= CHANNEL_SLOTS, 30, what="its slots full")
         other_bot = [apis.send(other_token, 2100 + i % 5, f"bystander {i}") for i in range(20)]
@@ -269,12 +238,8 @@ def test_a_workspace_hung_in_more_chats_than_its_channels_slots_never_holds_up_a
 
 
 def test_chats_outside_allowed_chats_are_ignored(relay: Platform, apis: ChatApis, agents: list[A2AAgent]) -> None:
-    tenant = relay.new_tenant("allowed")
-    token = new_token()
-    apis.bot(token)
-    channel = bind(relay, tenant, agents[2], token, allowed_chats=[91])
+    tenant, token, channel = new_bot(relay, apis, agents[2], "allowed", allowed_chats=[91])
     assert channel["allowed_chats"] == ["91"]
-    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
     ignored = apis.send(token, 92, "not allowed")
     apis.send_other(token, 91)  # not a text message
     allowed = apis.send(token, 91, "allowed")
@@ -317,12 +282,8 @@ def test_a_corrupt_channel_is_quarantined_and_the_others_run(
 def test_disabled_then_enabled_relays_what_was_written_meanwhile_and_delete_stops_the_poller(
     relay: Platform, apis: ChatApis, agents: list[A2AAgent]
 ) -> None:
-    tenant = relay.new_tenant("toggled")
-    token = new_token()
-    apis.bot(token)
-    channel = bind(relay, tenant, agents[1], token)
+    tenant, token, channel = new_bot(relay, apis, agents[1], "toggled")
     path = f"/channels/{channel['id']}"
-    wait_for(lambda: running(relay, tenant, channel["id"]), 30, what="channel running")
 
     def reconciled() -> None:
         """Two more reconciles (the progress seen after them is that of a reconcile after the change)."""
@@ -351,14 +312,7 @@ def test_disabled_then_enabled_relays_what_was_written_meanwhile_and_delete_stop
 def test_sigkill_with_500_updates_queued_each_is_handled_exactly_once(
     relay: Platform, apis: ChatApis, agents: list[A2AAgent]
 ) -> None:
-    bots = []
-    for n, agent in enumerate(agents):
-        tenant = relay.new_tenant(f"killed-{n}")
-        token = new_token()
-        apis.bot(token)
-        bots.append((tenant, token, bind(relay, tenant, agent, token), agent))
-    for tenant, _, channel, _ in bots:
-        wait_for(lambda t=tenant, c=channel: running(relay, t, c["id"]), 30, what="channel running")
+    bots = [(*new_bot(relay, apis, agent, f"killed-{n}"), agent) for n, agent in enumerate(agents)]
     sent: dict[tuple[str, int], list[int]] = {}
     for i in range(500):
         _, token, _, _ = bots[i % 3]

@@ -12,19 +12,11 @@ from typing import Any
 
 import pytest
 
-from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
 from tests.a2a_agent import A2AAgent
-from tests.chat_apis import ChatApis, slack_request
-from tests.support import Platform, start_platform, wait_for
+from tests.chat_apis import ChatApis, slack_request, start_channel_platform
+from tests.support import Platform, wait_for
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-
-
-@pytest.fixture(scope="module")
-def apis() -> Iterator[ChatApis]:
-    server = ChatApis()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +29,10 @@ def agent() -> Iterator[A2AAgent]:
 
 @pytest.fixture(scope="module")
 def relay(
-    ray_session: dict, redis_url: str, apis: ChatApis, tmp_path_factory: pytest.TempPathFactory
+    ray_session: dict, redis_url: str, apis: ChatApis, agent: A2AAgent, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
-    deployed = start_platform(
-        redis_url,
-        tmp_path_factory.mktemp("slack"),
-        subsystems=[(CHANNEL_SPEC, channel_manager_actor)],
-        telegram_api_base=apis.telegram_base,
-        slack_api_base=apis.slack_base,
-    )
+    """(After `agent`, so that it drains before the agent stops.)"""
+    deployed = start_channel_platform(redis_url, tmp_path_factory.mktemp("slack"), apis)
     yield deployed
     deployed.close()
 
