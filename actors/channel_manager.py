@@ -100,6 +100,7 @@ class ChannelManager(Subsystem):
         self.quarantines = 0
         self.malformed = 0
         self.in_flight = 0
+        self._quarantined_count = 0
         super().__init__(settings, spec)
         self.items = ItemGuard(propagate=TRANSIENT_ERRORS, on_quarantine=self._corrupt)
         self.supervise(f"{self.name}.wake", self._listen)
@@ -116,8 +117,12 @@ class ChannelManager(Subsystem):
             "malformed": self.malformed,
             "rate_limited": sum(r.rate_limited for r in self.runs.values()),
             # Each Telegram channel's poller loop, by channel id.
-            "pollers": {cid: r.poller.state.value for cid, r in self.runs.items() if r.poller is not None},
+            "pollers": {cid: r.poller.status()["state"] for cid, r in self.runs.items() if r.poller is not None},
         }
+
+    def quarantined(self) -> int:
+        """Channels quarantined (revoked credentials, unreadable records), as of the last reconcile."""
+        return self._quarantined_count
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -138,6 +143,7 @@ class ChannelManager(Subsystem):
             # A key of the wrong type is that one channel's problem, not the tick's.
             raws = await pipe.execute(raise_on_error=False) if ids else []
         wanted = set()
+        quarantined = 0
         for channel_id, raw in zip(ids, raws, strict=True):
             # Only reading the record is the channel's own failure (quarantined after 3); a
             # Redis error below is nobody's channel's and goes up to the recover loop.
@@ -147,11 +153,13 @@ class ChannelManager(Subsystem):
             )
             if outcome.ok and await self._reconcile(outcome.value, raw):
                 wanted.add(channel_id)
+            elif outcome.skipped or outcome.quarantined_now or _quarantined(raw):
+                quarantined += 1
         for channel_id in set(self.runs) - wanted:
             await self._retire(self.runs[channel_id])
         self._parsed = {c: p for c, p in self._parsed.items() if c in wanted}
         self._quarantined = {c: r for c, r in self._quarantined.items() if c in self._parsed}
-        self.watched = len(ids)
+        self.watched, self._quarantined_count = len(ids), quarantined
         await self._load_all()
 
     async def _parse(self, channel_id: str, raw: Any, version: bytes) -> Channel:
@@ -163,8 +171,7 @@ class ChannelManager(Subsystem):
 
     async def _reconcile(self, channel: Channel, raw: dict[bytes, bytes]) -> bool:
         """Start, update or keep the channel's run; False if it should not run."""
-        quarantined = raw.get(b"status") == b"quarantined" or self._quarantined.get(channel.id) == channel.revision
-        if not channel.enabled or quarantined:
+        if not channel.enabled or _quarantined(raw) or self._quarantined.get(channel.id) == channel.revision:
             return False
         run = self.runs.get(channel.id)
         if run is not None and run.stopped:
@@ -448,6 +455,10 @@ def _version(raw: Any) -> bytes:
     if not isinstance(raw, dict):
         return f"unreadable: {raw}".encode()
     return hashlib.sha256(b"\0".join(k + b"=" + raw.get(k, b"") for k in IDENTITY)).digest()
+
+
+def _quarantined(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw.get(b"status") == b"quarantined"
 
 
 def _after(a: str, b: str) -> bool:

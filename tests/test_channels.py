@@ -273,10 +273,12 @@ def test_a_corrupt_channel_is_quarantined_and_the_others_run(
     sent = apis.send(good_token, 95, "still relayed")
     wait_for(lambda: replied(apis, good_token, 95, [sent]), 30, what="the good channel relays")
     assert relay.subsystem("channel-manager")["healthy"] and running(relay, tenant, good["id"])
+    counted = wait_for(lambda: relay.subsystem("channel-manager")["quarantined"], 30, what="counted")
     # A PATCH with a good config releases it.
     status, _ = relay.tenant_patch(tenant, f"/channels/{bad['id']}", {"config": {"bot_token": bad_token}})
     assert status == 200
     wait_for(lambda: running(relay, tenant, bad["id"]), 30, what="released by the PATCH")
+    wait_for(lambda: relay.subsystem("channel-manager")["quarantined"] == counted - 1, 30, what="no longer counted")
 
 
 def test_disabled_then_enabled_relays_what_was_written_meanwhile_and_delete_stops_the_poller(
