@@ -11,7 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
+from actors.channel_manager import NO_ANSWER
+from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis, slack_request, start_channel_platform
 from tests.support import Platform, wait_for
@@ -183,3 +186,24 @@ def test_a_revoked_slack_token_quarantines_and_the_message_waits_for_the_new_one
     assert relay.tenant_patch(slack["tenant"], channel_path, {"config": config})[0] == 200
     wait_for(lambda: apis.posts("C0606"), 30, what="the waiting message answered with the new token")
     assert [(p["token"], p["text"]) for p in apis.posts("C0606")] == [(new_token, "echo: while revoked")]
+
+
+def test_a_workspace_that_cannot_answer_gets_the_chat_a_plain_notice_and_the_event_the_detail(
+    slack: dict[str, Any], relay: Platform, apis: ChatApis
+) -> None:
+    tenant = slack["tenant"]
+    status, dead = relay.tenant_post(tenant, "/workspaces", {"name": "down", "url": "http://127.0.0.1:1/"})
+    assert status == 201
+    channel_path = f"/channels/{slack['channel']['id']}"
+    assert relay.tenant_patch(tenant, channel_path, {"workspace_id": dead["id"]})[0] == 200
+    wait_for(lambda: relay.tenant_get(tenant, channel_path)[1]["status"] == "running", 30)
+    post(slack["url"], *slack_request(SECRET, message_event("anyone there?", chat="C0707")))
+    wait_for(lambda: apis.posts("C0707"), 30, what="a notice posted")
+    assert [p["text"] for p in apis.posts("C0707")] == [NO_ANSWER]  # no address, no error text
+    client = redis.Redis.from_url(relay.settings.redis_url)
+    out = [
+        json.loads(f[b"payload"])
+        for _, f in client.xrange(keys.events(tenant["id"]))
+        if f[b"event"] == b"CHANNEL_MESSAGE" and json.loads(f[b"payload"])["direction"] == "out"
+    ]
+    assert out[-1]["status"] == "error" and "127.0.0.1:1" in out[-1]["error"]
