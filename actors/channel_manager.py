@@ -30,7 +30,7 @@ from actors.isolation import ItemGuard
 from actors.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
 from actors.supervised import LoopState, RecoverLoop
 from settings import Settings
-from store import channels, keys
+from store import channels, events, keys, workspaces
 from store.channels import Channel, Inbound
 from store.client import connect
 from store.records import is_id
@@ -230,7 +230,7 @@ class ChannelManager(Subsystem):
         event = channels.quarantine_event(channel.id, channel.tenant_id, channel.workspace_id, channel.type, error)
         await self._set_status(
             keys=[keys.channel(channel.id), keys.events(channel.tenant_id)],
-            args=[channel.revision, "quarantined", error, self.settings.events_max_per_tenant, *channels.flat(event)],
+            args=[channel.revision, "quarantined", error, self.settings.events_max_per_tenant, *events.flat(event)],
         )
         self.quarantines += 1
         task = asyncio.get_running_loop().create_task(self._retire(run))
@@ -254,7 +254,7 @@ class ChannelManager(Subsystem):
         args: list[Any] = [fields.get("revision", ""), "quarantined", error, self.settings.events_max_per_tenant]
         if is_id(tenant_id):
             workspace_id = fields.get("workspace_id", "")
-            args += channels.flat(
+            args += events.flat(
                 channels.quarantine_event(channel_id, tenant_id, workspace_id, fields.get("type", ""), error)
             )
         stream = keys.events(tenant_id) if is_id(tenant_id) else keys.channel(channel_id)
@@ -349,7 +349,7 @@ class ChannelManager(Subsystem):
     async def _queue(self, run: Run, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for raw_id, fields in entries:
             entry_id = raw_id.decode()
-            if run.stopped or _after(run.loaded_upto, entry_id):
+            if run.stopped or events.parse_id(entry_id) <= events.parse_id(run.loaded_upto):
                 continue  # loaded meanwhile by another path
             run.loaded_upto = entry_id
             try:
@@ -396,7 +396,7 @@ class ChannelManager(Subsystem):
         event = channels.message_event(channel, "out", payload)
         await self._finish(
             keys=[keys.channel_inbox(channel.id), keys.events(channel.tenant_id)],
-            args=[entry_id, self.settings.events_max_per_tenant, *channels.flat(event)],
+            args=[entry_id, self.settings.events_max_per_tenant, *events.flat(event)],
         )
         self.relayed += 1
         self.relay_errors += error is not None
@@ -404,16 +404,22 @@ class ChannelManager(Subsystem):
     async def _ask(self, channel: Channel, inbound: Inbound) -> Outcome:
         try:
             raw = await self.redis.hgetall(keys.workspace(channel.workspace_id))
-        except redis.exceptions.ResponseError:
-            return Outcome(False, f"workspace {channel.workspace_id} record is unreadable")
-        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+            fields = workspaces.checked(channel.workspace_id, raw) if raw else {}
+        except (redis.exceptions.ResponseError, ValueError) as exc:  # not a hash, or corrupt fields
+            return Outcome(False, f"workspace {channel.workspace_id} record is unreadable: {exc}")
         if fields.get("tenant_id") != channel.tenant_id:
             return Outcome(False, f"workspace {channel.workspace_id} does not exist")
-        url, version = fields.get("url", ""), fields.get("a2a_version", "")
-        if version not in ("1.0", "0.3") or not url.startswith(("http://", "https://")):
-            return Outcome(False, f"workspace {channel.workspace_id} has a corrupt url or a2a_version")
+        if fields.get("a2a_version") not in workspaces.A2A_VERSIONS:
+            return Outcome(False, f"workspace {channel.workspace_id} has a corrupt a2a_version")
         message_id = inbound.a2a_message_id(channel)
-        return await send(self.session, url, version, message_id, inbound.text, self.settings.channel_reply_timeout_s)
+        return await send(
+            self.session,
+            fields["url"],
+            fields["a2a_version"],
+            message_id,
+            inbound.text,
+            self.settings.channel_reply_timeout_s,
+        )
 
     async def _post(self, run: Run, inbound: Inbound, text: str) -> None:
         """Post the text, each part with retries: as told on 429, 1 s, 2 s, 4 s ... on transient
@@ -459,13 +465,6 @@ def _version(raw: Any) -> bytes:
 
 def _quarantined(raw: Any) -> bool:
     return isinstance(raw, dict) and raw.get(b"status") == b"quarantined"
-
-
-def _after(a: str, b: str) -> bool:
-    """Whether stream id `a` is at or after `b`."""
-    ams, _, aseq = a.partition("-")
-    bms, _, bseq = b.partition("-")
-    return (int(ams), int(aseq or 0)) >= (int(bms), int(bseq or 0))
 
 
 ChannelManagerActor = ray.remote(ChannelManager)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import time
 from collections.abc import Hashable
@@ -204,7 +203,7 @@ class Scheduler(Subsystem):
                     status,
                     outcome.error or "",
                     self.settings.events_max_per_tenant,
-                    *itertools.chain.from_iterable(event.items()),
+                    *events.flat(event),
                 ],
             )
         except TRANSIENT_ERRORS as exc:

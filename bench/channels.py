@@ -29,7 +29,6 @@ import psutil
 from actors import telegram
 from actors.a2a_client import reply_texts, send
 from actors.channel_manager import CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
-from actors.handles import NamedActor
 from store.channels import Inbound
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
@@ -180,7 +179,7 @@ def memory() -> None:
         with harness.platform(
             [(CHANNEL_SPEC, channel_manager_actor)], telegram_api_base=apis.telegram_base
         ) as platform:
-            pid = NamedActor("channel-manager", platform.settings.ray_namespace).call_sync("ping", timeout_s=10)["pid"]
+            pid = platform.pid_of("channel-manager")
             time.sleep(5)
             before = psutil.Process(pid).memory_full_info()
             bind_all(platform, apis, [agent], tokens)

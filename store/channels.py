@@ -8,6 +8,7 @@ once answered, so the inbox is exactly the messages still to relay.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable
@@ -315,13 +316,7 @@ class Inbound:
     thread: str = ""  # Slack: the thread to answer in
 
     def fields(self) -> dict[str, str]:
-        return {
-            "chat_id": self.chat_id,
-            "message_id": self.message_id,
-            "text": self.text,
-            "sender": self.sender,
-            "thread": self.thread,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_fields(cls, raw: dict[bytes, bytes]) -> Inbound:
@@ -344,10 +339,6 @@ def message_event(channel: Channel, direction: str, payload: dict[str, Any]) -> 
     if isinstance(body.get("text"), str):
         body["text"] = body["text"][:EVENT_TEXT_MAX]
     return events.entry("CHANNEL_MESSAGE", channel.tenant_id, channel.workspace_id, body)
-
-
-def flat(fields: dict[str, str]) -> list[str]:
-    return [item for pair in fields.items() for item in pair]
 
 
 class Conflict(RuntimeError):
@@ -426,9 +417,9 @@ async def accept_once(
     redis: aioredis.Redis, channel: Channel, message: Inbound, event_id: str, *, max_len: int, now: float
 ) -> int:
     """Append one pushed message (a Slack event) unless its event id or message was seen; see ACCEPT_ONCE."""
-    inbox = flat(message.fields())
+    inbox = events.flat(message.fields())
     payload = {"chat_id": message.chat_id, "message_id": message.message_id, "text": message.text}
-    event = flat(message_event(channel, "in", {**payload, "sender": message.sender, "event_id": event_id}))
+    event = events.flat(message_event(channel, "in", {**payload, "sender": message.sender, "event_id": event_id}))
     return int(
         await redis.eval(
             ACCEPT_ONCE,

@@ -30,6 +30,11 @@ def entry(event: str, tenant_id: str, workspace_id: str | None, payload: Any) ->
     }
 
 
+def flat(fields: Mapping[str, str]) -> list[str]:
+    """An entry's field/value items in a row, as a Lua script takes them in ARGV (for XADD)."""
+    return [item for pair in fields.items() for item in pair]
+
+
 async def append(
     redis: aioredis.Redis,
     event: str,

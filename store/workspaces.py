@@ -115,7 +115,7 @@ async def heartbeat(redis: aioredis.Redis, tenant_id: str, workspace_id: str, tt
         now_rfc3339(now),
         max_len,
         now + ttl_s,
-        *[x for pair in entry.items() for x in pair],
+        *events.flat(entry),
     )
     return came_online == 1
 
@@ -145,7 +145,7 @@ async def mark_offline(
             int(now),
             max_len,
             "1" if require_expired else "0",
-            *[x for pair in entry.items() for x in pair],
+            *events.flat(entry),
         ],
     )
     return bool(changed)

@@ -159,20 +159,25 @@ class ChatApis:
 
     # -- Telegram --------------------------------------------------------------------------
 
+    def _authorized(self, request: web.Request) -> Bot | None:
+        """The bot whose token is in the path, unless it is unknown or revoked."""
+        bot = self.bots.get(request.match_info["token"])
+        return None if bot is None or bot.revoked else bot
+
     def _wake(self, bot: Bot) -> None:
         if bot.wakeup is not None:
             bot.wakeup.set()
 
     async def _get_me(self, request: web.Request) -> web.Response:
-        bot = self.bots.get(request.match_info["token"])
-        if bot is None or bot.revoked:
+        bot = self._authorized(request)
+        if bot is None:
             return _error(401, "Unauthorized")
         bot_id = int(bot.token.partition(":")[0])
         return web.json_response({"ok": True, "result": {"id": bot_id, "is_bot": True, "username": f"bot{bot_id}"}})
 
     async def _get_updates(self, request: web.Request) -> web.Response:
-        bot = self.bots.get(request.match_info["token"])
-        if bot is None or bot.revoked:
+        bot = self._authorized(request)
+        if bot is None:
             return _error(401, "Unauthorized")
         body = await request.json()
         offset, timeout, limit = int(body.get("offset", 0)), float(body.get("timeout", 0)), int(body.get("limit", 100))
@@ -206,8 +211,8 @@ class ChatApis:
                 return _error(409, "Conflict: terminated by other getUpdates request")
 
     async def _send_message(self, request: web.Request) -> web.Response:
-        bot = self.bots.get(request.match_info["token"])
-        if bot is None or bot.revoked:
+        bot = self._authorized(request)
+        if bot is None:
             return _error(401, "Unauthorized")
         body = await request.json()
         text, chat_id = body.get("text"), body.get("chat_id")

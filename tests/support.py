@@ -119,6 +119,10 @@ class Platform:
     def post(self, path: str, body: Any = None, *, token: str | None = ADMIN_TOKEN, **kw: Any) -> tuple[int, Any]:
         return http("POST", self.url + path, body, token=token, **kw)
 
+    def pid_of(self, actor: str) -> int:
+        """The process id of a named actor of this deployment."""
+        return NamedActor(actor, self.settings.ray_namespace).call_sync("ping", timeout_s=10)["pid"]
+
     def liveness(self) -> dict[str, Any]:
         status, body = self.get("/admin/liveness")
         assert status == 200, (status, body)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.handles import API_ACTOR, NamedActor
+from actors.handles import API_ACTOR
 from store.embedded import EmbeddedRedis, free_port
 from tests.support import Platform, start_platform, wait_for
 from tests.test_broadcaster import BROADCASTER
@@ -22,10 +22,6 @@ def relay(ray_session: dict, redis_url: str, tmp_path_factory: pytest.TempPathFa
     deployed = start_platform(redis_url, tmp_path_factory.mktemp("relay-faults"), subsystems=BROADCASTER)
     yield deployed
     deployed.close()
-
-
-def pid_of(platform: Platform, actor: str) -> int:
-    return NamedActor(actor, platform.settings.ray_namespace).call_sync("ping", timeout_s=10)["pid"]
 
 
 def restarted(platform: Platform, name: str) -> bool:
@@ -51,7 +47,7 @@ async def test_sigkill_mid_stream_loses_nothing_for_connected_clients(relay: Pla
         Writer(relay.settings.redis_url).paced([tenant["id"]], total, batch=100, pause_s=0.02)
     )
     await when(lambda: len(clients[0].events) >= 3_000, 60)
-    os.kill(pid_of(relay, "broadcaster"), signal.SIGKILL)
+    os.kill(relay.pid_of("broadcaster"), signal.SIGKILL)
     written = (await writing)[0]
     await asyncio.gather(*readers)
     for client in clients:
@@ -70,7 +66,7 @@ async def test_api_restart_clients_resume_from_last_event_id(relay: Platform) ->
     await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for c in clients)), 10)
     writing = asyncio.create_task(Writer(relay.settings.redis_url).paced([tenant["id"]], total, batch=50, pause_s=0.02))
     await when(lambda: len(clients[0].events) >= 1_000, 60)
-    os.kill(pid_of(relay, API_ACTOR), signal.SIGKILL)
+    os.kill(relay.pid_of(API_ACTOR), signal.SIGKILL)
     written = (await writing)[0]
     await asyncio.gather(*readers)
     for client in clients:

@@ -13,7 +13,6 @@ import pytest
 import redis
 
 from actors.channel_manager import CHANNEL_SLOTS, RELAY_SLOTS
-from actors.handles import NamedActor
 from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis, start_channel_platform
@@ -321,7 +320,7 @@ def test_sigkill_with_500_updates_queued_each_is_handled_exactly_once(
         chat = 1000 + i % 15
         sent.setdefault((token, chat), []).append(apis.send(token, chat, f"update {i}"))
     wait_for(lambda: sum(len(apis.replies(t)) for _, t, _, _ in bots) >= 50, 60, what="50 relayed")
-    os.kill(pid_of(relay, "channel-manager"), signal.SIGKILL)
+    os.kill(relay.pid_of("channel-manager"), signal.SIGKILL)
     answered_at_kill = sum(len(apis.replies(t)) for _, t, _, _ in bots)
     assert answered_at_kill < 500  # the kill did come with updates still queued
     for (token, chat), message_ids in sent.items():
@@ -349,7 +348,3 @@ def test_sigkill_with_500_updates_queued_each_is_handled_exactly_once(
         first_replies = list(dict.fromkeys(replies))
         assert first_replies == message_ids  # in order per chat, across the restart
         assert len(replies) - len(message_ids) <= RELAY_SLOTS
-
-
-def pid_of(platform: Platform, actor: str) -> int:
-    return NamedActor(actor, platform.settings.ray_namespace).call_sync("ping", timeout_s=10)["pid"]
