@@ -25,7 +25,7 @@ from cryptography.fernet import Fernet
 from actors.api import API_SPEC, api_actor
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
 from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
-from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
+from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor, alive_node
 from actors.health import health_actor
 from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
 from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
@@ -135,6 +135,8 @@ class Deployment:
         self.token, self.token_path = admin_token(settings)
         settings = self.settings = dataclasses.replace(settings, channel_secret_key=channel_secret_key(settings))
         connect_ray(settings)
+        if alive_node(settings.api_node) is None:
+            raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
         health = health_actor(settings)
         self.handles = [(HEALTH_ACTOR, health)]
         deadline = time.monotonic() + START_TIMEOUT_S

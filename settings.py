@@ -69,6 +69,19 @@ def _fernet_key(environ: Mapping[str, str], key: str) -> str | None:
     return raw
 
 
+def _node(environ: Mapping[str, str], key: str) -> str:
+    raw = _text(environ, key)
+    if raw is None or raw == "head":
+        return "head"
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        pass
+    if len(raw) == 56 and all(c in "0123456789abcdef" for c in raw.lower()):
+        return raw.lower()
+    raise ValueError(f"{key} must be 'head', a node's IP address or a Ray node id (56 hex digits), got {raw!r}")
+
+
 def _text(environ: Mapping[str, str], key: str) -> str | None:
     raw = environ.get(key)
     if raw is None or raw.strip() == "":
@@ -86,6 +99,7 @@ class Settings:
     data_dir: Path = Path(".data")
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    api_node: str = "head"
     admin_token: str | None = field(default=None, repr=False)
     enable_fault_injection: bool = False
     metrics_export_port: int | None = None
@@ -137,6 +151,7 @@ class Settings:
             data_dir=Path(_text(env, "DATA_DIR") or ".data"),
             api_host=host,
             api_port=_port(env, "API_PORT", 8080),
+            api_node=_node(env, "API_NODE"),
             admin_token=token,
             enable_fault_injection=_flag(env, "ENABLE_FAULT_INJECTION", False),
             metrics_export_port=metrics_port,

@@ -14,11 +14,12 @@ import ray
 import uvicorn
 from ray.exceptions import RayTaskError
 
-from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor
+from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, placement
 from actors.health import HEALTH_KILL_AFTER_S
 from actors.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
 from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownSubsystem
+from api.listener import listening_socket, tcp_options
 from settings import Settings
 from store import keys
 from store.client import connect
@@ -145,22 +146,13 @@ class ApiActor(Subsystem):
         raise RuntimeError("HTTP server stopped")
 
     def _listen(self) -> socket.socket:
-        """The API's listening socket.
-
-        Connections get TCP_USER_TIMEOUT (where the OS has it): a peer that has not taken our
-        data for a ping interval plus its timeout is dropped by the kernel, even when its
-        receive window is shut and a WebSocket close could never reach it.
-        """
-        host, port = self.settings.api_host, self.settings.api_port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        settings = self.settings
+        # A peer that has not taken our data for a ping interval plus its timeout is gone.
+        user_timeout_s = settings.ws_ping_interval_s + settings.ws_ping_timeout_s
         try:
-            sock = socket.create_server((host, port), family=family, backlog=2048)
+            return listening_socket(settings.api_host, settings.api_port, user_timeout_s=user_timeout_s)
         except OSError as exc:
             raise RuntimeError(f"cannot serve on {self.base_url} (API_HOST/API_PORT): {exc}") from None
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            timeout_ms = int((self.settings.ws_ping_interval_s + self.settings.ws_ping_timeout_s) * 1000)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
-        return sock
 
     async def setup(self) -> None:
         # The first self-probe waits for the server to listen, instead of failing on a race.
@@ -206,6 +198,20 @@ class ApiActor(Subsystem):
                     last_kill = now
                     log.error("health registry silent for %.0f s; killed for restart", now - last_answer)
 
+    async def connections(self) -> list[dict[str, Any]]:
+        """Each open HTTP or WebSocket connection: its peer and TCP options (see api.listener)."""
+        server = self._server
+        if server is None:
+            return []
+        found = []
+        for protocol in list(server.server_state.connections):
+            transport = getattr(protocol, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is None or transport.is_closing():
+                continue
+            found.append({"peer": list(transport.get_extra_info("peername") or ()), **tcp_options(sock)})
+        return found
+
     async def deliver(self, batch: dict[str, list[tuple[str, str]]]) -> int:
         """The broadcaster's delivery: queue each tenant's events on its clients; returns the client count."""
         self.hub.publish(batch)
@@ -216,7 +222,10 @@ class ApiActor(Subsystem):
 
 
 def api_actor(settings: Settings, admin_token: str) -> Any:
-    """Create or attach to the API actor of `settings.ray_namespace`."""
-    return ApiActor.options(name=API_ACTOR, namespace=settings.ray_namespace, **ACTOR_OPTIONS).remote(
-        settings, admin_token
-    )
+    """Create or attach to the API actor of `settings.ray_namespace`, on the node API_NODE names.
+
+    Probers reach the API at API_HOST on a known node (the head by default), never on a
+    node Ray happened to choose.
+    """
+    options = {**ACTOR_OPTIONS, **placement(settings.api_node)}
+    return ApiActor.options(name=API_ACTOR, namespace=settings.ray_namespace, **options).remote(settings, admin_token)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,47 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "max_task_retries": 0,
     "num_cpus": 0,
 }
+
+
+# Every node has a resource `node:<its IP>`; the head also has this one.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+# A node resource is 1 per node: asking for a sliver pins without limiting how many land there.
+NODE_SLIVER = 0.001
+
+
+def placement(node: str) -> dict[str, Any]:
+    """Actor options that keep an actor on `node`, also when Ray restarts it.
+
+    `node` is "head", a node's IP address, or a Ray node id (as `Settings.api_node`).
+    """
+    if node == "head":
+        return {"resources": {HEAD_NODE_RESOURCE: NODE_SLIVER}}
+    if _is_address(node):
+        return {"resources": {f"node:{node}": NODE_SLIVER}}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+
+
+def alive_node(node: str) -> str | None:
+    """The id of an alive node that `node` (as in `placement`) names, or None."""
+    for info in ray.nodes():
+        if not info.get("Alive"):
+            continue
+        resources = info.get("Resources") or {}
+        if (
+            (node == "head" and HEAD_NODE_RESOURCE in resources)
+            or (_is_address(node) and f"node:{node}" in resources)
+            or info.get("NodeID") == node
+        ):
+            return info["NodeID"]
+    return None
+
+
+def _is_address(node: str) -> bool:
+    try:
+        ipaddress.ip_address(node)
+    except ValueError:
+        return False
+    return True
 
 
 def identity() -> tuple[int, str | None]:

@@ -5,14 +5,36 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from http.client import HTTPConnection
 
 import pytest
 
+from actors.handles import API_ACTOR, NamedActor
 from tests.support import ADMIN_TOKEN, Platform, http, start_platform
 
 
 def test_livez(platform: Platform) -> None:
     assert platform.get("/livez", token=None) == (200, {"status": "ok"})
+
+
+def test_a_keep_alive_connection_is_served_with_nodelay(platform: Platform) -> None:
+    """Checked on the server's side: without TCP_NODELAY, Nagle's algorithm holds each
+    response's second segment until the client's delayed ACK, 40 ms per keep-alive request."""
+    connection = HTTPConnection("127.0.0.1", platform.settings.api_port, timeout=5)
+    try:
+        for _ in range(3):
+            connection.request("GET", "/livez")
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b'{"status":"ok"}')
+        assert connection.sock is not None  # still the one connection
+        port = connection.sock.getsockname()[1]
+        api = NamedActor(API_ACTOR, platform.settings.ray_namespace)
+        served = [c for c in api.call_sync("connections", timeout_s=10) if c["peer"][1] == port]
+    finally:
+        connection.close()
+    settings = platform.settings
+    user_timeout_ms = int((settings.ws_ping_interval_s + settings.ws_ping_timeout_s) * 1000)
+    assert served == [{"peer": ["127.0.0.1", port], "nodelay": 1, "user_timeout_ms": user_timeout_ms}]
 
 
 def test_readyz_when_every_subsystem_is_healthy(platform: Platform) -> None:

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
-from actors.handles import HEALTH_ACTOR, NamedActor
+from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
 from store.client import connect as redis_connect
 from store.events import parse_id
 from store.records import new_id
@@ -78,6 +78,16 @@ async def test_published_events_arrive_with_the_envelope(relay: Platform) -> Non
     assert [r[0] for r in replies] == [202, 202]
     assert client.ids == [r[1]["id"] for r in replies]
     assert client.events[0]["workspace_id"] == ws["id"] and client.events[0]["payload"] == body["payload"]
+
+
+async def test_a_websocket_is_served_with_nodelay(relay: Platform) -> None:
+    """Without TCP_NODELAY, frames sent back to back wait for the client's delayed ACK."""
+    tenant = relay.new_tenant("nodelay")
+    async with connect(ws_url(relay.url, token=tenant["token"])) as ws:
+        port = ws.local_address[1]
+        api = NamedActor(API_ACTOR, relay.settings.ray_namespace)
+        served = [c for c in await api.call("connections", timeout_s=10) if c["peer"][1] == port]
+    assert [(c["nodelay"], c["user_timeout_ms"]) for c in served] == [(1, 40_000)]
 
 
 async def test_bad_or_missing_token_is_closed_4401_before_any_event(relay: Platform) -> None:

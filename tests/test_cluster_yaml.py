@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from settings import Settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "ray-cluster.yaml"
 
@@ -30,3 +36,43 @@ def test_validation_catches_a_bad_config() -> None:
         assert "not_a_field" in str(exc)
     else:
         raise AssertionError("an unknown field passed validation")
+
+
+def test_the_job_is_given_the_heads_private_address_as_api_host(tmp_path: Path) -> None:
+    """The head's job submission, run by bash as the launcher runs it, with `ray` and `hostname` stubbed."""
+    config = prepare_config(yaml.safe_load(CONFIG.read_text()))
+    command = next(c for c in config["head_start_ray_commands"] if "ray job submit" in c)
+    (tmp_path / "platform").mkdir()
+    (tmp_path / "platform-data").mkdir()
+    (tmp_path / "platform-data" / "redis_password").write_text("secret\n")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    _stub(stubs / "hostname", 'echo "10.0.1.5 172.17.0.1"')  # `hostname -I`: the private address first
+    _stub(stubs / "ray", f'{sys.executable} -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"')
+    result = subprocess.run(
+        ["bash", "-c", command],
+        env={"HOME": str(tmp_path), "PATH": f"{stubs}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    args = json.loads(result.stdout)
+    env = json.loads(args[args.index("--runtime-env-json") + 1])["env_vars"]
+    settings = Settings.from_env(env)
+    assert (settings.api_host, settings.api_port, settings.api_node) == ("10.0.1.5", 8080, "head")
+    assert settings.redis_url == "redis://:secret@10.0.1.5:6380/0"
+    assert args[-2:] == ["python", "driver.py"]
+
+
+def test_the_security_group_lets_the_api_port_in_from_the_vpc_only() -> None:
+    rules = yaml.safe_load(CONFIG.read_text())["provider"]["security_group"]["IpPermissions"]
+    api = [r for r in rules if r["IpProtocol"] == "tcp" and r["FromPort"] <= 8080 <= r["ToPort"]]
+    assert api, rules
+    ranges = [ipaddress.ip_network(r["CidrIp"]) for rule in api for r in rule["IpRanges"]]
+    assert ranges and all(network.is_private for network in ranges)
+
+
+def _stub(path: Path, body: str) -> None:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)

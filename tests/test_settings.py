@@ -18,6 +18,14 @@ def test_defaults() -> None:
     assert (s.ray_address, s.ray_namespace, s.redis_url) == (None, "supervised", None)
     assert (s.api_host, s.api_port, s.data_dir) == ("127.0.0.1", 8080, Path(".data"))
     assert s.admin_token is None and s.enable_fault_injection is False
+    assert s.api_node == "head"
+
+
+@pytest.mark.parametrize(
+    "value, node", [("head", "head"), ("10.0.0.7", "10.0.0.7"), ("fd00::7", "fd00::7"), ("AB" * 28, "ab" * 28)]
+)
+def test_api_node_is_the_head_an_address_or_a_node_id(value: str, node: str) -> None:
+    assert Settings.from_env({"API_NODE": value}).api_node == node
 
 
 @pytest.mark.parametrize(
@@ -26,6 +34,8 @@ def test_defaults() -> None:
         ("API_PORT", "http"),
         ("API_PORT", "70000"),
         ("API_HOST", "example.com"),
+        ("API_NODE", "worker-1"),
+        ("API_NODE", "ab" * 27),
         ("REDIS_URL", "localhost:6379"),
         ("RAY_NAMESPACE", "a b"),
         ("ENABLE_FAULT_INJECTION", "maybe"),
