@@ -18,6 +18,7 @@ from typing import Any
 
 import harness
 import uvicorn
+from cryptography.fernet import Fernet
 
 from api.app import create_app
 from api.backend import Backend
@@ -57,7 +58,7 @@ def serve_baseline(port: int, redis_url: str, namespace: str) -> None:
         events_max_per_tenant=100_000,
         ws_queue_size=10_000,
         broadcast_positions_key=keys.broadcaster_positions(namespace),
-        secret_box=SecretBox(""),
+        secret_box=SecretBox(Fernet.generate_key().decode()),
     )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="websockets-sansio")
 

@@ -11,6 +11,7 @@ BENCHES = [
     "beat_cost.py",
     "ingestion.py",
     "liveness_latency.py",
+    "keepalive.py",
     "detection.py",
     "scheduler_burst.py",
     "broadcaster.py",
