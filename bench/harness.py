@@ -66,5 +66,12 @@ def summary(values: list[float], unit: str = "ms", scale: float = 1000.0) -> str
     )
 
 
+def ratios(ours: list[float], theirs: list[float]) -> str:
+    """`ours` over `theirs` at the median and the 99th percentile."""
+    p50 = percentile(ours, 50) / percentile(theirs, 50)
+    p99 = percentile(ours, 99) / percentile(theirs, 99)
+    return f"p50 {p50:.2f}x, p99 {p99:.2f}x"
+
+
 def sync_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)

@@ -112,9 +112,7 @@ def main() -> None:
         ours, theirs = results[("platform", name)], results[("baseline", name)]
         print(f"{name}: platform {harness.summary(ours)}")
         print(f"{name}: baseline {harness.summary(theirs)}")
-        p50 = harness.percentile(ours, 50) / harness.percentile(theirs, 50)
-        p99 = harness.percentile(ours, 99) / harness.percentile(theirs, 99)
-        print(f"{name}: ratio platform / baseline: p50 {p50:.2f}x, p99 {p99:.2f}x (goal: within 1.2x)")
+        print(f"{name}: ratio platform / baseline: {harness.ratios(ours, theirs)} (goal: within 1.2x at p50)")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,7 @@ def main() -> None:
     print(f"{SUBSYSTEMS:,} subsystems, {CLIENTS} concurrent clients, {REQUESTS:,} requests per endpoint")
     print(f"/admin/liveness: {harness.summary(liveness)}")
     print(f"/livez baseline: {harness.summary(livez)}")
-    p50 = harness.percentile(liveness, 50) / harness.percentile(livez, 50)
-    p99 = harness.percentile(liveness, 99) / harness.percentile(livez, 99)
-    print(f"ratio liveness / livez: p50 {p50:.1f}x, p99 {p99:.1f}x")
+    print(f"ratio liveness / livez: {harness.ratios(liveness, livez)}")
 
 
 if __name__ == "__main__":
