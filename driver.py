@@ -24,13 +24,13 @@ from cryptography.fernet import Fernet
 
 from actors.api import API_SPEC, api_actor
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
-from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
-from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor, alive_node
-from actors.health import health_actor
+from actors.channels.manager import CHANNEL_SPEC, channel_manager_actor
 from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
 from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
+from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor, alive_node
+from actors.runtime.health import health_actor
+from actors.runtime.subsystem import SubsystemSpec
 from actors.scheduler import SCHEDULER_SPEC, scheduler_actor
-from actors.subsystem import SubsystemSpec
 from settings import Settings
 from store.embedded import EmbeddedRedis
 

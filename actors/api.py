@@ -14,9 +14,9 @@ import ray
 import uvicorn
 from ray.exceptions import RayTaskError
 
-from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, placement
-from actors.health import HEALTH_KILL_AFTER_S
-from actors.subsystem import Subsystem, SubsystemSpec
+from actors.runtime.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, placement
+from actors.runtime.health import HEALTH_KILL_AFTER_S
+from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
 from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownSubsystem
 from api.listener import listening_socket, tcp_options

@@ -17,8 +17,8 @@ from typing import Any
 import ray
 import redis.exceptions
 
-from actors.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
-from actors.subsystem import Subsystem, SubsystemSpec
+from actors.runtime.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
+from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from settings import Settings
 from store import events, keys
 from store import tenants as tenants_store

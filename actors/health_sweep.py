@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import ray
 
-from actors.handles import ACTOR_OPTIONS
-from actors.subsystem import Subsystem, SubsystemSpec
+from actors.runtime.handles import ACTOR_OPTIONS
+from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from settings import Settings
 from store import keys, workspaces
 from store.client import connect

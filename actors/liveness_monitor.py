@@ -19,8 +19,8 @@ import aiohttp
 import ray
 import redis.exceptions
 
-from actors.handles import ACTOR_OPTIONS
-from actors.subsystem import Subsystem, SubsystemSpec
+from actors.runtime.handles import ACTOR_OPTIONS
+from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from settings import Settings
 from store import events, keys, workspaces
 from store.client import connect

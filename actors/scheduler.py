@@ -14,9 +14,9 @@ import ray
 import redis.exceptions
 
 from actors.a2a_client import Outcome, send
-from actors.handles import ACTOR_OPTIONS
-from actors.isolation import ItemGuard
-from actors.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
+from actors.runtime.handles import ACTOR_OPTIONS
+from actors.runtime.isolation import ItemGuard
+from actors.runtime.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
 from settings import Settings
 from store import events, keys, schedules
 from store.client import connect

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from actors.subsystem import FAULTS
+from actors.runtime.subsystem import FAULTS
 from api.auth import require_admin
 from api.backend import Backend, FaultRefused, Unavailable, UnknownSubsystem
 from api.errors import ApiError, error, read_json

@@ -8,7 +8,7 @@ import time
 import harness
 import ray
 
-from actors.heartbeat import Heartbeats
+from actors.runtime.heartbeat import Heartbeats
 
 IN_PROCESS_BEATS = 1_000_000
 ACTOR_CALLS = 20_000

@@ -26,9 +26,9 @@ import aiohttp
 import harness
 import psutil
 
-from actors import telegram
 from actors.a2a_client import reply_texts, send
-from actors.channel_manager import CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
+from actors.channels import telegram
+from actors.channels.manager import CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
 from store.channels import Inbound
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis

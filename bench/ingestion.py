@@ -9,7 +9,7 @@ import time
 import harness
 import ray
 
-from actors.handles import HEALTH_ACTOR
+from actors.runtime.handles import HEALTH_ACTOR
 
 SENDERS = 4
 NAMES = 1_000

@@ -10,7 +10,7 @@ import aiohttp
 import harness
 import ray
 
-from actors.handles import HEALTH_ACTOR
+from actors.runtime.handles import HEALTH_ACTOR
 from tests.support import ADMIN_TOKEN
 
 SUBSYSTEMS = 1_000

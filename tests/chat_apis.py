@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.channel_manager import CHANNEL_SPEC, channel_manager_actor
+from actors.channels.manager import CHANNEL_SPEC, channel_manager_actor
 from store.embedded import free_port
 from tests.support import Platform, start_platform
 

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import ray
 
-from actors.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
-from actors.subsystem import Subsystem, SubsystemSpec
-from actors.supervised import RestartPolicy
+from actors.runtime.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
+from actors.runtime.subsystem import Subsystem, SubsystemSpec
+from actors.runtime.supervised import RestartPolicy
 from driver import Deployment
 from settings import Settings
 from store.client import connect

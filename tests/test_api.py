@@ -9,7 +9,7 @@ from http.client import HTTPConnection
 
 import pytest
 
-from actors.handles import API_ACTOR, NamedActor
+from actors.runtime.handles import API_ACTOR, NamedActor
 from tests.support import ADMIN_TOKEN, Platform, http, start_platform
 
 

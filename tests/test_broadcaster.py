@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
-from actors.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
+from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
 from store.client import connect as redis_connect
 from store.events import parse_id
 from store.records import new_id

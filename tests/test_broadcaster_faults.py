@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.handles import API_ACTOR
+from actors.runtime.handles import API_ACTOR
 from store.embedded import EmbeddedRedis, free_port
 from tests.support import Platform, start_platform, wait_for
 from tests.test_broadcaster import BROADCASTER

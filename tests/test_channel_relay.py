@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from actors.a2a_client import reply_texts
-from actors.channel_relay import ChatQueues
+from actors.channels.relay import ChatQueues
 
 
 async def until(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from actors.channel_manager import CHANNEL_SLOTS, RELAY_SLOTS
+from actors.channels.manager import CHANNEL_SLOTS, RELAY_SLOTS
 from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis, start_channel_platform

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from actors.supervised import RestartPolicy
+from actors.runtime.supervised import RestartPolicy
 from tests.support import Platform, wait_for
 
 # Slow first backoff so BACKOFF is observable through the API for a few seconds.

@@ -12,7 +12,7 @@ import pytest
 import ray
 import redis
 
-from actors.handles import HEALTH_ACTOR
+from actors.runtime.handles import HEALTH_ACTOR
 from store import keys
 from tests.support import Platform, start_platform, wait_for
 

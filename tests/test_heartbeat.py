@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.heartbeat import Heartbeats
+from actors.runtime.heartbeat import Heartbeats
 from tests.fakes import FakeClock
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from actors.isolation import ItemGuard
+from actors.runtime.isolation import ItemGuard
 
 
 class Transient(Exception):

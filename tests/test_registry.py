@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.registry import Expectation, Record, Registry
-from actors.supervised import LoopState
+from actors.runtime.registry import Expectation, Record, Registry
+from actors.runtime.supervised import LoopState
 
 T0 = 1_000_000.0
 

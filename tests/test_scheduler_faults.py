@@ -12,9 +12,9 @@ import pytest
 import ray
 import redis
 
-from actors.handles import ACTOR_OPTIONS
+from actors.runtime.handles import ACTOR_OPTIONS
+from actors.runtime.subsystem import SubsystemSpec
 from actors.scheduler import SchedulerActor, scheduler_actor
-from actors.subsystem import SubsystemSpec
 from driver import SUBSYSTEMS
 from store.embedded import EmbeddedRedis, free_port
 from store.records import now_rfc3339

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from actors.channel_manager import NO_ANSWER
+from actors.channels.manager import NO_ANSWER
 from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis, slack_request, start_channel_platform

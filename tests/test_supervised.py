@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from actors.supervised import LoopState, RecoverLoop, RestartPolicy
+from actors.runtime.supervised import LoopState, RecoverLoop, RestartPolicy
 from tests.fakes import FakeClock
 
 EXPECTED_DELAYS = [1, 2, 4, 8, 16, 30, 30]

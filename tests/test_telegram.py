@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors import telegram
+from actors.channels import telegram
 
 
 def test_split_counts_utf16_code_units() -> None:

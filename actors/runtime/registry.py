@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from actors.supervised import LoopState
+from actors.runtime.supervised import LoopState
 
 RESTART_REASONS = ("exception", "process", "stalled")
 

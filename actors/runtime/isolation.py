@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.supervised import Clock, describe
+from actors.runtime.supervised import Clock, describe
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ import aiohttp
 import ray
 import redis.exceptions
 
-from actors import slack, telegram
 from actors.a2a_client import Outcome, reply_texts, send
-from actors.channel_relay import ChatQueues
-from actors.chat import ChatApiError
-from actors.handles import ACTOR_OPTIONS
-from actors.isolation import ItemGuard
-from actors.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
-from actors.supervised import LoopState, RecoverLoop
+from actors.channels import slack, telegram
+from actors.channels.chat import ChatApiError
+from actors.channels.relay import ChatQueues
+from actors.runtime.handles import ACTOR_OPTIONS
+from actors.runtime.isolation import ItemGuard
+from actors.runtime.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
+from actors.runtime.supervised import LoopState, RecoverLoop
 from settings import Settings
 from store import channels, events, keys, workspaces
 from store.channels import Channel, Inbound

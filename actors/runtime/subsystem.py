@@ -12,11 +12,11 @@ from typing import Any, ClassVar
 
 import redis.exceptions
 
-from actors.handles import HEALTH_ACTOR, NamedActor, identity
-from actors.heartbeat import Heartbeats
-from actors.isolation import ItemGuard
-from actors.registry import Expectation
-from actors.supervised import LoopState, RecoverLoop, RestartPolicy
+from actors.runtime.handles import HEALTH_ACTOR, NamedActor, identity
+from actors.runtime.heartbeat import Heartbeats
+from actors.runtime.isolation import ItemGuard
+from actors.runtime.registry import Expectation
+from actors.runtime.supervised import LoopState, RecoverLoop, RestartPolicy
 from settings import Settings
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from actors.chat import ChatApiError
+from actors.channels.chat import ChatApiError
 from store.channels import Inbound
 
 MESSAGE_MAX = 40_000  # characters; Slack truncates a longer text

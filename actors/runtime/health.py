@@ -11,9 +11,9 @@ from typing import Any
 import ray
 from ray.util.metrics import Gauge
 
-from actors.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
-from actors.registry import RESTART_REASONS, Expectation, Record, Registry
-from actors.supervised import RecoverLoop, RestartPolicy
+from actors.runtime.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
+from actors.runtime.registry import RESTART_REASONS, Expectation, Record, Registry
+from actors.runtime.supervised import RecoverLoop, RestartPolicy
 from settings import Settings
 from store import keys
 from store.client import connect

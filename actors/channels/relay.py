@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from actors.supervised import RestartPolicy, describe
+from actors.runtime.supervised import RestartPolicy, describe
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from actors.supervised import Clock, Sleep
+from actors.runtime.supervised import Clock, Sleep
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from actors.chat import ChatApiError
+from actors.channels.chat import ChatApiError
 from store.channels import Inbound
 
 MESSAGE_MAX = 4096  # Telegram's limit on one message's text, in UTF-16 code units

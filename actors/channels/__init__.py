@@ -1,0 +1,1 @@
+"""The channel manager: Telegram and Slack chats relayed to workspaces."""
