@@ -19,18 +19,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import ray
 from cryptography.fernet import Fernet
 
-from actors.api import API_SPEC, api_actor
-from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
-from actors.channels.manager import CHANNEL_SPEC, channel_manager_actor
-from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
-from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
-from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor, alive_node
-from actors.runtime.health import health_actor
-from actors.runtime.subsystem import SubsystemSpec
-from actors.scheduler import SCHEDULER_SPEC, scheduler_actor
+from actors.api import ApiActor
+from actors.broadcaster import Broadcaster
+from actors.channels.manager import ChannelManager
+from actors.health_sweep import HealthSweep
+from actors.liveness_monitor import LivenessMonitor
+from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor, alive_node, connect_ray, deploy, ray_connected
+from actors.runtime.health import HealthActor
+from actors.runtime.subsystem import Subsystem, SubsystemSpec
+from actors.scheduler import Scheduler
 from settings import Settings
 from store.embedded import EmbeddedRedis
 
@@ -40,15 +39,9 @@ START_TIMEOUT_S = 60.0
 # How long /readyz answers 503 (draining) before anything stops.
 DRAIN_GRACE_S = 0.5
 
-# The platform's subsystems, in start order: (spec, factory(settings) -> actor handle).
-# The API actor is started last and stopped first; it is registered like the others.
-SUBSYSTEMS: list[tuple[SubsystemSpec, Callable[[Settings], Any]]] = [
-    (SCHEDULER_SPEC, scheduler_actor),
-    (BROADCASTER_SPEC, broadcaster_actor),
-    (LIVENESS_SPEC, liveness_monitor_actor),
-    (HEALTH_SWEEP_SPEC, health_sweep_actor),
-    (CHANNEL_SPEC, channel_manager_actor),
-]
+# The platform's subsystems, in start order. The API actor is started after them and
+# stopped before them; it is registered like the others.
+SUBSYSTEMS: list[type[Subsystem]] = [Scheduler, Broadcaster, LivenessMonitor, HealthSweep, ChannelManager]
 
 
 def admin_token(settings: Settings) -> tuple[str, Path | None]:
@@ -97,29 +90,16 @@ def _stored_secret(path: Path, make: Callable[[], str], valid: Callable[[str], b
     return value
 
 
-def connect_ray(settings: Settings) -> None:
-    """Attach to RAY_ADDRESS, or start a new local Ray (never a stray one found on the machine)."""
-    if ray.is_initialized():
-        return
-    options: dict[str, Any] = {"namespace": settings.ray_namespace, "logging_level": logging.WARNING}
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, **options)
-    else:
-        if settings.metrics_export_port:
-            options["_metrics_export_port"] = settings.metrics_export_port
-        ray.init(address="local", **options)
-
-
 class Deployment:
     """The platform's actors in one namespace: created or re-attached, drained in reverse."""
 
-    def __init__(self, settings: Settings, subsystems: Sequence[tuple[SubsystemSpec, Callable[[Settings], Any]]] = ()):
+    def __init__(self, settings: Settings, subsystems: Sequence[type[Subsystem]] = ()) -> None:
         self.settings = settings
         self.subsystems = list(subsystems)
         self.redis: EmbeddedRedis | None = None
         self.token = ""
         self.token_path: Path | None = None
-        self.handles: list[tuple[str, Any]] = []
+        self.actors: list[NamedActor] = []
 
     @property
     def api_url(self) -> str:
@@ -137,20 +117,39 @@ class Deployment:
         connect_ray(settings)
         if alive_node(settings.api_node) is None:
             raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
-        health = health_actor(settings)
-        self.handles = [(HEALTH_ACTOR, health)]
+        namespace = settings.ray_namespace
+        health = deploy(HealthActor, settings, name=HEALTH_ACTOR, namespace=namespace)
+        self.actors = [health]
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not ray.get(health.ping.remote(), timeout=START_TIMEOUT_S)["loaded"]:
+        while not health.call_sync("ping", timeout_s=START_TIMEOUT_S)["loaded"]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"health registry could not load from Redis within {START_TIMEOUT_S:g} s")
             time.sleep(0.1)
-        specs = [spec for spec, _ in self.subsystems] + [API_SPEC]
-        expectations = [dataclasses.asdict(s.expectation(settings.ray_namespace)) for s in specs]
-        ray.get(health.register.remote(expectations, True), timeout=START_TIMEOUT_S)
-        for spec, factory in self.subsystems:
-            self.handles.append((spec.actor or spec.name, factory(settings)))
-        self.handles.append((API_ACTOR, api_actor(settings, self.token)))
-        ray.get([h.ping.remote() for _, h in self.handles], timeout=START_TIMEOUT_S)
+        specs = [cls.spec_for(settings) for cls in [*self.subsystems, ApiActor]]
+        expectations = [dataclasses.asdict(s.expectation(namespace)) for s in specs]
+        health.call_sync("register", expectations, True, timeout_s=START_TIMEOUT_S)
+        self.actors += [self.start(cls) for cls in self.subsystems]
+        self.actors.append(self.start(ApiActor, self.token, node=settings.api_node))
+        for actor in self.actors:
+            actor.call_sync("ping", timeout_s=max(0.1, deadline - time.monotonic()))
+
+    def start(
+        self,
+        cls: type[Subsystem],
+        *args: Any,
+        spec: SubsystemSpec | None = None,
+        node: str | None = None,
+        **kwargs: Any,
+    ) -> NamedActor:
+        """Deploy a subsystem class as its detached, restarted actor (or attach to it); what `up` does for each.
+
+        `spec` replaces the class's own (`spec_for`); `args` and `kwargs` go to its constructor.
+        """
+        spec = spec or cls.spec_for(self.settings)
+        namespace = self.settings.ray_namespace
+        return deploy(
+            cls, self.settings, *args, name=spec.actor_name, namespace=namespace, node=node, spec=spec, **kwargs
+        )
 
     def drain(self) -> None:
         """Readiness 503, then stop actors within the drain timeout, then Redis.
@@ -160,7 +159,7 @@ class Deployment:
         """
         deadline = time.monotonic() + self.settings.drain_timeout_s
         namespace = self.settings.ray_namespace
-        if not ray.is_initialized():  # failed before connecting: only Redis may be ours
+        if not ray_connected():  # failed before connecting: only Redis may be ours
             if self.redis is not None:
                 self.redis.stop()
             return
@@ -174,7 +173,7 @@ class Deployment:
             time.sleep(min(DRAIN_GRACE_S, remaining() / 4))  # let readiness probes see the 503
         except Exception as exc:  # draining goes on without the API: stopping is what matters
             log.warning("could not mark the API draining: %s", exc)
-        names = [spec.actor or spec.name for spec, _ in reversed(self.subsystems)] + [API_ACTOR]
+        names = [cls.spec_for(self.settings).actor_name for cls in reversed(self.subsystems)] + [API_ACTOR]
         for name in names:
             actor = NamedActor(name, namespace)
             try:

@@ -10,20 +10,18 @@ import time
 from typing import Any
 
 import aiohttp
-import ray
 import uvicorn
 from ray.exceptions import RayTaskError
 
-from actors.runtime.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, placement
+from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor
 from actors.runtime.health import HEALTH_KILL_AFTER_S
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
 from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownSubsystem
+from api.context import ApiContext
 from api.listener import listening_socket, tcp_options
 from settings import Settings
-from store import keys
 from store.client import connect
-from store.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,6 @@ class PlatformBackend:
                 raise Unavailable(f"subsystem {subsystem} did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
 
 
-@ray.remote
 class ApiActor(Subsystem):
     """Serves the API; its tick is a real request through its own HTTP stack.
 
@@ -100,29 +97,28 @@ class ApiActor(Subsystem):
 
     spec = API_SPEC
 
-    def __init__(self, settings: Settings, admin_token: str) -> None:
+    def __init__(self, settings: Settings, admin_token: str, **runtime: Any) -> None:
+        super().__init__(settings, **runtime)
         self.is_draining = False
         self.backend = PlatformBackend(settings, self)
         self.redis = connect(settings.redis_url)
-        self.app = create_app(
-            self.backend,
-            redis=self.redis,
-            admin_token=admin_token,
-            fault_injection=settings.enable_fault_injection,
-            workspace_ttl_s=settings.workspace_ttl_s,
-            events_max_per_tenant=settings.events_max_per_tenant,
-            ws_queue_size=settings.ws_queue_size,
-            broadcast_positions_key=keys.broadcaster_positions(settings.ray_namespace),
-            secret_box=SecretBox(settings.channel_secret_key or ""),
-        )
-        self.hub = self.app.state.hub
+        context = ApiContext.build(settings, backend=self.backend, redis=self.redis, admin_token=admin_token)
+        self.app = create_app(context)
+        self.hub = context.hub
         self.base_url = settings.api_url
         self.health_kills = 0
         self._session: aiohttp.ClientSession | None = None
         self._server: uvicorn.Server | None = None
-        super().__init__(settings)
         self.supervise("api.http", self._serve)
         self.supervise("api.health-watch", self._watch_health)
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SELF_PROBE_TIMEOUT_S))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.redis.aclose()
 
     async def _serve(self) -> None:
         config = uvicorn.Config(
@@ -163,8 +159,7 @@ class ApiActor(Subsystem):
             await asyncio.sleep(0.05)
 
     async def tick(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SELF_PROBE_TIMEOUT_S))
+        assert self._session is not None
         async with self._session.get(f"{self.base_url}/livez") as response:
             if response.status != 200:
                 raise RuntimeError(f"self-probe GET /livez answered {response.status}")
@@ -219,13 +214,3 @@ class ApiActor(Subsystem):
 
     async def set_draining(self, draining: bool) -> None:
         self.is_draining = draining
-
-
-def api_actor(settings: Settings, admin_token: str) -> Any:
-    """Create or attach to the API actor of `settings.ray_namespace`, on the node API_NODE names.
-
-    Probers reach the API at API_HOST on a known node (the head by default), never on a
-    node Ray happened to choose.
-    """
-    options = {**ACTOR_OPTIONS, **placement(settings.api_node)}
-    return ApiActor.options(name=API_ACTOR, namespace=settings.ray_namespace, **options).remote(settings, admin_token)

@@ -9,18 +9,16 @@ WebSocket connections drop ids they have already sent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
-import ray
 import redis.exceptions
 
-from actors.runtime.handles import ACTOR_OPTIONS, ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
+from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from settings import Settings
-from store import events, keys
+from store import broadcast, events
 from store import tenants as tenants_store
 from store.client import connect
 
@@ -37,16 +35,15 @@ LAG_COUNT_CAP = 10_000  # lag_events counts up to this many per tenant
 LAG_MEASURE_S = 2.0
 TENANTS_REFRESH_S = 1.0  # new tenants are picked up within this (their streams are read from the start)
 SAVE_EVERY_S = 0.2  # positions are written at most this often: a crash re-delivers at most this much
-STARTED = "_started_at"  # field marking the positions hash as this deployment's
 
 
 class Broadcaster(Subsystem):
     spec = BROADCASTER_SPEC
 
-    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+    def __init__(self, settings: Settings, **runtime: Any) -> None:
+        super().__init__(settings, **runtime)
         self.redis = connect(settings.redis_url, timeout_s=BLOCK_S + 2.0)
         self.api = NamedActor(API_ACTOR, settings.ray_namespace)
-        self.positions_key = keys.broadcaster_positions(settings.ray_namespace)
         self.positions: dict[str, str] = {}
         # One delivery never fills more than a quarter of a client's queue, so a burst alone
         # does not close a client that reads.
@@ -65,7 +62,6 @@ class Broadcaster(Subsystem):
         self._unsaved: dict[str, str] = {}
         self._saved_at = 0.0
         self._pause = 0.0
-        super().__init__(settings, spec)
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -82,41 +78,33 @@ class Broadcaster(Subsystem):
         return self._pause  # a tick already waits in XREAD; it pauses only to retry a delivery
 
     async def setup(self) -> None:
-        saved = await self.redis.hgetall(self.positions_key)
-        if saved or self.positions:
-            saved_positions = {k.decode(): v.decode() for k, v in saved.items() if k != STARTED.encode()}
+        namespace = self.settings.ray_namespace
+        saved = await broadcast.load(self.redis, namespace)
+        if saved is not None or self.positions:
             # After a loop restart, keep what the API acknowledged; if Redis lost the hash, write it back.
-            self.positions = {**saved_positions, **self.positions}
-            if not saved:
-                await self.redis.hset(self.positions_key, mapping={STARTED: str(time.time()), **self.positions})
+            self.positions = {**(saved or {}), **self.positions}
+            if saved is None:
+                await broadcast.start(self.redis, namespace, self.positions)
             return
-        # A new deployment: no WebSocket is admitted before this hash exists, so history need
-        # not be sent again.
+        # A new deployment: no WebSocket is admitted before its positions exist, so history
+        # need not be sent again.
         if added := await tenants_store.index_existing(self.redis):
             log.info("indexed %d tenants created before the tenants index", added)
-        tenants = await self._tenant_ids()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for tenant_id in tenants:
-                pipe.xrevrange(keys.events(tenant_id), count=1)
-            heads = await pipe.execute(raise_on_error=False)
-        self.positions = {
-            t: head[0][0].decode() if isinstance(head, list) and head else "0-0"
-            for t, head in zip(tenants, heads, strict=True)
-        }
-        await self.redis.hset(self.positions_key, mapping={STARTED: str(time.time()), **self.positions})
-        log.info("new deployment: broadcasting from the heads of %d tenant streams", len(tenants))
+        self.positions = await events.heads(self.redis, await tenants_store.ids(self.redis))
+        await broadcast.start(self.redis, namespace, self.positions)
+        log.info("new deployment: broadcasting from the heads of %d tenant streams", len(self.positions))
 
     async def tick(self) -> bool:
         now = time.monotonic()
         if now - self._tenants_read_at >= TENANTS_REFRESH_S:
-            self._tenant_list, self._tenants_read_at = await self._tenant_ids(), now
+            self._tenant_list, self._tenants_read_at = await tenants_store.ids(self.redis), now
         tenants = self._tenant_list
         self.tenants = len(tenants)
         if self.bad_streams:
             await self._screen(sorted(self.bad_streams))
-        streams = {keys.events(t): self.positions.get(t, "0-0") for t in tenants if t not in self.bad_streams}
+        positions = {t: self.positions.get(t, "0-0") for t in tenants if t not in self.bad_streams}
         try:
-            reply = await self.redis.xread(streams, count=self.read_count, block=int(BLOCK_S * 1000)) if streams else []
+            reply = await events.read_new(self.redis, positions, count=self.read_count, block_ms=int(BLOCK_S * 1000))
         except redis.exceptions.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
@@ -136,8 +124,7 @@ class Broadcaster(Subsystem):
         newest: dict[str, str] = {}
         oldest_ms: float | None = None
         full = False
-        for raw_key, entries in reply or ():
-            tenant_id = raw_key.decode().removeprefix(keys.EVENTS_PREFIX)
+        for tenant_id, entries in reply:
             full = full or len(entries) >= self.read_count
             out = batch[tenant_id] = []
             for raw_id, fields in entries:
@@ -145,7 +132,7 @@ class Broadcaster(Subsystem):
                 text = events.envelope(tenant_id, stream_id, fields)
                 if text is None:
                     self.malformed += 1
-                    log.warning("skipping malformed entry %s of %s", stream_id, keys.events(tenant_id))
+                    log.warning("skipping malformed entry %s of %s", stream_id, events.stream_name(tenant_id))
                 else:
                     out.append((stream_id, text))
             if entries:
@@ -183,19 +170,19 @@ class Broadcaster(Subsystem):
         """Write the positions delivered since the last save (a crash before it only re-delivers)."""
         unsaved, self._unsaved = self._unsaved, {}
         try:
-            await self.redis.hset(self.positions_key, mapping=unsaved)
+            await broadcast.save(self.redis, self.settings.ray_namespace, unsaved)
         except BaseException:
             self._unsaved = {**unsaved, **self._unsaved}
             raise
         self._saved_at = time.monotonic()
 
-    async def stop(self) -> None:
-        await super().stop()
+    async def close(self) -> None:
         if self._unsaved:
             try:
-                await asyncio.wait_for(self._save(), 1.0)
+                await self._save()
             except Exception as exc:  # the positions saved before are still valid: events are re-delivered
                 log.warning("could not save broadcast positions: %s", exc)
+        await self.redis.aclose()
 
     async def _measure_lag(self, behind: list[str], oldest_ms: float | None) -> None:
         """Events and seconds from the positions of the tenants `behind` to their heads (counts every LAG_MEASURE_S)."""
@@ -208,41 +195,17 @@ class Broadcaster(Subsystem):
         if now - self._lag_measured_at < LAG_MEASURE_S:
             return
         self._lag_measured_at = now
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for tenant_id in behind:
-                pipe.xrange(keys.events(tenant_id), min=f"({self.positions.get(tenant_id, '0-0')}", count=LAG_COUNT_CAP)
-            counts = await pipe.execute(raise_on_error=False)
-        self.lag_events = sum(len(c) for c in counts if isinstance(c, list))
+        positions = {t: self.positions.get(t, "0-0") for t in behind}
+        self.lag_events = await events.count_after(self.redis, positions, LAG_COUNT_CAP)
 
     async def _screen(self, tenants: list[str]) -> None:
         """Find tenants whose events key holds something other than a stream; leave them out."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for tenant_id in tenants:
-                pipe.type(keys.events(tenant_id))
-            types = await pipe.execute()
-        for tenant_id, raw_type in zip(tenants, types, strict=True):
-            kind = raw_type.decode() if isinstance(raw_type, bytes) else str(raw_type)
+        for tenant_id, kind in (await events.kinds(self.redis, tenants)).items():
             if kind in ("stream", "none"):
                 if tenant_id in self.bad_streams:
                     self.bad_streams.discard(tenant_id)
                     self.items.release(tenant_id)
                 continue
             self.bad_streams.add(tenant_id)
-            await self.items.run(tenant_id, lambda t=tenant_id, k=kind: _not_a_stream(t, k), version=kind)
-
-    async def _tenant_ids(self) -> list[str]:
-        return sorted(member.decode() for member in await self.redis.smembers(keys.TENANTS))
-
-
-async def _not_a_stream(tenant_id: str, kind: str) -> None:
-    raise TypeError(f"{keys.events(tenant_id)} is a {kind}, not a stream; its events cannot be read")
-
-
-BroadcasterActor = ray.remote(Broadcaster)
-
-
-def broadcaster_actor(settings: Settings) -> Any:
-    """Create or attach to the broadcaster of `settings.ray_namespace`."""
-    return BroadcasterActor.options(
-        name=BROADCASTER_SPEC.name, namespace=settings.ray_namespace, **ACTOR_OPTIONS
-    ).remote(settings)
+            error = TypeError(f"{events.stream_name(tenant_id)} is a {kind}, not a stream; its events cannot be read")
+            await self.items.fail(tenant_id, error, version=kind)

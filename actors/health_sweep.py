@@ -10,18 +10,15 @@ whoever notices first.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
 import aiohttp
-import ray
 
-from actors.runtime.handles import ACTOR_OPTIONS
-from actors.runtime.subsystem import Subsystem, SubsystemSpec
+from actors.runtime.subsystem import Every, Subsystem, SubsystemSpec
 from settings import Settings
-from store import keys, workspaces
+from store import workspaces
 from store.client import connect
 
 log = logging.getLogger(__name__)
@@ -36,18 +33,28 @@ FAILURES_TO_OFFLINE = 3
 class HealthSweep(Subsystem):
     spec = HEALTH_SWEEP_SPEC
 
-    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+    def __init__(self, settings: Settings, **runtime: Any) -> None:
+        super().__init__(settings, **runtime)
         self.redis = connect(settings.redis_url, timeout_s=5.0)
-        self._mark_offline = self.redis.register_script(workspaces.MARK_OFFLINE)
         self._session: aiohttp.ClientSession | None = None
-        self._sweep_due = 0.0
+        self._sweep_every = Every(settings.health_sweep_interval_s, self.clock)
         self.failures: dict[str, int] = {}  # consecutive failed probes per workspace
         self.watched = 0
         self.probe_failures = 0
         self.offline_transitions = 0
         self.last_sweep_s: float | None = None
         self.sweeps = 0
-        super().__init__(settings, spec)
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(limit=PROBE_CONCURRENCY, force_close=True),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.redis.aclose()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -60,25 +67,16 @@ class HealthSweep(Subsystem):
         }
 
     async def tick(self) -> None:
-        if time.monotonic() < self._sweep_due:
+        if not self._sweep_every.due():
             return
-        self._sweep_due = time.monotonic() + self.settings.health_sweep_interval_s
         started = time.monotonic()
         await self._sweep()
         self.last_sweep_s = time.monotonic() - started
         self.sweeps += 1
 
     async def _sweep(self) -> None:
-        ids = sorted(raw.decode() for raw in await self.redis.smembers(keys.WORKSPACES_ONLINE))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for workspace_id in ids:
-                pipe.hgetall(keys.workspace(workspace_id))
-            records = await pipe.execute(raise_on_error=False)
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
-                connector=aiohttp.TCPConnector(limit=PROBE_CONCURRENCY, force_close=True),
-            )
+        ids = await workspaces.online(self.redis)
+        records = await workspaces.read(self.redis, ids)
         slots = asyncio.Semaphore(PROBE_CONCURRENCY)
         self.watched = len(ids)
         online = set(ids)
@@ -86,16 +84,16 @@ class HealthSweep(Subsystem):
         await asyncio.gather(*(self._check(w, raw, slots) for w, raw in zip(ids, records, strict=True)))
 
     async def _check(self, workspace_id: str, raw: Any, slots: asyncio.Semaphore) -> None:
-        version = _version(raw)
+        if isinstance(raw, Exception):  # not a hash: this workspace's failure only
+            await self.items.fail(workspace_id, raw, version=str(raw))
+            return
         outcome = await self.items.run(
-            workspace_id, lambda: self._probe_once(workspace_id, raw, slots), version=version
+            workspace_id, lambda: self._probe_once(workspace_id, raw, slots), version=workspaces.version(raw)
         )
         if outcome.ok and outcome.value:
             self.offline_transitions += 1
 
-    async def _probe_once(self, workspace_id: str, raw: Any, slots: asyncio.Semaphore) -> bool:
-        if not isinstance(raw, dict):
-            raise TypeError(f"workspace {workspace_id} is not a hash: {raw}")
+    async def _probe_once(self, workspace_id: str, raw: dict[bytes, bytes], slots: asyncio.Semaphore) -> bool:
         if not raw:
             return False  # deleted meanwhile
         url = workspaces.checked(workspace_id, raw)["url"]
@@ -111,7 +109,7 @@ class HealthSweep(Subsystem):
         self.failures.pop(workspace_id, None)
         # A mass offline waits for pooled connections (store.client.connect) rather than failing.
         return await workspaces.mark_offline(
-            self._mark_offline,
+            self.redis,
             workspace_id,
             raw,
             f"{FAILURES_TO_OFFLINE} health probes failed",
@@ -126,19 +124,3 @@ class HealthSweep(Subsystem):
                 return 200 <= response.status < 300
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
-
-
-def _version(raw: Any) -> str:
-    if not isinstance(raw, dict):
-        return f"unreadable: {raw}"
-    return json.dumps(sorted((k.decode(errors="replace"), v.decode(errors="replace")) for k, v in raw.items()))
-
-
-HealthSweepActor = ray.remote(HealthSweep)
-
-
-def health_sweep_actor(settings: Settings) -> Any:
-    """Create or attach to the health sweep of `settings.ray_namespace`."""
-    return HealthSweepActor.options(
-        name=HEALTH_SWEEP_SPEC.name, namespace=settings.ray_namespace, **ACTOR_OPTIONS
-    ).remote(settings)

@@ -5,25 +5,24 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from actors.runtime.subsystem import FAULTS
 from api.auth import require_admin
-from api.backend import Backend, FaultRefused, Unavailable, UnknownSubsystem
-from api.errors import ApiError, error, read_json
+from api.backend import FAULTS, FaultRefused, Unavailable, UnknownSubsystem
+from api.context import context
+from api.errors import ApiError, read_json
 
 
 async def liveness(request: Request) -> Response:
     require_admin(request)
-    backend: Backend = request.app.state.backend
     try:
-        body = await backend.liveness()
+        body = await context(request).backend.liveness()
     except Unavailable as exc:
-        return error(503, str(exc))
+        raise ApiError(503, str(exc)) from None
     return Response(body, media_type="application/json")
 
 
 async def faults(request: Request) -> JSONResponse:
-    if not request.app.state.fault_injection:
-        return error(404, "not found")
+    if not context(request).fault_injection:
+        raise ApiError(404, "not found")
     require_admin(request)
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -40,13 +39,12 @@ async def faults(request: Request) -> JSONResponse:
     unknown = set(body) - {"subsystem", "fault", "seconds"}
     if unknown:
         raise ApiError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
-    backend: Backend = request.app.state.backend
     try:
-        await backend.inject_fault(subsystem, fault, seconds)
+        await context(request).backend.inject_fault(subsystem, fault, seconds)
     except UnknownSubsystem:
         raise ApiError(422, f"subsystem: unknown subsystem {subsystem!r}") from None
     except FaultRefused as exc:
-        return error(409, f"subsystem {subsystem!r} refused the fault: {exc}")
+        raise ApiError(409, f"subsystem {subsystem!r} refused the fault: {exc}") from None
     except Unavailable as exc:
-        return error(503, str(exc))
+        raise ApiError(503, str(exc)) from None
     return JSONResponse({"subsystem": subsystem, "fault": fault, "seconds": seconds}, status_code=202)

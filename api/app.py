@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
 from api import admin, channels, events, probes, schedules, stream, tenants, webhooks, workspaces
-from api.backend import Backend
+from api.context import ApiContext
 from api.errors import EXCEPTION_HANDLERS
-from api.hub import Hub
-from store.secrets import SecretBox
 
 
-def create_app(
-    backend: Backend,
-    *,
-    redis: Any,
-    admin_token: str,
-    fault_injection: bool,
-    workspace_ttl_s: float,
-    events_max_per_tenant: int,
-    ws_queue_size: int,
-    broadcast_positions_key: str,
-    secret_box: SecretBox,
-) -> Starlette:
-    """Build the app; it holds no globals, everything comes in through the arguments."""
+def create_app(context: ApiContext) -> Starlette:
+    """Build the app; it holds no globals: handlers read `context` (api.context.context)."""
     routes = [
         Route("/livez", probes.livez, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
@@ -54,13 +39,5 @@ def create_app(
         Route("/ws", stream.needs_upgrade, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
-    app.state.backend = backend
-    app.state.redis = redis
-    app.state.admin_token = admin_token
-    app.state.fault_injection = fault_injection
-    app.state.workspace_ttl_s = workspace_ttl_s
-    app.state.events_max_per_tenant = events_max_per_tenant
-    app.state.hub = Hub(ws_queue_size)
-    app.state.broadcast_positions_key = broadcast_positions_key
-    app.state.secret_box = secret_box
+    app.state.context = context
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 LIVENESS_DEADLINE_S = 2.0
+# POST /admin/faults: the next tick raises; it awaits forever; the event loop blocks; the process exits.
+FAULTS = ("raise", "hang", "block", "exit")
 
 
 class Unavailable(Exception):

@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api import validate
+from api.auth import owned, require_tenant
+from api.context import context
 from api.errors import ApiError, read_json
-from api.tenants import owned, require_tenant
-from store import channels, workspaces
+from store import channels
 
 
 async def _checked(
@@ -28,11 +29,7 @@ async def _checked(
     kind = out.get("type", channel_type)
     if "workspace_id" in body or creating:
         out["workspace_id"] = validate.text(body, "workspace_id", required=True, max_len=64)
-        if (
-            not validate.is_resource_id(out["workspace_id"])
-            or await workspaces.get(request.app.state.redis, tenant_id, out["workspace_id"]) is None
-        ):
-            raise ApiError(422, "workspace_id: no such workspace for this tenant")
+        await validate.tenant_workspace(context(request).redis, tenant_id, out["workspace_id"])
     try:
         if "config" in body or creating:
             out["config"] = channels.check_config(kind, body.get("config"))
@@ -49,7 +46,7 @@ async def create(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
     body = validate.json_object(await read_json(request))
     record = await _checked(request, tenant_id, body, channel_type=None)
-    state = request.app.state
+    state = context(request)
     try:
         created = await channels.create(state.redis, state.secret_box, tenant_id, record, time.time())
     except channels.BotTaken as exc:
@@ -59,7 +56,7 @@ async def create(request: Request) -> JSONResponse:
 
 async def list_all(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
-    return JSONResponse({"channels": await channels.list_for(request.app.state.redis, tenant_id)})
+    return JSONResponse({"channels": await channels.list_for(context(request).redis, tenant_id)})
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:
@@ -75,7 +72,7 @@ async def patch(request: Request) -> JSONResponse:
     tenant_id, fields = await _own(request)
     body = validate.json_object(await read_json(request))
     changes = await _checked(request, tenant_id, body, channel_type=fields.get("type", ""))
-    state = request.app.state
+    state = context(request)
     try:
         updated = await channels.patch(state.redis, state.secret_box, tenant_id, fields["id"], changes, time.time())
     except channels.BotTaken as exc:
@@ -87,5 +84,5 @@ async def patch(request: Request) -> JSONResponse:
 
 async def delete(request: Request) -> Response:
     tenant_id, fields = await _own(request)
-    await channels.delete(request.app.state.redis, tenant_id, fields["id"], fields.get("bot_id", ""))
+    await channels.delete(context(request).redis, tenant_id, fields["id"], fields.get("bot_id", ""))
     return Response(status_code=204)

@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api import validate
+from api.auth import require_tenant
+from api.context import context
 from api.errors import ApiError, read_json
-from api.tenants import require_tenant
-from store import events, workspaces
+from store import events
 
 EVENT_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -31,18 +32,11 @@ async def publish(request: Request) -> JSONResponse:
     encoded = json.dumps(body["payload"], separators=(",", ":"))
     if len(encoded.encode("utf-8", errors="surrogatepass")) > MAX_PAYLOAD_BYTES:
         raise ApiError(422, f"payload: at most {MAX_PAYLOAD_BYTES} bytes of JSON")
+    ctx = context(request)
     workspace_id = body.get("workspace_id")
     if workspace_id is not None:
-        if not isinstance(workspace_id, str) or not validate.is_resource_id(workspace_id):
-            raise ApiError(422, "workspace_id: no such workspace for this tenant")
-        if await workspaces.get(request.app.state.redis, tenant_id, workspace_id) is None:
-            raise ApiError(422, "workspace_id: no such workspace for this tenant")
+        await validate.tenant_workspace(ctx.redis, tenant_id, workspace_id)
     stream_id = await events.append(
-        request.app.state.redis,
-        name,
-        tenant_id,
-        workspace_id,
-        body["payload"],
-        max_len=request.app.state.events_max_per_tenant,
+        ctx.redis, name, tenant_id, workspace_id, body["payload"], max_len=ctx.events_max_per_tenant
     )
     return JSONResponse({"id": stream_id}, status_code=202)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from api.backend import Backend, Unavailable
+from api.backend import Unavailable
+from api.context import context
 
 
 async def livez(request: Request) -> JSONResponse:
@@ -13,7 +14,7 @@ async def livez(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    backend: Backend = request.app.state.backend
+    backend = context(request).backend
     if backend.draining:
         return JSONResponse({"status": "unready", "unhealthy": [], "draining": True}, status_code=503)
     try:

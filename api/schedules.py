@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api import validate
+from api.auth import owned, require_tenant
+from api.context import context
 from api.errors import ApiError, read_json
-from api.tenants import owned, require_tenant
-from store import schedules, workspaces
+from store import schedules
 
 
 async def _checked(request: Request, tenant_id: str, body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
@@ -27,11 +28,7 @@ async def _checked(request: Request, tenant_id: str, body: dict[str, Any], *, pa
     if "enabled" in body or required:
         out["enabled"] = validate.flag(body, "enabled", True)
     if "workspace_id" in out:
-        if (
-            not validate.is_resource_id(out["workspace_id"])
-            or await workspaces.get(request.app.state.redis, tenant_id, out["workspace_id"]) is None
-        ):
-            raise ApiError(422, "workspace_id: no such workspace for this tenant")
+        await validate.tenant_workspace(context(request).redis, tenant_id, out["workspace_id"])
     return out
 
 
@@ -40,7 +37,7 @@ async def create(request: Request) -> JSONResponse:
     body = validate.json_object(await read_json(request))
     record = await _checked(request, tenant_id, body, partial=False)
     try:
-        created = await schedules.create(request.app.state.redis, tenant_id, record, time.time())
+        created = await schedules.create(context(request).redis, tenant_id, record, time.time())
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
     return JSONResponse(created, status_code=201)
@@ -48,7 +45,7 @@ async def create(request: Request) -> JSONResponse:
 
 async def list_all(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
-    return JSONResponse({"schedules": await schedules.list_for(request.app.state.redis, tenant_id)})
+    return JSONResponse({"schedules": await schedules.list_for(context(request).redis, tenant_id)})
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:
@@ -65,7 +62,7 @@ async def patch(request: Request) -> JSONResponse:
     body = validate.json_object(await read_json(request))
     changes = await _checked(request, tenant_id, body, partial=True)
     try:
-        updated = await schedules.patch(request.app.state.redis, tenant_id, fields["id"], changes, time.time())
+        updated = await schedules.patch(context(request).redis, tenant_id, fields["id"], changes, time.time())
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
     if updated is None:
@@ -75,5 +72,5 @@ async def patch(request: Request) -> JSONResponse:
 
 async def delete(request: Request) -> Response:
     tenant_id, fields = await _own(request)
-    await schedules.delete(request.app.state.redis, tenant_id, fields["id"])
+    await schedules.delete(context(request).redis, tenant_id, fields["id"])
     return Response(status_code=204)

@@ -18,9 +18,10 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from api.auth import bearer_token, tenant_of
+from api.context import context
 from api.hub import Client, Hub
-from api.tenants import bearer_token
-from store import events, tenants
+from store import broadcast, events
 from store.events import EventKey
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ async def needs_upgrade(request: HTTPConnection) -> JSONResponse:
 
 
 async def subscribe(websocket: WebSocket) -> None:
-    hub: Hub = websocket.app.state.hub
+    hub = context(websocket).hub
     hub.connections += 1
     try:
         await _serve(websocket, hub)
@@ -128,8 +129,7 @@ async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
     if header is not None and query is not None and not hmac.compare_digest(header.encode(), query.encode()):
         raise Refused(UNAUTHORIZED, "the header and query tokens differ")
     token = header or query
-    redis = websocket.app.state.redis
-    tenant_id = await tenants.tenant_for_token(redis, token) if token else None
+    tenant_id = await tenant_of(websocket, token)
     if tenant_id is None:
         raise Refused(UNAUTHORIZED, "missing or invalid tenant token" if token is None else "invalid token")
     raw = params.get("last_event_id")
@@ -137,14 +137,15 @@ async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
     if raw is not None and last is None:
         raise Refused(BAD_REQUEST, "last_event_id must be a stream id such as 1700000000000-0")
     # Until the broadcaster has its positions, events appended now might never be delivered live.
-    if not await redis.exists(websocket.app.state.broadcast_positions_key):
+    ctx = context(websocket)
+    if not await broadcast.started(ctx.redis, ctx.namespace):
         raise Refused(TRY_AGAIN, "the broadcaster is starting; reconnect shortly")
     return tenant_id, last
 
 
 async def _newest(websocket: WebSocket, tenant_id: str) -> EventKey:
     """Where a live-only connection starts: after the newest event there is now."""
-    newest = await events.head(websocket.app.state.redis, tenant_id)
+    newest = await events.head(context(websocket).redis, tenant_id)
     return (events.parse_id(newest) if newest else None) or (0, 0)
 
 
@@ -188,10 +189,9 @@ async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
     An overflow while replaying loses nothing: the dropped events are in the stream, and the
     next page reads them.
     """
-    redis = websocket.app.state.redis
-    hub: Hub = websocket.app.state.hub
+    ctx = context(websocket)
     while True:
-        page = await events.after(redis, client.tenant_id, cursor.id, REPLAY_PAGE)
+        page = await events.after(ctx.redis, client.tenant_id, cursor.id, REPLAY_PAGE)
         for stream_id, fields in page:
             key = events.parse_id(stream_id)
             if key is None or not cursor.advance(key):
@@ -203,4 +203,4 @@ async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
         if len(page) < REPLAY_PAGE:
             if not client.overflowed:
                 return
-            hub.readmit(client)
+            ctx.hub.readmit(client)

@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from api.errors import ApiError
-from store import records
+from store import records, workspaces
 
 
 def json_object(body: Any) -> dict[str, Any]:
@@ -64,6 +64,8 @@ def flag(body: dict[str, Any], field: str, default: bool) -> bool:
     return value
 
 
-def is_resource_id(value: str) -> bool:
-    """Ids are 32 lowercase hex digits; anything else cannot name a resource (and never reaches Redis)."""
-    return records.is_id(value)
+async def tenant_workspace(redis: Any, tenant_id: str, value: Any, field: str = "workspace_id") -> str:
+    """`value` as the id of one of the tenant's workspaces; 422 naming the field otherwise."""
+    if not isinstance(value, str) or not records.is_id(value) or await workspaces.get(redis, tenant_id, value) is None:
+        raise ApiError(422, f"{field}: no such workspace for this tenant")
+    return value

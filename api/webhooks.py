@@ -22,9 +22,9 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from api import validate
+from api.context import context
 from api.errors import ApiError, read_body
-from store import channels, keys
+from store import channels, records
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,9 @@ RELAYED_EVENTS = ("message", "app_mention")
 
 
 async def slack(request: Request) -> JSONResponse:
-    state = request.app.state
+    state = context(request)
     channel_id = request.path_params["channel_id"]
-    raw: Any = None
-    if validate.is_resource_id(channel_id):
-        try:
-            raw = await state.redis.hgetall(keys.channel(channel_id))
-        except redis.exceptions.ResponseError:  # not a hash: no channel
-            raw = None
+    raw = await channels.read_one(state.redis, channel_id) if records.is_id(channel_id) else None
     if not raw or raw.get(b"type") != b"slack":
         raise ApiError(404, "no such Slack channel")
     body = await read_body(request)
@@ -82,7 +77,7 @@ async def slack(request: Request) -> JSONResponse:
         raise ApiError(503, "this channel's inbox is full; retry later")
     if accepted == 1:
         try:
-            await state.redis.publish(keys.CHANNELS_WAKE, channel_id)
+            await channels.wake(state.redis, channel_id)
         except redis.exceptions.RedisError as exc:  # the manager's reconcile finds the message all the same
             log.warning("could not wake the channel manager for %s: %s", channel_id, exc)
     return JSONResponse({"ok": True, "duplicate": accepted == 0})

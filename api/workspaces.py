@@ -6,8 +6,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api import validate
+from api.auth import owned, require_tenant
+from api.context import context
 from api.errors import read_json
-from api.tenants import owned, require_tenant
 from store import workspaces
 
 FIELDS = {"name", "url", "a2a_version", "restart_url"}
@@ -23,13 +24,13 @@ async def create(request: Request) -> JSONResponse:
         "a2a_version": validate.choice(body, "a2a_version", workspaces.A2A_VERSIONS, "1.0"),
         "restart_url": validate.http_url(body, "restart_url", required=False),
     }
-    created = await workspaces.create(request.app.state.redis, tenant_id, record)
+    created = await workspaces.create(context(request).redis, tenant_id, record)
     return JSONResponse(created, status_code=201)
 
 
 async def list_all(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
-    return JSONResponse({"workspaces": await workspaces.list_for(request.app.state.redis, tenant_id)})
+    return JSONResponse({"workspaces": await workspaces.list_for(context(request).redis, tenant_id)})
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:
@@ -43,12 +44,12 @@ async def get(request: Request) -> JSONResponse:
 
 async def delete(request: Request) -> Response:
     tenant_id, fields = await _own(request)
-    await workspaces.delete(request.app.state.redis, tenant_id, fields["id"])
+    await workspaces.delete(context(request).redis, tenant_id, fields["id"])
     return Response(status_code=204)
 
 
 async def heartbeat(request: Request) -> Response:
     tenant_id, fields = await _own(request)
-    state = request.app.state
+    state = context(request)
     await workspaces.heartbeat(state.redis, tenant_id, fields["id"], state.workspace_ttl_s, state.events_max_per_tenant)
     return Response(status_code=204)

@@ -28,7 +28,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 
-from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
+from actors.broadcaster import Broadcaster
 from store import events, keys
 from store.embedded import free_port
 from tests.ws_client import StalledClient, Writer
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=None, help="events/s for the latency runs (default: half)")
     args = parser.parse_args()
-    with harness.platform([(BROADCASTER_SPEC, broadcaster_actor)]) as platform:
+    with harness.platform([Broadcaster]) as platform:
         tenants = [platform.new_tenant(f"bench-{n}") for n in range(TENANTS)]
         ids = [t["id"] for t in tenants]
         writer = Writer(platform.settings.redis_url)

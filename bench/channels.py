@@ -28,7 +28,7 @@ import psutil
 
 from actors.a2a_client import reply_texts, send
 from actors.channels import telegram
-from actors.channels.manager import CHANNEL_SPEC, RELAY_SLOTS, channel_manager_actor
+from actors.channels.manager import RELAY_SLOTS, ChannelManager
 from store.channels import Inbound
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
@@ -124,7 +124,7 @@ def run_load(apis: ChatApis, tokens: list[str]) -> tuple[float, list[float]]:
 def platform_figures(apis: ChatApis, agents: list[A2AAgent]) -> tuple[float, list[float]]:
     tokens = [token(n) for n in range(CHANNELS)]
     with harness.platform(
-        [(CHANNEL_SPEC, channel_manager_actor)],
+        [ChannelManager],
         telegram_api_base=apis.telegram_base,
         slack_api_base=apis.slack_base,
     ) as platform:
@@ -176,9 +176,7 @@ def memory() -> None:
     agent = A2AAgent().start()
     try:
         tokens = [token(50_000 + n) for n in range(IDLE_CHANNELS)]
-        with harness.platform(
-            [(CHANNEL_SPEC, channel_manager_actor)], telegram_api_base=apis.telegram_base
-        ) as platform:
+        with harness.platform([ChannelManager], telegram_api_base=apis.telegram_base) as platform:
             pid = platform.pid_of("channel-manager")
             time.sleep(5)
             before = psutil.Process(pid).memory_full_info()

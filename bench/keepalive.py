@@ -18,14 +18,13 @@ from typing import Any
 
 import harness
 import uvicorn
-from cryptography.fernet import Fernet
 
 from api.app import create_app
 from api.backend import Backend
-from store import keys
+from api.context import ApiContext
+from settings import Settings
 from store.client import connect
 from store.embedded import free_port
-from store.secrets import SecretBox
 from tests.support import ADMIN_TOKEN, wait_for
 
 REQUESTS = 300  # per endpoint, per round
@@ -48,19 +47,13 @@ class IdleBackend(Backend):
         raise NotImplementedError
 
 
-def serve_baseline(port: int, redis_url: str, namespace: str) -> None:
-    app = create_app(
-        IdleBackend(),
-        redis=connect(redis_url),
-        admin_token=ADMIN_TOKEN,
-        fault_injection=False,
-        workspace_ttl_s=90.0,
-        events_max_per_tenant=100_000,
-        ws_queue_size=10_000,
-        broadcast_positions_key=keys.broadcaster_positions(namespace),
-        secret_box=SecretBox(Fernet.generate_key().decode()),
+def serve_baseline(port: int, settings: Settings) -> None:
+    context = ApiContext.build(
+        settings, backend=IdleBackend(), redis=connect(settings.redis_url), admin_token=ADMIN_TOKEN
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="websockets-sansio")
+    uvicorn.run(
+        create_app(context), host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="websockets-sansio"
+    )
 
 
 def timed(port: int, method: str, path: str, body: bytes | None, token: str | None, n: int) -> list[float]:
@@ -91,7 +84,7 @@ def main() -> None:
         tenant = platform.new_tenant("keepalive")
         port = free_port()
         baseline = multiprocessing.get_context("spawn").Process(
-            target=serve_baseline, args=(port, platform.settings.redis_url, platform.settings.ray_namespace)
+            target=serve_baseline, args=(port, platform.deployment.settings)
         )
         baseline.start()
         try:

@@ -19,8 +19,8 @@ from datetime import datetime
 import harness
 from aiohttp import web
 
-from actors.health_sweep import HEALTH_SWEEP_SPEC, PROBE_TIMEOUT_S, health_sweep_actor
-from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
+from actors.health_sweep import PROBE_TIMEOUT_S, HealthSweep
+from actors.liveness_monitor import LivenessMonitor
 from store import keys, workspaces
 from store.client import connect
 from store.embedded import free_port
@@ -47,7 +47,7 @@ def populate(redis_url: str, tenant_id: str, count: int, url: str, ttl_ms: int) 
 
 
 def offline_latency() -> None:
-    with harness.platform([(LIVENESS_SPEC, liveness_monitor_actor)]) as platform:
+    with harness.platform([LivenessMonitor]) as platform:
         tenant = platform.new_tenant("bench")
         populate(platform.settings.redis_url, tenant["id"], 9_900, "http://127.0.0.1:1/", 600_000)
         set_at = time.time()
@@ -114,7 +114,7 @@ def sweep_duration() -> None:
     started = threading.Event()
     threading.Thread(target=serve_health, args=(port, started), daemon=True).start()
     started.wait(10)
-    with harness.platform([(HEALTH_SWEEP_SPEC, health_sweep_actor)]) as platform:
+    with harness.platform([HealthSweep]) as platform:
         tenant = platform.new_tenant("sweep")
         url = platform.settings.redis_url
         populate(url, tenant["id"], 950, f"http://127.0.0.1:{port}/ok", 600_000)

@@ -11,15 +11,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from store import events, keys
-from store.records import decode, is_id, list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
+from store.records import (
+    decode,
+    decode_lenient,
+    is_id,
+    list_owned,
+    new_id,
+    now_rfc3339,
+    optional,
+    read_hashes,
+    read_owned,
+    to_hash,
+)
+from store.scripts import Lua
 from store.secrets import SecretBox
 
 TYPES = ("telegram", "slack")
@@ -225,7 +237,7 @@ async def patch(
             try:
                 await pipe.watch(key, keys.TELEGRAM_BOTS)
                 raw = await pipe.hgetall(key)
-                fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+                fields = decode_lenient(raw)
                 if not raw or fields.get("tenant_id") != tenant_id:
                     return None
                 old_bot = fields.get("bot_id", "")
@@ -398,7 +410,7 @@ async def accept_batch(
 # KEYS: channel hash, inbox, events, seen(event id), seen(message). ARGV: seen ttl, inbox max,
 # events maxlen, last_message_at, n, then n inbox field/value items, then the event's.
 # Returns 1 accepted, 0 a duplicate, -1 no such channel, -2 inbox full.
-ACCEPT_ONCE = """
+_ACCEPT_ONCE = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
@@ -410,56 +422,154 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6 + n))
 redis.call('HINCRBY', KEYS[1], 'message_count', 1)
 redis.call('HSET', KEYS[1], 'last_message_at', ARGV[4])
 return 1
-"""
+""")
 
 
 async def accept_once(
     redis: aioredis.Redis, channel: Channel, message: Inbound, event_id: str, *, max_len: int, now: float
 ) -> int:
-    """Append one pushed message (a Slack event) unless its event id or message was seen; see ACCEPT_ONCE."""
+    """Append one pushed message (a Slack event) unless its event id or message was seen; see _ACCEPT_ONCE."""
     inbox = events.flat(message.fields())
     payload = {"chat_id": message.chat_id, "message_id": message.message_id, "text": message.text}
     event = events.flat(message_event(channel, "in", {**payload, "sender": message.sender, "event_id": event_id}))
-    return int(
-        await redis.eval(
-            ACCEPT_ONCE,
-            5,
-            keys.channel(channel.id),
-            keys.channel_inbox(channel.id),
-            keys.events(channel.tenant_id),
-            keys.channel_seen(channel.id, f"event:{event_id}"),
-            keys.channel_seen(channel.id, f"message:{message.chat_id}:{message.message_id}"),
-            SEEN_TTL_S,
-            INBOX_MAX,
-            max_len,
-            now_rfc3339(now),
-            len(inbox),
-            *inbox,
-            *event,
-        )
-    )
+    accept_keys = [
+        keys.channel(channel.id),
+        keys.channel_inbox(channel.id),
+        keys.events(channel.tenant_id),
+        keys.channel_seen(channel.id, f"event:{event_id}"),
+        keys.channel_seen(channel.id, f"message:{message.chat_id}:{message.message_id}"),
+    ]
+    args = [SEEN_TTL_S, INBOX_MAX, max_len, now_rfc3339(now), len(inbox), *inbox, *event]
+    return int(await _ACCEPT_ONCE(redis, accept_keys, args))
 
 
 # KEYS: inbox, events. ARGV: entry id, events maxlen, then the event's field/value items.
 # The entry is answered once: a second finish (a re-delivery after a crash) writes nothing.
-FINISH = """
+_FINISH = Lua("""
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 return 1
-"""
+""")
 
-# KEYS: channel hash, events. ARGV: revision, status, last_error, events maxlen, then an
-# optional event's field/value items. Writes only if the channel is still at `revision`
-# and not quarantined: a PATCH meanwhile wins, and only a PATCH (a new revision) lifts a
-# quarantine, which is announced once.
-SET_STATUS = """
+
+async def finish(
+    redis: aioredis.Redis, channel: Channel, entry_id: str, payload: dict[str, Any], *, max_len: int
+) -> bool:
+    """Mark an inbox entry answered, with its CHANNEL_MESSAGE (out) event; once (a re-delivery writes nothing)."""
+    event = message_event(channel, "out", payload)
+    finish_keys = [keys.channel_inbox(channel.id), keys.events(channel.tenant_id)]
+    return bool(await _FINISH(redis, finish_keys, [entry_id, max_len, *events.flat(event)]))
+
+
+# KEYS: channel hash, and the events stream when there is an event. ARGV: revision, status,
+# last_error, events maxlen, then the event's field/value items. Writes only if the channel
+# is still at `revision` and not quarantined: a PATCH meanwhile wins, and only a PATCH (a
+# new revision) lifts a quarantine, which is announced once.
+_SET_STATUS = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if (redis.call('HGET', KEYS[1], 'revision') or '') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'quarantined' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'last_error', ARGV[3])
-if #ARGV > 4 then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5)) end
+if #KEYS > 1 then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5)) end
 return 1
-"""
+""")
+
+
+async def set_status(redis: aioredis.Redis, channel_id: str, revision: str, status: str, error: str) -> bool:
+    """Show the channel's status (running, backoff) unless it changed or was quarantined meanwhile."""
+    return bool(await _SET_STATUS(redis, [keys.channel(channel_id)], [revision, status, error, 0]))
+
+
+async def quarantine(redis: aioredis.Redis, channel: Channel, error: str, *, max_len: int) -> bool:
+    """Quarantine the channel at its revision, with one CHANNEL_QUARANTINED event; only a PATCH lifts it."""
+    event = quarantine_event(channel.id, channel.tenant_id, channel.workspace_id, channel.type, error)
+    quarantine_keys = [keys.channel(channel.id), keys.events(channel.tenant_id)]
+    args = [channel.revision, "quarantined", error, max_len, *events.flat(event)]
+    return bool(await _SET_STATUS(redis, quarantine_keys, args))
+
+
+async def quarantine_record(redis: aioredis.Redis, channel_id: str, error: str, *, max_len: int) -> bool:
+    """Quarantine a record that cannot be run (corrupt config, bad ids), as stored now.
+
+    Its tenant gets the CHANNEL_QUARANTINED event if the record names one. Returns whether
+    it was marked (not if it is gone, not a hash, or already quarantined).
+    """
+    raw = await read_one(redis, channel_id)
+    fields = decode_lenient(raw) if raw else {}
+    if not fields or fields.get("status") == "quarantined":
+        return False
+    tenant_id = fields.get("tenant_id", "")
+    quarantine_keys = [keys.channel(channel_id)]
+    args: list[Any] = [fields.get("revision", ""), "quarantined", error, max_len]
+    if is_id(tenant_id):
+        event = quarantine_event(channel_id, tenant_id, fields.get("workspace_id", ""), fields.get("type", ""), error)
+        quarantine_keys.append(keys.events(tenant_id))
+        args += events.flat(event)
+    return bool(await _SET_STATUS(redis, quarantine_keys, args))
+
+
+# -- what the channel manager reads ----------------------------------------------------------
+
+
+async def ids(redis: aioredis.Redis) -> list[str]:
+    """Every channel's id, sorted."""
+    return sorted(m.decode() for m in await redis.smembers(keys.CHANNELS))
+
+
+async def read(redis: aioredis.Redis, channel_ids: Sequence[str]) -> list[Any]:
+    """The stored hashes, in one round trip; a key of the wrong type reads as its error (an Exception)."""
+    return await read_hashes(redis, [keys.channel(i) for i in channel_ids])
+
+
+async def read_one(redis: aioredis.Redis, channel_id: str) -> dict[bytes, bytes] | None:
+    """The stored hash; None if there is none (or the key is not a hash)."""
+    try:
+        raw = await redis.hgetall(keys.channel(channel_id))
+    except ResponseError:  # not a hash: no channel
+        return None
+    return raw or None
+
+
+async def offset(redis: aioredis.Redis, channel_id: str) -> int:
+    """The Telegram getUpdates offset: updates below it are in the inbox or were ignored."""
+    return int(await redis.get(keys.channel_offset(channel_id)) or 0)
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def inbox_after(redis: aioredis.Redis, after: Mapping[str, str], count: int) -> dict[str, list[Entry]]:
+    """Up to `count` inbox entries of each channel after the given entry id, in one round trip."""
+    if not after:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for channel_id, entry_id in after.items():
+            pipe.xrange(keys.channel_inbox(channel_id), f"({entry_id}", "+", count=count)
+        pages = await pipe.execute()
+    return dict(zip(after, pages, strict=True))
+
+
+async def drop_entry(redis: aioredis.Redis, channel_id: str, entry_id: str) -> None:
+    """Remove an inbox entry the platform did not write (it can never be relayed)."""
+    await redis.xdel(keys.channel_inbox(channel_id), entry_id)
+
+
+async def wake(redis: aioredis.Redis, channel_id: str) -> None:
+    """Tell the channel manager the channel's inbox has news (it would find it within a reconcile)."""
+    await redis.publish(keys.CHANNELS_WAKE, channel_id)
+
+
+async def woken(redis: aioredis.Redis) -> AsyncIterator[str]:
+    """Ids of channels woken by `wake`, as they come."""
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(keys.CHANNELS_WAKE)
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None:
+                yield message["data"].decode(errors="replace")
+    finally:
+        await pubsub.aclose()
 
 
 def quarantine_event(

@@ -61,15 +61,20 @@ class EmbeddedRedis:
     `stop()` through its pidfile.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, databases: int = 16) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
+        self.databases = databases
         self.process: subprocess.Popen[bytes] | None = None
         self.adopted_pid: int | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.database_url(0)
+
+    def database_url(self, db: int) -> str:
+        """The URL of logical database `db` (0 to databases - 1) of this server."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
     def _choose_port(self) -> int:
         port_file = self.data_dir / "redis.port"
@@ -98,6 +103,7 @@ class EmbeddedRedis:
             "--notify-keyspace-events", "Ex",
             "--save", "",
             "--protected-mode", "yes",
+            "--databases", str(self.databases),
             "--logfile", str(self.data_dir / "redis.log"),
             "--pidfile", str(self.data_dir / "redis.pid"),
         ]  # fmt: skip

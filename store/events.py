@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from store import keys
 from store.records import now_rfc3339
-
-MAX_EVENTS_PER_TENANT = 100_000
-
 
 # Names the platform itself emits; tenants cannot publish them.
 RESERVED_PREFIXES = ("SCHEDULE_", "WORKSPACE_", "CHANNEL_")
@@ -42,7 +39,7 @@ async def append(
     workspace_id: str | None,
     payload: Any,
     *,
-    max_len: int = MAX_EVENTS_PER_TENANT,
+    max_len: int,
 ) -> str:
     """Append one event; the stream is capped near `max_len` (the oldest are dropped)."""
     stream_id = await redis.xadd(
@@ -100,3 +97,52 @@ async def after(redis: aioredis.Redis, tenant_id: str, stream_id: str, count: in
         return []  # nothing can come after the largest id (and Redis refuses the range)
     entries = await redis.xrange(keys.events(tenant_id), min=f"({stream_id}", max="+", count=count)
     return [(raw_id.decode(), fields) for raw_id, fields in entries]
+
+
+async def heads(redis: aioredis.Redis, tenant_ids: Sequence[str]) -> dict[str, str]:
+    """Each tenant's newest event id ("0-0" for an empty stream, or a key that is no stream), in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for tenant_id in tenant_ids:
+            pipe.xrevrange(keys.events(tenant_id), count=1)
+        found = await pipe.execute(raise_on_error=False)
+    return {
+        t: newest[0][0].decode() if isinstance(newest, list) and newest else "0-0"
+        for t, newest in zip(tenant_ids, found, strict=True)
+    }
+
+
+async def read_new(
+    redis: aioredis.Redis, positions: Mapping[str, str], *, count: int, block_ms: int
+) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]]:
+    """One blocking XREAD of the tenants' streams after their positions: (tenant, entries) per tenant with news.
+
+    Raises redis ResponseError (WRONGTYPE) if one tenant's key is not a stream: `kinds` finds which.
+    """
+    if not positions:
+        return []
+    streams = {keys.events(t): position for t, position in positions.items()}
+    reply = await redis.xread(streams, count=count, block=block_ms)
+    return [(raw_key.decode().removeprefix(keys.EVENTS_PREFIX), entries) for raw_key, entries in reply or ()]
+
+
+async def kinds(redis: aioredis.Redis, tenant_ids: Sequence[str]) -> dict[str, str]:
+    """The Redis type of each tenant's events key ("stream", "none" when empty, or what corrupts it)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for tenant_id in tenant_ids:
+            pipe.type(keys.events(tenant_id))
+        types = await pipe.execute()
+    return {t: raw.decode() if isinstance(raw, bytes) else str(raw) for t, raw in zip(tenant_ids, types, strict=True)}
+
+
+async def count_after(redis: aioredis.Redis, positions: Mapping[str, str], cap: int) -> int:
+    """Events after each tenant's position, counted up to `cap` per tenant, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for tenant_id, position in positions.items():
+            pipe.xrange(keys.events(tenant_id), min=f"({position}", count=cap)
+        counts = await pipe.execute(raise_on_error=False)
+    return sum(len(c) for c in counts if isinstance(c, list))
+
+
+def stream_name(tenant_id: str) -> str:
+    """The tenant's stream key, for messages that name it."""
+    return keys.events(tenant_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +45,21 @@ def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def decode_lenient(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """A hash read as bytes, invalid UTF-8 replaced (for reading what may be corrupt)."""
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+
+
+async def read_hashes(redis: aioredis.Redis, hash_keys: Sequence[str]) -> list[Any]:
+    """HGETALL of each key in one round trip; a key of the wrong type reads as its error (an Exception)."""
+    if not hash_keys:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in hash_keys:
+            pipe.hgetall(key)
+        return await pipe.execute(raise_on_error=False)
+
+
 def optional(value: str) -> str | None:
     return value if value != "" else None
 
@@ -55,7 +70,7 @@ async def read_owned(redis: aioredis.Redis, key: str, tenant_id: str) -> dict[st
         raw = await redis.hgetall(key)
     except ResponseError:  # not a hash: nobody's record
         return None
-    fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+    fields = decode_lenient(raw)
     return fields if raw and fields.get("tenant_id") == tenant_id else None
 
 

@@ -44,3 +44,8 @@ async def index_existing(redis: aioredis.Redis) -> int:
         if is_id(tenant_id):
             found.append(tenant_id)
     return await redis.sadd(keys.TENANTS, *found) if found else 0
+
+
+async def ids(redis: aioredis.Redis) -> list[str]:
+    """Every tenant's id, sorted."""
+    return sorted(member.decode() for member in await redis.smembers(keys.TENANTS))

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
 from store import events, keys
-from store.records import is_id, list_owned, new_id, now_rfc3339, optional, read_owned, to_hash
+from store.records import (
+    decode_lenient,
+    is_id,
+    list_owned,
+    new_id,
+    now_rfc3339,
+    optional,
+    read_hashes,
+    read_owned,
+    to_hash,
+)
+from store.scripts import Lua
 
 A2A_VERSIONS = ("1.0", "0.3")
 ONLINE, OFFLINE, UNKNOWN = "online", "offline", "unknown"
@@ -19,7 +31,7 @@ ONLINE, OFFLINE, UNKNOWN = "online", "offline", "unknown"
 # now, stream maxlen, the key's expiry (unix seconds), then the WORKSPACE_ONLINE event's
 # field/value pairs (store.events.entry). Sets the liveness key and its deadline; the
 # transition to online happens once and emits one event.
-HEARTBEAT = """
+_HEARTBEAT = Lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'last_heartbeat_at', ARGV[3])
@@ -29,14 +41,14 @@ if redis.call('HGET', KEYS[1], 'status') == 'online' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'online', 'online_at', ARGV[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 6))
 return 1
-"""
+""")
 
 # KEYS: workspace hash, liveness key, online set, restart queue, events stream, deadlines. ARGV: id,
 # tenant id, now, now unix seconds, stream maxlen, "1" if the liveness key must be gone,
 # then the WORKSPACE_OFFLINE event's field/value pairs. A compare-and-set: only an online
 # workspace goes offline, so each transition happens once, emits one event and queues one
 # restart request, however many watchers see it.
-MARK_OFFLINE = """
+_MARK_OFFLINE = Lua("""
 if redis.call('HGET', KEYS[1], 'tenant_id') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'online' then
   redis.call('SREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[6], ARGV[1])
@@ -50,7 +62,7 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[1])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7))
 return 1
-"""
+""")
 
 
 def public(fields: dict[str, str]) -> dict[str, Any]:
@@ -102,53 +114,47 @@ async def heartbeat(redis: aioredis.Redis, tenant_id: str, workspace_id: str, tt
     """Set (not only extend) the liveness key; returns whether the workspace came online with it."""
     entry = events.entry("WORKSPACE_ONLINE", tenant_id, workspace_id, {"workspace_id": workspace_id})
     now = time.time()
-    came_online = await redis.eval(
-        HEARTBEAT,
-        5,
+    heartbeat_keys = [
         keys.workspace(workspace_id),
         keys.workspace_alive(workspace_id),
         keys.WORKSPACES_ONLINE,
         keys.events(tenant_id),
         keys.WORKSPACES_DEADLINES,
-        workspace_id,
-        int(ttl_s * 1000),
-        now_rfc3339(now),
-        max_len,
-        now + ttl_s,
-        *events.flat(entry),
-    )
-    return came_online == 1
+    ]
+    args = [workspace_id, int(ttl_s * 1000), now_rfc3339(now), max_len, now + ttl_s, *events.flat(entry)]
+    return await _HEARTBEAT(redis, heartbeat_keys, args) == 1
 
 
 async def mark_offline(
-    script: Any, workspace_id: str, raw: dict[bytes, bytes], reason: str, *, max_len: int, require_expired: bool
+    redis: aioredis.Redis,
+    workspace_id: str,
+    raw: dict[bytes, bytes],
+    reason: str,
+    *,
+    max_len: int,
+    require_expired: bool,
 ) -> bool:
-    """Run MARK_OFFLINE (a registered Script) for a workspace read as `raw`; raises ValueError if it is corrupt."""
+    """Take an online workspace (read as `raw`) offline, once, whoever notices first.
+
+    One compare-and-set (_MARK_OFFLINE): the WORKSPACE_OFFLINE event and the restart
+    request are queued with it. With `require_expired`, only if its liveness key is gone.
+    Raises ValueError if the record is corrupt; returns whether this call made the change.
+    """
     if not raw:
         return False  # deleted meanwhile
     tenant_id = checked(workspace_id, raw)["tenant_id"]
     entry = events.entry("WORKSPACE_OFFLINE", tenant_id, workspace_id, {"workspace_id": workspace_id, "reason": reason})
     now = time.time()
-    changed = await script(
-        keys=[
-            keys.workspace(workspace_id),
-            keys.workspace_alive(workspace_id),
-            keys.WORKSPACES_ONLINE,
-            keys.WORKSPACES_RESTARTS,
-            keys.events(tenant_id),
-            keys.WORKSPACES_DEADLINES,
-        ],
-        args=[
-            workspace_id,
-            tenant_id,
-            now_rfc3339(now),
-            int(now),
-            max_len,
-            "1" if require_expired else "0",
-            *events.flat(entry),
-        ],
-    )
-    return bool(changed)
+    offline_keys = [
+        keys.workspace(workspace_id),
+        keys.workspace_alive(workspace_id),
+        keys.WORKSPACES_ONLINE,
+        keys.WORKSPACES_RESTARTS,
+        keys.events(tenant_id),
+        keys.WORKSPACES_DEADLINES,
+    ]
+    args = [workspace_id, tenant_id, now_rfc3339(now), int(now), max_len, int(require_expired), *events.flat(entry)]
+    return bool(await _MARK_OFFLINE(redis, offline_keys, args))
 
 
 class OnlineScan:
@@ -201,3 +207,89 @@ def checked(workspace_id: str, raw: dict[bytes, bytes]) -> dict[str, str]:
 def _http_url(value: str) -> bool:
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def version(raw: dict[bytes, bytes]) -> str:
+    """A stored workspace as a comparable value: it changes when any field does."""
+    return json.dumps(sorted(decode_lenient(raw).items()))
+
+
+async def read(redis: aioredis.Redis, workspace_ids: Sequence[str]) -> list[Any]:
+    """The stored hashes, in one round trip; a key of the wrong type reads as its error (an Exception)."""
+    return await read_hashes(redis, [keys.workspace(i) for i in workspace_ids])
+
+
+async def online(redis: aioredis.Redis) -> list[str]:
+    """Ids of the workspaces whose status is online, sorted."""
+    return sorted(raw.decode() for raw in await redis.smembers(keys.WORKSPACES_ONLINE))
+
+
+async def expired(redis: aioredis.Redis) -> AsyncIterator[str]:
+    """Ids of workspaces whose liveness key Redis expires, as it does (expired-key notifications).
+
+    Redis sends no notification it missed while this was not subscribed: the reconciliation
+    scan (OnlineScan) is what catches those.
+    """
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(f"__keyevent@{db}__:expired")
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            key = message["data"].decode(errors="replace")
+            workspace_id = key.removeprefix("workspace:").removesuffix(":alive")
+            if key == keys.workspace_alive(workspace_id) and is_id(workspace_id):
+                yield workspace_id
+    finally:
+        await pubsub.aclose()
+
+
+# -- restart requests, queued by the offline transition --------------------------------------
+
+
+async def restarts_due(redis: aioredis.Redis, now: float, limit: int) -> list[str]:
+    """Up to `limit` workspaces whose restart request is due."""
+    return [raw.decode() for raw in await redis.zrangebyscore(keys.WORKSPACES_RESTARTS, "-inf", now, 0, limit)]
+
+
+async def debounce_restart(redis: aioredis.Redis, workspace_id: str, debounce_s: float) -> bool:
+    """Whether a first restart request may go now: at most one per `debounce_s` per workspace.
+
+    If not, the queued request is dropped.
+    """
+    debounce_ms = int(debounce_s * 1000)
+    if await redis.set(keys.workspace_restart_debounce(workspace_id), "1", nx=True, px=debounce_ms):
+        return True
+    await drop_restart(redis, workspace_id)
+    return False
+
+
+async def drop_restart(redis: aioredis.Redis, workspace_id: str) -> None:
+    await redis.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
+
+
+async def retry_restart(redis: aioredis.Redis, workspace_id: str, attempt: int, at: float) -> None:
+    """Try the restart request again at `at`; `attempt` is recorded on the workspace."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.workspace(workspace_id), "restart_attempt", attempt)
+        pipe.zadd(keys.WORKSPACES_RESTARTS, {workspace_id: at}, xx=True)
+        await pipe.execute()
+
+
+async def restart_requested(
+    redis: aioredis.Redis, workspace_id: str, tenant_id: str, url: str | None, delivered: bool, *, max_len: int
+) -> None:
+    """The restart request is done (sent, given up, or nowhere to send): dequeue it, with its event."""
+    payload = {"workspace_id": workspace_id, "restart_url": url, "delivered": delivered}
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(keys.workspace(workspace_id), "restart_attempt")
+        pipe.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
+        pipe.xadd(
+            keys.events(tenant_id),
+            events.entry("WORKSPACE_RESTART_REQUESTED", tenant_id, workspace_id, payload),
+            maxlen=max_len,
+            approximate=True,
+        )
+        await pipe.execute()

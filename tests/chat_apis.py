@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from actors.channels.manager import CHANNEL_SPEC, channel_manager_actor
+from actors.channels.manager import ChannelManager
 from store.embedded import free_port
 from tests.support import Platform, start_platform
 
@@ -275,7 +275,7 @@ def start_channel_platform(redis_url: str, data_dir: Path, apis: ChatApis, **ove
     return start_platform(
         redis_url,
         data_dir,
-        subsystems=[(CHANNEL_SPEC, channel_manager_actor)],
+        subsystems=[ChannelManager],
         telegram_api_base=apis.telegram_base,
         slack_api_base=apis.slack_base,
         **overrides,

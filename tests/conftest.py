@@ -2,33 +2,63 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
+import redis.asyncio as aioredis
 
+from store.client import connect
 from store.embedded import EmbeddedRedis, free_port
 from tests.chat_apis import ChatApis
 from tests.support import Platform, start_platform
 
 ROOT = Path(__file__).resolve().parent.parent
+DATABASES = 512
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port(), databases=DATABASES)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    return redis_server.url
+def fresh_redis(redis_server: EmbeddedRedis) -> Callable[[], str]:
+    """Hands out URLs of databases of the session's redis-server that nothing has used yet.
+
+    Each platform (and each store test) gets its own, so no result depends on what another
+    test left behind, nor on the order the tests run in.
+    """
+    numbers = itertools.count(1)
+
+    def fresh() -> str:
+        db = next(numbers)
+        assert db < DATABASES, f"more than {DATABASES - 1} databases asked for: raise DATABASES"
+        return redis_server.database_url(db)
+
+    return fresh
+
+
+@pytest.fixture(scope="module")
+def redis_url(fresh_redis: Callable[[], str]) -> str:
+    """A database of its own for the module."""
+    return fresh_redis()
+
+
+@pytest.fixture
+async def store(fresh_redis: Callable[[], str]) -> AsyncIterator[aioredis.Redis]:
+    """A client of a database of its own, for one test of store/ verbs."""
+    client = connect(fresh_redis())
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ class FakeClock:
     def __init__(self, start: float = 1_000_000.0, stop_after: int | None = None) -> None:
         self.t = start
         self.sleeps: list[float] = []
+        self.by_task: dict[str, list[float]] = {}  # the sleeps of each asyncio task, by its name
         self.stop_after = stop_after
 
     def now(self) -> float:
@@ -27,5 +28,7 @@ class FakeClock:
         if self.stop_after is not None and len(self.sleeps) >= self.stop_after:
             raise asyncio.CancelledError
         self.sleeps.append(seconds)
+        task = asyncio.current_task()
+        self.by_task.setdefault(task.get_name() if task else "", []).append(seconds)
         self.t += seconds
         await asyncio.sleep(0)

@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import ray
-
-from actors.runtime.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
+from actors.runtime.handles import HEALTH_ACTOR, NamedActor, deploy
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import RestartPolicy
 from driver import Deployment
@@ -65,7 +63,6 @@ def http(
         return status, payload.decode(errors="replace")
 
 
-@ray.remote
 class Ticker(Subsystem):
     """A test subsystem whose tick does real Redis I/O (INCR ticker:{name}).
 
@@ -74,14 +71,14 @@ class Ticker(Subsystem):
     """
 
     def __init__(
-        self, settings: Settings, spec: SubsystemSpec, tenants: tuple[str, ...] = (), poison: tuple[str, ...] = ()
+        self, settings: Settings, *, tenants: tuple[str, ...] = (), poison: tuple[str, ...] = (), **runtime: Any
     ) -> None:
+        super().__init__(settings, **runtime)
         self.redis = connect(settings.redis_url, timeout_s=1.0)
         self.ticks = 0
         self.tenants = tenants
         self.poison = set(poison)
         self.done: dict[str, int] = dict.fromkeys(tenants, 0)
-        super().__init__(settings, spec)
 
     async def tick(self) -> None:
         self.ticks = await self.redis.incr(f"ticker:{self.name}")
@@ -107,7 +104,7 @@ class Platform:
 
     settings: Settings
     deployment: Deployment
-    tickers: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -153,6 +150,17 @@ class Platform:
         status, reply = self.post("/admin/faults", body)
         assert status == 202, (status, reply)
 
+    def add_subsystem(
+        self, cls: type[Subsystem], spec: SubsystemSpec, *, settings: Settings | None = None, **kwargs: Any
+    ) -> NamedActor:
+        """Register `spec` with the HealthActor and deploy `cls` with the driver's `deploy`."""
+        namespace = self.settings.ray_namespace
+        NamedActor(HEALTH_ACTOR, namespace).call_sync("register", [asdict(spec.expectation(namespace))], timeout_s=30)
+        actor = deploy(cls, settings or self.settings, name=spec.actor_name, namespace=namespace, spec=spec, **kwargs)
+        actor.call_sync("ping", timeout_s=30)
+        self.added.append(spec.name)
+        return actor
+
     def add_ticker(
         self,
         name: str,
@@ -160,24 +168,16 @@ class Platform:
         policy: RestartPolicy | None = None,
         fault_injection: bool = True,
         **options: Any,
-    ) -> Any:
+    ) -> NamedActor:
         """Start a Ticker actor named `name` and register it with the HealthActor."""
         spec = SubsystemSpec(name, interval_s=interval_s, policy=policy or RestartPolicy())
-        expectation = asdict(spec.expectation(self.settings.ray_namespace))
-        health = NamedActor(HEALTH_ACTOR, self.settings.ray_namespace)
-        health.call_sync("register", [expectation], timeout_s=30)
         settings = dataclasses.replace(self.settings, enable_fault_injection=fault_injection)
-        handle = Ticker.options(name=name, namespace=self.settings.ray_namespace, **ACTOR_OPTIONS).remote(
-            settings, spec, **options
-        )
-        ray.get(handle.ping.remote(), timeout=30)
-        self.tickers.append(name)
-        return handle
+        return self.add_subsystem(Ticker, spec, settings=settings, **options)
 
-    def remove_ticker(self, name: str) -> None:
+    def remove_subsystem(self, name: str) -> None:
         NamedActor(name, self.settings.ray_namespace).kill(restart=False)
         NamedActor(HEALTH_ACTOR, self.settings.ray_namespace).call_sync("unregister", name, timeout_s=30)
-        self.tickers.remove(name)
+        self.added.remove(name)
 
     def new_tenant(self, name: str) -> dict[str, Any]:
         status, body = self.post("/admin/tenants", {"name": name})
@@ -197,7 +197,7 @@ class Platform:
         return http("DELETE", self.url + path, token=tenant["token"])
 
     def close(self) -> None:
-        for name in list(self.tickers):
+        for name in list(self.added):
             NamedActor(name, self.settings.ray_namespace).kill(restart=False)
         self.deployment.drain()
 

@@ -124,7 +124,7 @@ def test_subsystem_that_refuses_faults_gives_409(platform: Platform) -> None:
     status, body = platform.post("/admin/faults", {"subsystem": "no-faults", "fault": "exit"})
     assert status == 409 and "ENABLE_FAULT_INJECTION" in body["error"]
     assert platform.subsystem("no-faults")["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
-    platform.remove_ticker("no-faults")
+    platform.remove_subsystem("no-faults")
 
 
 def test_api_raise_fault_is_counted_and_recovered(platform: Platform) -> None:

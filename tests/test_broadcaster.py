@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from actors.broadcaster import BROADCASTER_SPEC, broadcaster_actor
+from actors.broadcaster import Broadcaster
 from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
 from store.client import connect as redis_connect
 from store.events import parse_id
@@ -21,7 +21,7 @@ from store.tenants import index_existing
 from tests.support import Platform, http, start_platform, wait_for
 from tests.ws_client import Subscriber, Writer, refused, ws_url
 
-BROADCASTER = [(BROADCASTER_SPEC, broadcaster_actor)]
+BROADCASTER = [Broadcaster]
 
 
 @pytest.fixture(scope="module")

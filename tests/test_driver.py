@@ -17,7 +17,7 @@ from tests.support import http, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SUBSYSTEM_NAMES = [spec.name for spec, _ in SUBSYSTEMS]
+SUBSYSTEM_NAMES = [cls.spec.name for cls in SUBSYSTEMS]
 
 
 def driver(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:

@@ -24,7 +24,7 @@ def test_raise_restarts_the_loop_through_backoff(platform: Platform) -> None:
     assert after["pid"] == before["pid"]
     assert after["restarts"] == {"exception": 1, "process": 0, "stalled": 0}
     assert after["last_error_at"] is not None
-    platform.remove_ticker("raise-1")
+    platform.remove_subsystem("raise-1")
 
 
 def test_exit_restarts_the_process_and_its_loops_with_no_outside_call(platform: Platform) -> None:
@@ -37,7 +37,7 @@ def test_exit_restarts_the_process_and_its_loops_with_no_outside_call(platform: 
     # The new process ticks on its own.
     ticks = after["progress"]["ticks"]
     wait_for(lambda: platform.subsystem("exit-1")["progress"]["ticks"] > ticks, 10, what="ticks advance")
-    platform.remove_ticker("exit-1")
+    platform.remove_subsystem("exit-1")
 
 
 def test_sigkill_of_the_pid_shown_in_liveness(platform: Platform) -> None:
@@ -46,7 +46,7 @@ def test_sigkill_of_the_pid_shown_in_liveness(platform: Platform) -> None:
     os.kill(before["pid"], signal.SIGKILL)
     after = platform.wait_state("kill-1", "RUNNING", restarts_process=1)
     assert after["pid"] != before["pid"]
-    platform.remove_ticker("kill-1")
+    platform.remove_subsystem("kill-1")
 
 
 def test_block_forever_is_detected_and_cured_by_the_watchdog(platform: Platform) -> None:
@@ -66,7 +66,7 @@ def test_block_forever_is_detected_and_cured_by_the_watchdog(platform: Platform)
     assert after["pid"] != before["pid"]
     assert after["restarts"]["process"] == 0
     wait_for(lambda: platform.get("/readyz")[0] == 200, 30, what="ready after the cure")
-    platform.remove_ticker("block-1")
+    platform.remove_subsystem("block-1")
 
 
 def test_hang_is_detected_and_cured_as_stalled(platform: Platform) -> None:
@@ -79,7 +79,7 @@ def test_hang_is_detected_and_cured_as_stalled(platform: Platform) -> None:
     assert after["pid"] != before["pid"]
     assert after["progress"]["ticks"] > before["progress"]["ticks"]  # RUNNING means it ticked
     assert after["restarts"] == {"exception": 0, "process": 0, "stalled": 1}
-    platform.remove_ticker("hang-1")
+    platform.remove_subsystem("hang-1")
 
 
 def test_block_past_stale_but_short_of_kill_recovers_without_a_kill(platform: Platform) -> None:
@@ -91,4 +91,4 @@ def test_block_past_stale_but_short_of_kill_recovers_without_a_kill(platform: Pl
     after = platform.wait_state("pause-1", "RUNNING")
     assert after["pid"] == before["pid"]
     assert after["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
-    platform.remove_ticker("pause-1")
+    platform.remove_subsystem("pause-1")

@@ -10,8 +10,8 @@ import pytest
 import redis
 from aiohttp import web
 
-from actors.health_sweep import HEALTH_SWEEP_SPEC, health_sweep_actor
-from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
+from actors.health_sweep import HealthSweep
+from actors.liveness_monitor import LivenessMonitor
 from store import keys
 from store.embedded import free_port
 from tests.support import Platform, start_platform, wait_for
@@ -49,9 +49,7 @@ class Workspaces:
 
 @pytest.fixture
 def swept(ray_session: dict, redis_url: str, tmp_path) -> Iterator[Platform]:
-    deployed = start_platform(
-        redis_url, tmp_path / "data", subsystems=[(HEALTH_SWEEP_SPEC, health_sweep_actor)], health_sweep_interval_s=1.0
-    )
+    deployed = start_platform(redis_url, tmp_path / "data", subsystems=[HealthSweep], health_sweep_interval_s=1.0)
     yield deployed
     deployed.close()
 
@@ -102,7 +100,7 @@ def test_corrupt_workspaces_are_quarantined_by_both_actors(ray_session: dict, re
     platform = start_platform(
         redis_url,
         tmp_path / "data",
-        subsystems=[(LIVENESS_SPEC, liveness_monitor_actor), (HEALTH_SWEEP_SPEC, health_sweep_actor)],
+        subsystems=[LivenessMonitor, HealthSweep],
         workspace_ttl_s=1.0,
         liveness_scan_interval_s=1.0,
         health_sweep_interval_s=1.0,

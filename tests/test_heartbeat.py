@@ -75,7 +75,7 @@ async def test_status_change_is_sent_without_a_beat_and_only_once() -> None:
     sink, clock = Sink(), FakeClock()
     hb = beats(sink, clock)
     status = {"state": "RUNNING"}
-    hb.watch("a", lambda: dict(status))
+    hb.track("a", lambda: dict(status))
     assert await hb.flush() is True
     assert sink.batches[0]["reports"]["a"] == {"state": "RUNNING"}
     assert await hb.flush() is False
@@ -106,7 +106,7 @@ async def test_a_new_receiver_gets_everything_again() -> None:
 
     clock = FakeClock()
     hb = Heartbeats(send, pid=1, node=None, clock=clock.now, sleep=clock.sleep)
-    hb.watch("a", lambda: {"state": "BACKOFF"})
+    hb.track("a", lambda: {"state": "BACKOFF"})
     hb.beat("b")
     assert await hb.flush() is True  # first receiver seen: resend next round
     assert await hb.flush() is True

@@ -106,3 +106,22 @@ async def test_failing_quarantine_callback_does_not_fail_the_tick() -> None:
 
     outcome = await guard.run("k", bad)
     assert outcome.quarantined_now and guard.quarantined == 1
+
+
+async def test_a_failure_found_without_running_work_counts_the_same() -> None:
+    quarantined: list[str] = []
+
+    async def on_quarantine(key, error):
+        quarantined.append(error)
+
+    guard = ItemGuard(on_quarantine=on_quarantine)
+    unreadable = TypeError("WRONGTYPE not a hash")
+    outcomes = [await guard.fail("w1", unreadable, version="v1") for _ in range(4)]
+    assert [o.ok for o in outcomes] == [False] * 4
+    assert [o.quarantined_now for o in outcomes] == [False, False, True, False]
+    assert outcomes[3].skipped  # quarantined at this version: not counted again
+    assert quarantined == ["TypeError: WRONGTYPE not a hash"]
+    assert guard.record("w1").failures == 3  # type: ignore[union-attr]
+    # The record changed (a new version): released, and its work runs again.
+    ran = await guard.run("w1", lambda: asyncio.sleep(0), version="v2")
+    assert ran.ok and guard.quarantined == 0 and guard.record("w1") is None

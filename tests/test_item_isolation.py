@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ray
-
 from tests.support import Platform, wait_for
 
 
@@ -25,12 +23,12 @@ def test_poison_tenant_is_quarantined_and_the_others_keep_going(platform: Platfo
     assert platform.get("/readyz")[0] == 200
 
     # An operator release lifts quarantine; the row is still bad, so it comes back.
-    assert ray.get(ticker.release_item.remote("bad")) is True
-    assert ray.get(ticker.release_item.remote("bad")) is False
+    assert ticker.call_sync("release_item", "bad", timeout_s=10) is True
+    assert ticker.call_sync("release_item", "bad", timeout_s=10) is False
     wait_for(lambda: platform.subsystem("tenants")["quarantined"] == 0, 10, what="released")
     wait_for(lambda: platform.subsystem("tenants")["quarantined"] == 1, 30, what="quarantined again")
 
-    ray.get(ticker.heal.remote("bad"))  # the row is fixed: a new version lifts quarantine
+    ticker.call_sync("heal", "bad", timeout_s=10)  # the row is fixed: a new version lifts quarantine
     wait_for(
         lambda: (lambda s: s if s["quarantined"] == 0 and s["progress"]["done"]["bad"] > 0 else None)(
             platform.subsystem("tenants")
@@ -38,4 +36,4 @@ def test_poison_tenant_is_quarantined_and_the_others_keep_going(platform: Platfo
         30,
         what="healed tenant served again",
     )
-    platform.remove_ticker("tenants")
+    platform.remove_subsystem("tenants")

@@ -12,7 +12,7 @@ import pytest
 import ray
 import redis
 
-from actors.liveness_monitor import LIVENESS_SPEC, liveness_monitor_actor
+from actors.liveness_monitor import LIVENESS_SPEC, LivenessMonitor
 from store import keys
 from store.embedded import EmbeddedRedis, free_port
 from tests.support import Platform, start_platform, wait_for
@@ -47,7 +47,7 @@ def monitored(ray_session: dict, redis_url: str, tmp_path_factory: pytest.TempPa
     deployed = start_platform(
         redis_url,
         tmp_path_factory.mktemp("liveness"),
-        subsystems=[(LIVENESS_SPEC, liveness_monitor_actor)],
+        subsystems=[LivenessMonitor],
         workspace_ttl_s=1.0,
         liveness_scan_interval_s=1.0,
         restart_debounce_s=60.0,
@@ -114,7 +114,7 @@ def test_expiries_missed_while_the_monitor_was_down_are_caught_by_the_scan(monit
     client = redis.Redis.from_url(monitored.settings.redis_url)
     wait_for(lambda: not any(client.exists(keys.workspace_alive(w)) for w in ids), 30, what="all 50 keys expired")
     assert {status(monitored, tenant, w) for w in ids} == {"online"}  # nobody noticed yet
-    liveness_monitor_actor(monitored.settings)  # back: its first tick scans
+    monitored.deployment.start(LivenessMonitor)  # back: its first tick scans
     wait_for(lambda: all(status(monitored, tenant, w) == "offline" for w in ids), 30, what="all 50 offline")
     wait_for(lambda: all("WORKSPACE_RESTART_REQUESTED" in events_of(monitored, tenant["id"], w) for w in ids), 30)
     for ws in ids:
@@ -159,7 +159,7 @@ def test_keys_expiring_while_redis_restarts_are_all_caught(ray_session: dict, tm
     platform = start_platform(
         server.url,
         tmp_path / "data",
-        subsystems=[(LIVENESS_SPEC, liveness_monitor_actor)],
+        subsystems=[LivenessMonitor],
         workspace_ttl_s=1.0,
         liveness_scan_interval_s=1.0,
     )

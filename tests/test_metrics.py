@@ -28,4 +28,4 @@ def test_health_gauges_are_exported(platform: Platform, ray_session: dict) -> No
         assert re.search(
             rf'ray_subsystem_restarts\{{[^}}]*reason="{reason}"[^}}]*subsystem="metered"', text
         ) or re.search(rf'ray_subsystem_restarts\{{[^}}]*subsystem="metered"[^}}]*reason="{reason}"', text)
-    platform.remove_ticker("metered")
+    platform.remove_subsystem("metered")

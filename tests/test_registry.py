@@ -43,13 +43,12 @@ def test_bad_expectations_name_the_field(kwargs: dict, field: str) -> None:
 
 
 def test_unknown_name_is_stale_and_known_name_by_age() -> None:
-    reg = registry("a")
-    assert reg.is_healthy(["a"], 5, T0) is False  # never ticked
+    reg = registry("a", "b")  # stale after 3 s
+    assert reg.unhealthy(T0) == ["a", "b"]  # never ticked
     beat(reg, "a", T0 + 1)
     assert reg.last_tick("a") == T0 + 1
-    assert reg.is_healthy(["a"], 5, T0 + 2) is True
-    assert reg.is_healthy(["a", "nobody"], 5, T0 + 2) is False
-    assert reg.is_healthy(["a"], 5, T0 + 7) is False
+    assert reg.unhealthy(T0 + 2) == ["b"]
+    assert reg.unhealthy(T0 + 1 + 3.5) == ["a", "b"]
     assert reg.last_tick("nobody") is None
 
 

@@ -12,9 +12,8 @@ import pytest
 import ray
 import redis
 
-from actors.runtime.handles import ACTOR_OPTIONS
 from actors.runtime.subsystem import SubsystemSpec
-from actors.scheduler import SchedulerActor, scheduler_actor
+from actors.scheduler import Scheduler
 from driver import SUBSYSTEMS
 from store.embedded import EmbeddedRedis, free_port
 from store.records import now_rfc3339
@@ -77,10 +76,8 @@ def test_sigkill_mid_burst_delivers_every_slot_at_least_once(own_platform: Platf
 def test_two_schedulers_never_deliver_one_slot_twice(own_platform: Platform) -> None:
     platform = own_platform
     agent = A2AAgent().start()
-    twin = SchedulerActor.options(name="scheduler-twin", namespace=platform.settings.ray_namespace, **ACTOR_OPTIONS)
-    handle = twin.remote(platform.settings, SubsystemSpec("scheduler-twin", interval_s=1.0))
+    platform.add_subsystem(Scheduler, SubsystemSpec("scheduler-twin", interval_s=1.0))
     try:
-        ray.get(handle.ping.remote(), timeout=30)
         tenant = platform.new_tenant("twins")
         ws = workspace(platform, tenant, agent.url)
         created = [schedule(platform, tenant, ws, cron="* * * * * *") for _ in range(30)]
@@ -89,10 +86,9 @@ def test_two_schedulers_never_deliver_one_slot_twice(own_platform: Platform) -> 
         assert sum(counts.values()) >= 30 * 4
         assert max(counts.values()) == 1, counts.most_common(3)
         assert all(read(platform, tenant, c["id"])["last_status"] == "ok" for c in created)
-        both = ray.get(handle.status.remote(), timeout=10)
-        assert both["progress"]["fired"] > 0  # the twin really took part
+        assert platform.subsystem("scheduler-twin")["progress"]["fired"] > 0  # the twin really took part
     finally:
-        ray.kill(handle, no_restart=True)
+        platform.remove_subsystem("scheduler-twin")
         agent.stop()
 
 
@@ -139,7 +135,7 @@ def test_after_downtime_an_overdue_schedule_fires_once_for_its_latest_slot(own_p
         latest = latest_slot(cron, "UTC", time.time(), 0)
         client = redis.Redis.from_url(platform.settings.redis_url)
         client.zadd("schedules:due", {created["id"]: latest - 3600})  # as if down for an hour
-        scheduler_actor(platform.settings)
+        platform.deployment.start(Scheduler)
         wait_for(lambda: slots_of(agent, created["id"]), 30, what="the catch-up fire")
         after = wait_for(lambda: (lambda s: s if s["run_count"] else None)(read(platform, tenant, created["id"])), 10)
         time.sleep(2)  # an observation window in which a backfill storm would show itself

@@ -18,22 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import ray
-import redis.exceptions
 
 from actors.a2a_client import Outcome, reply_texts, send
 from actors.channels import slack, telegram
 from actors.channels.chat import ChatApiError
 from actors.channels.relay import ChatQueues
-from actors.runtime.handles import ACTOR_OPTIONS
-from actors.runtime.isolation import ItemGuard
-from actors.runtime.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
+from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import LoopState, RecoverLoop
 from settings import Settings
-from store import channels, events, keys, workspaces
+from store import channels, events, workspaces
 from store.channels import Channel, Inbound
 from store.client import connect
-from store.records import is_id
 from store.secrets import SecretBox
 
 log = logging.getLogger(__name__)
@@ -82,7 +77,8 @@ class Run:
 class ChannelManager(Subsystem):
     spec = CHANNEL_SPEC
 
-    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
+    def __init__(self, settings: Settings, **runtime: Any) -> None:
+        super().__init__(settings, **runtime)
         self.redis = connect(settings.redis_url, timeout_s=5.0)
         self.box = SecretBox(settings.channel_secret_key or "")
         self.runs: dict[str, Run] = {}
@@ -92,8 +88,6 @@ class ChannelManager(Subsystem):
         self._closed = False
         self._retiring: set[asyncio.Task[None]] = set()
         self._quarantined: dict[str, str] = {}  # channel id -> the revision quarantined here
-        self._finish = self.redis.register_script(channels.FINISH)
-        self._set_status = self.redis.register_script(channels.SET_STATUS)
         self.watched = 0
         self.relayed = 0
         self.relay_errors = 0
@@ -101,9 +95,21 @@ class ChannelManager(Subsystem):
         self.malformed = 0
         self.in_flight = 0
         self._quarantined_count = 0
-        super().__init__(settings, spec)
-        self.items = ItemGuard(propagate=TRANSIENT_ERRORS, on_quarantine=self._corrupt)
         self.supervise(f"{self.name}.wake", self._listen)
+
+    async def open(self) -> None:
+        # One long poll per Telegram channel is open at all times: no connection cap.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def close(self) -> None:
+        """Every channel stops (its unanswered messages stay in its inbox), then the HTTP session."""
+        self._closed = True
+        for run in list(self.runs.values()):
+            await self._retire(run)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await self.redis.aclose()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -126,22 +132,16 @@ class ChannelManager(Subsystem):
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._closed:
+        """The HTTP session of every poller and relay (opened before any loop runs)."""
+        if self._closed or self._session is None:
             raise RuntimeError("the channel manager is stopping")
-        if self._session is None or self._session.closed:
-            # One long poll per Telegram channel is open at all times: no connection cap.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
     # -- reconcile -------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        ids = sorted(m.decode() for m in await self.redis.smembers(keys.CHANNELS))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for channel_id in ids:
-                pipe.hgetall(keys.channel(channel_id))
-            # A key of the wrong type is that one channel's problem, not the tick's.
-            raws = await pipe.execute(raise_on_error=False) if ids else []
+        ids = await channels.ids(self.redis)
+        raws = await channels.read(self.redis, ids)  # a key of the wrong type is that channel's problem
         wanted = set()
         quarantined = 0
         for channel_id, raw in zip(ids, raws, strict=True):
@@ -211,12 +211,7 @@ class ChannelManager(Subsystem):
         status = run.status()
         if status is None or status == run.reported:
             return
-        channel = run.channel
-        written = await self._set_status(
-            keys=[keys.channel(channel.id), keys.channel(channel.id)],
-            args=[channel.revision, *status, self.settings.events_max_per_tenant],
-        )
-        if written:
+        if await channels.set_status(self.redis, run.channel.id, run.channel.revision, *status):
             run.reported = status
 
     async def _quarantine(self, run: Run, error: str) -> None:
@@ -227,39 +222,20 @@ class ChannelManager(Subsystem):
         log.error("channel %s quarantined: %s", channel.id, error)
         run.stopped = True
         self._quarantined[channel.id] = channel.revision
-        event = channels.quarantine_event(channel.id, channel.tenant_id, channel.workspace_id, channel.type, error)
-        await self._set_status(
-            keys=[keys.channel(channel.id), keys.events(channel.tenant_id)],
-            args=[channel.revision, "quarantined", error, self.settings.events_max_per_tenant, *events.flat(event)],
-        )
+        await channels.quarantine(self.redis, channel, error, max_len=self.settings.events_max_per_tenant)
         self.quarantines += 1
         task = asyncio.get_running_loop().create_task(self._retire(run))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _corrupt(self, channel_id: Any, error: str) -> None:
+    async def on_quarantine(self, channel_id: Any, error: str) -> None:
         """ItemGuard's quarantine of a record that cannot be run (corrupt config, bad ids)."""
         channel_id = str(channel_id)
         run = self.runs.get(channel_id)
         if run is not None:
             await self._retire(run)
-        try:
-            raw = await self.redis.hgetall(keys.channel(channel_id))
-        except redis.exceptions.ResponseError:  # not a hash: nothing to record on
-            return
-        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
-        if not raw or fields.get("status") == "quarantined":
-            return
-        tenant_id = fields.get("tenant_id", "")
-        args: list[Any] = [fields.get("revision", ""), "quarantined", error, self.settings.events_max_per_tenant]
-        if is_id(tenant_id):
-            workspace_id = fields.get("workspace_id", "")
-            args += events.flat(
-                channels.quarantine_event(channel_id, tenant_id, workspace_id, fields.get("type", ""), error)
-            )
-        stream = keys.events(tenant_id) if is_id(tenant_id) else keys.channel(channel_id)
-        await self._set_status(keys=[keys.channel(channel_id), stream], args=args)
-        self.quarantines += 1
+        if await channels.quarantine_record(self.redis, channel_id, error, max_len=self.settings.events_max_per_tenant):
+            self.quarantines += 1
 
     # -- inbound ---------------------------------------------------------------------------
 
@@ -272,7 +248,7 @@ class ChannelManager(Subsystem):
 
     async def _poll_updates(self, run: Run) -> None:
         token = run.channel.secrets["bot_token"]
-        offset = int(await self.redis.get(keys.channel_offset(run.channel.id)) or 0)
+        offset = await channels.offset(self.redis, run.channel.id)
         base, poll_s = self.settings.telegram_api_base, self.settings.telegram_poll_timeout_s
         first = True
         while True:
@@ -312,36 +288,26 @@ class ChannelManager(Subsystem):
 
     async def _listen(self) -> None:
         """Wake-ups from the Slack webhook: read that channel's inbox now (the tick would, within 2 s)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(keys.CHANNELS_WAKE)
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                run = self.runs.get(message["data"].decode(errors="replace")) if message else None
-                if run is not None:
-                    await self._load(run)
-        finally:
-            await pubsub.aclose()
+        async for channel_id in channels.woken(self.redis):
+            run = self.runs.get(channel_id)
+            if run is not None:
+                await self._load(run)
 
     async def _load_all(self) -> None:
         """Queue what each channel's inbox holds beyond what was loaded (one round trip)."""
         runs = list(self.runs.values())
-        if not runs:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for run in runs:
-                pipe.xrange(keys.channel_inbox(run.channel.id), f"({run.loaded_upto}", "+", count=LOAD_PAGE)
-            pages = await pipe.execute()
-        for run, entries in zip(runs, pages, strict=True):
+        pages = await channels.inbox_after(self.redis, {r.channel.id: r.loaded_upto for r in runs}, LOAD_PAGE)
+        for run in runs:
+            entries = pages[run.channel.id]
             await self._queue(run, entries)
             if len(entries) == LOAD_PAGE:
                 await self._load(run)
 
     async def _load(self, run: Run) -> None:
         while not run.stopped:
-            entries = await self.redis.xrange(
-                keys.channel_inbox(run.channel.id), f"({run.loaded_upto}", "+", count=LOAD_PAGE
-            )
+            entries = (await channels.inbox_after(self.redis, {run.channel.id: run.loaded_upto}, LOAD_PAGE))[
+                run.channel.id
+            ]
             await self._queue(run, entries)
             if len(entries) < LOAD_PAGE:
                 return
@@ -357,7 +323,7 @@ class ChannelManager(Subsystem):
             except (ValueError, UnicodeDecodeError) as exc:
                 log.warning("channel %s: inbox entry %s dropped: %s", run.channel.id, entry_id, exc)
                 self.malformed += 1
-                await self.redis.xdel(keys.channel_inbox(run.channel.id), entry_id)
+                await channels.drop_entry(self.redis, run.channel.id, entry_id)
                 continue
             run.queues.add(inbound.chat_id, (entry_id, inbound))
 
@@ -393,19 +359,17 @@ class ChannelManager(Subsystem):
             "status": "ok" if error is None else "error",
             "error": error,
         }
-        event = channels.message_event(channel, "out", payload)
-        await self._finish(
-            keys=[keys.channel_inbox(channel.id), keys.events(channel.tenant_id)],
-            args=[entry_id, self.settings.events_max_per_tenant, *events.flat(event)],
-        )
+        await channels.finish(self.redis, channel, entry_id, payload, max_len=self.settings.events_max_per_tenant)
         self.relayed += 1
         self.relay_errors += error is not None
 
     async def _ask(self, channel: Channel, inbound: Inbound) -> Outcome:
+        (raw,) = await workspaces.read(self.redis, [channel.workspace_id])
         try:
-            raw = await self.redis.hgetall(keys.workspace(channel.workspace_id))
+            if isinstance(raw, Exception):  # not a hash
+                raise ValueError(str(raw))
             fields = workspaces.checked(channel.workspace_id, raw) if raw else {}
-        except (redis.exceptions.ResponseError, ValueError) as exc:  # not a hash, or corrupt fields
+        except ValueError as exc:  # not a hash, or corrupt fields
             return Outcome(False, f"workspace {channel.workspace_id} record is unreadable: {exc}")
         if fields.get("tenant_id") != channel.tenant_id:
             return Outcome(False, f"workspace {channel.workspace_id} does not exist")
@@ -443,19 +407,6 @@ class ChannelManager(Subsystem):
                     log.warning("channel %s: reply failed (%s); retry in %.0f s", channel.id, exc, wait_s)
                     await asyncio.sleep(min(wait_s, RETRY_AFTER_CAP_S))
 
-    # -- remote methods --------------------------------------------------------------------
-
-    async def stop(self) -> None:
-        """Stop the tick, the wake loop and the beats first (nothing starts a run after that),
-        then every channel, then the HTTP session."""
-        await super().stop()
-        self._closed = True
-        for run in list(self.runs.values()):
-            await self._retire(run)
-        await asyncio.gather(*self._retiring, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-
 
 def _version(raw: Any) -> bytes:
     if not isinstance(raw, dict):
@@ -465,13 +416,3 @@ def _version(raw: Any) -> bytes:
 
 def _quarantined(raw: Any) -> bool:
     return isinstance(raw, dict) and raw.get(b"status") == b"quarantined"
-
-
-ChannelManagerActor = ray.remote(ChannelManager)
-
-
-def channel_manager_actor(settings: Settings) -> Any:
-    """Create or attach to the channel manager of `settings.ray_namespace`."""
-    return ChannelManagerActor.options(
-        name=CHANNEL_SPEC.name, namespace=settings.ray_namespace, **ACTOR_OPTIONS
-    ).remote(settings)

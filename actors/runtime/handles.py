@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -11,6 +12,8 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,44 @@ def _is_address(node: str) -> bool:
     return True
 
 
+def connect_ray(settings: Settings) -> None:
+    """Attach to RAY_ADDRESS, or start a new local Ray (never a stray one found on the machine)."""
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {"namespace": settings.ray_namespace, "logging_level": logging.WARNING}
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, **options)
+    else:
+        if settings.metrics_export_port:
+            options["_metrics_export_port"] = settings.metrics_export_port
+        ray.init(address="local", **options)
+
+
+def ray_connected() -> bool:
+    return ray.is_initialized()
+
+
 def identity() -> tuple[int, str | None]:
     """This process's pid and Ray node id (None outside Ray)."""
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     return os.getpid(), node
+
+
+@functools.cache
+def _actor_class(cls: type) -> Any:
+    return ray.remote(cls)
+
+
+def deploy(cls: type, *args: Any, name: str, namespace: str, node: str | None = None, **kwargs: Any) -> NamedActor:
+    """Create `cls(*args, **kwargs)` as the detached actor `name`, restarted by Ray whenever it dies.
+
+    An actor of that name that already exists is attached to instead (a re-run driver never
+    makes a second one). With `node` (see `placement`) it runs, and restarts, on that node.
+    Returns its handle; nothing waits for the constructor (call `ping` for that).
+    """
+    options = {**ACTOR_OPTIONS, **(placement(node) if node else {})}
+    handle = _actor_class(cls).options(name=name, namespace=namespace, **options).remote(*args, **kwargs)
+    return NamedActor(name, namespace, handle)
 
 
 class NamedActor:
@@ -89,10 +126,10 @@ class NamedActor:
     name up again (a `down` and a new deployment give a new actor under the same name).
     """
 
-    def __init__(self, name: str, namespace: str) -> None:
+    def __init__(self, name: str, namespace: str, handle: Any = None) -> None:
         self.name = name
         self.namespace = namespace
-        self._handle: Any = None
+        self._handle: Any = handle
 
     def handle(self) -> Any:
         """The actor's handle; raises ActorNotFound if no such actor exists."""

@@ -8,14 +8,13 @@ import os
 import time
 from typing import Any
 
-import ray
 from ray.util.metrics import Gauge
 
-from actors.runtime.handles import ACTOR_OPTIONS, HEALTH_ACTOR, NamedActor
+from actors.runtime.handles import NamedActor
 from actors.runtime.registry import RESTART_REASONS, Expectation, Record, Registry
 from actors.runtime.supervised import RecoverLoop, RestartPolicy
 from settings import Settings
-from store import keys
+from store import health as health_store
 from store.client import connect
 
 log = logging.getLogger(__name__)
@@ -42,14 +41,12 @@ class HealthService:
         self._clock = clock
         self.registry = Registry(booted_at=clock())
         self.redis = connect(settings.redis_url)
-        self.expected_key = keys.health_expected(settings.ray_namespace)
-        self.records_key = keys.health_records(settings.ray_namespace)
+        self.namespace = settings.ray_namespace
         self.loaded = asyncio.Event()
 
     async def load(self) -> None:
         """Read registrations and records persisted by an earlier incarnation."""
-        expected = await self.redis.hgetall(self.expected_key)
-        records = await self.redis.hgetall(self.records_key)
+        expected, records = await health_store.load(self.redis, self.namespace)
         for raw in expected.values():
             try:
                 self.registry.register(Expectation.from_json(raw))
@@ -57,7 +54,7 @@ class HealthService:
                 log.error("dropping unreadable registration %r: %s", raw, exc)
         for name, raw in records.items():
             try:
-                self.registry.records[name.decode()] = Record.from_json(raw)
+                self.registry.records[name] = Record.from_json(raw)
             except (ValueError, TypeError) as exc:
                 log.error("dropping unreadable record of %r: %s", name, exc)
         self.registry.dirty.clear()
@@ -69,20 +66,16 @@ class HealthService:
         dirty, self.registry.dirty = self.registry.dirty, set()
         if not dirty:
             return
+        registry = self.registry
+        changed = {
+            name: (
+                None if (e := registry.expected.get(name)) is None else e.to_json(),
+                None if (r := registry.records.get(name)) is None else r.to_json(),
+            )
+            for name in dirty
+        }
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name in dirty:
-                    expectation = self.registry.expected.get(name)
-                    record = self.registry.records.get(name)
-                    if expectation is None:
-                        pipe.hdel(self.expected_key, name)
-                    else:
-                        pipe.hset(self.expected_key, name, expectation.to_json())
-                    if record is None:
-                        pipe.hdel(self.records_key, name)
-                    else:
-                        pipe.hset(self.records_key, name, record.to_json())
-                await pipe.execute()
+            await health_store.save(self.redis, self.namespace, changed)
         except BaseException:
             self.registry.dirty |= dirty
             raise
@@ -105,7 +98,6 @@ class HealthService:
             self.registry.killed(expectation.name, now)
 
 
-@ray.remote
 class HealthActor:
     """Detached singleton named `health`: registry of expected subsystems and their verdicts."""
 
@@ -210,19 +202,6 @@ class HealthActor:
         unhealthy = self.service.registry.unhealthy(time.time())
         return {"ready": not unhealthy, "unhealthy": unhealthy}
 
-    async def last_tick(self, name: str) -> float | None:
-        await self._until_loaded()
-        return self.service.registry.last_tick(name)
-
-    async def is_healthy(self, names: list[str], stale_threshold_s: float) -> bool:
-        await self._until_loaded()
-        return self.service.registry.is_healthy(names, stale_threshold_s, time.time())
-
     async def flush(self) -> None:
         """Persist now (the driver calls this before it stops Redis)."""
         await self.service.persist()
-
-
-def health_actor(settings: Settings) -> Any:
-    """Create or attach to the HealthActor of `settings.ray_namespace`."""
-    return HealthActor.options(name=HEALTH_ACTOR, namespace=settings.ray_namespace, **ACTOR_OPTIONS).remote(settings)

@@ -62,7 +62,7 @@ class Heartbeats:
         self._seq += 1
         self._beats[name] = (self._seq, self._clock(), progress)
 
-    def watch(self, name: str, status: StatusSource) -> None:
+    def track(self, name: str, status: StatusSource) -> None:
         """Report `status()` for `name` whenever it changes."""
         self._sources[name] = status
 

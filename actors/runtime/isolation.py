@@ -83,12 +83,9 @@ class ItemGuard:
 
     async def run(self, key: Hashable, work: Callable[[], Awaitable[Any]], *, version: Hashable = None) -> Outcome:
         """Run `work` for `key` unless it is quarantined at this `version`."""
-        record = self._items.get(key)
-        if record is not None and record.quarantined:
-            if record.quarantined_version == version:
-                return Outcome(ok=False, skipped=True, error=record.last_error)
-            log.info("item %s changed; released from quarantine", key)
-            record = self._items[key] = ItemRecord()
+        skipped = self._skipped(key, version)
+        if skipped is not None:
+            return skipped
         try:
             if self._timeout_s is None:
                 value = await work()
@@ -98,9 +95,29 @@ class ItemGuard:
             raise
         except Exception as exc:  # isolating one item's failure from the others is the point
             return await self._failed(key, exc, version)
-        if record is not None:
-            del self._items[key]
+        self._items.pop(key, None)
         return Outcome(ok=True, value=value)
+
+    async def fail(self, key: Hashable, error: Exception, *, version: Hashable = None) -> Outcome:
+        """Record a failure of `key` found without running its work (say, a record that cannot be read).
+
+        Counts toward quarantine like a failed `run`; skipped if already quarantined at `version`.
+        """
+        skipped = self._skipped(key, version)
+        if skipped is not None:
+            return skipped
+        return await self._failed(key, error, version)
+
+    def _skipped(self, key: Hashable, version: Hashable) -> Outcome | None:
+        """The skip of an item quarantined at `version`; None if it should run (a new version releases it)."""
+        record = self._items.get(key)
+        if record is None or not record.quarantined:
+            return None
+        if record.quarantined_version == version:
+            return Outcome(ok=False, skipped=True, error=record.last_error)
+        log.info("item %s changed; released from quarantine", key)
+        del self._items[key]
+        return None
 
     async def _failed(self, key: Hashable, exc: Exception, version: Hashable) -> Outcome:
         record = self._items.setdefault(key, ItemRecord())

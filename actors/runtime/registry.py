@@ -192,14 +192,6 @@ class Registry:
         record = self.records.get(name)
         return record.last_tick_at if record else None
 
-    def is_healthy(self, names: list[str], stale_threshold_s: float, now: float) -> bool:
-        """True when every name ticked within the threshold; an unknown name counts as stale."""
-        for name in names:
-            last = self.last_tick(name)
-            if last is None or now - last > stale_threshold_s:
-                return False
-        return True
-
     def due_for_kill(self, now: float) -> list[Expectation]:
         """Expected subsystems silent past kill_after_s and not already being restarted.
 

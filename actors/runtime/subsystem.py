@@ -6,22 +6,22 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import redis.exceptions
 
 from actors.runtime.handles import HEALTH_ACTOR, NamedActor, identity
-from actors.runtime.heartbeat import Heartbeats
+from actors.runtime.heartbeat import Heartbeats, Send
 from actors.runtime.isolation import ItemGuard
 from actors.runtime.registry import Expectation
-from actors.runtime.supervised import LoopState, RecoverLoop, RestartPolicy
+from actors.runtime.supervised import Clock, LoopState, RecoverLoop, RestartPolicy, Sleep
+from api.backend import FAULTS
 from settings import Settings
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("raise", "hang", "block", "exit")
 REPORT_TIMEOUT_S = 5.0
 # Failures that are no item's fault: they go up to the recover loop instead of quarantining.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -51,50 +51,106 @@ class SubsystemSpec:
         object.__setattr__(self, "stale_after_s", checked.stale_after_s)
         object.__setattr__(self, "kill_after_s", checked.kill_after_s)
 
+    @property
+    def actor_name(self) -> str:
+        """The name of the Ray actor that runs it (what the watchdog restarts)."""
+        return self.actor or self.name
+
     def expectation(self, namespace: str | None, registered_at: float = 0.0) -> Expectation:
         return Expectation(
             name=self.name,
             interval_s=self.interval_s,
             stale_after_s=self.stale_after_s,
             kill_after_s=self.kill_after_s,
-            actor=self.actor or self.name,
+            actor=self.actor_name,
             namespace=namespace,
             registered_at=registered_at,
         )
 
 
-class Subsystem:
-    """Base class of every subsystem actor.
+class Every:
+    """Work due every `interval_s` within a faster tick: `due()` says yes once per interval.
 
-    Its loops start from `__init__`, so when Ray restarts the actor process they come back
-    with no outside call. The main loop runs `tick()` every `interval_s` under a RecoverLoop
-    and beats after each completed tick; subclasses may add loops with `supervise()`.
+    The first call is due at once; `reset()` makes the next one due at once again.
+    """
+
+    def __init__(self, interval_s: float, clock: Clock = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._next = float("-inf")
+
+    def due(self) -> bool:
+        now = self._clock()
+        if now < self._next:
+            return False
+        self._next = now + self.interval_s
+        return True
+
+    def reset(self) -> None:
+        self._next = float("-inf")
+
+
+class Subsystem:
+    """Base class of every subsystem actor; `actors.runtime.handles.deploy` runs one in Ray.
+
+    A subclass writes `tick()` and, as it needs, the hooks below; its `__init__` sets
+    attributes in any order (no I/O there): the loops are created when the constructor has
+    returned, from the actor's event loop, so when Ray restarts the process they come back
+    with no outside call. The main loop awaits `open()` once, then `setup()` and `tick()`
+    every `interval_s` under a RecoverLoop, and beats after each completed tick. `stop()`
+    cancels every loop, then awaits `close()`.
     """
 
     spec: ClassVar[SubsystemSpec]
 
-    def __init__(self, settings: Settings, spec: SubsystemSpec | None = None) -> None:
-        if spec is not None:
-            self.spec = spec  # type: ignore[misc]
+    @classmethod
+    def spec_for(cls, settings: Settings) -> SubsystemSpec:
+        """The spec this subsystem runs with under `settings`; by default the class's `spec`."""
+        return cls.spec
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        spec: SubsystemSpec | None = None,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+        send_beats: Send | None = None,
+    ) -> None:
+        self.spec = spec or self.spec_for(settings)  # type: ignore[misc]
         self.settings = settings
         self.name = self.spec.name
+        self.clock = clock
+        self.sleep = sleep
         self._health = NamedActor(HEALTH_ACTOR, settings.ray_namespace)
         pid, node = identity()
-        self.heartbeats = Heartbeats(self._send_beats, pid=pid, node=node)
+        self.heartbeats = Heartbeats(send_beats or self._send_beats, pid=pid, node=node, clock=clock, sleep=sleep)
         self.loops: dict[str, RecoverLoop] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._opened = asyncio.Event()
         self._fault: str | None = None
         self._ticks_this_run = 0
         # Per-tenant/per-item work inside a tick goes through self.items.run(key, work, version=...).
-        self.items = ItemGuard(propagate=TRANSIENT_ERRORS)
-        self.main_loop = self.supervise(self.name, self._work, self.spec.policy)
-        self.supervise(f"{self.name}.heartbeats", self.heartbeats.run)
-        self.heartbeats.watch(self.name, self._report)
+        self.items = ItemGuard(propagate=TRANSIENT_ERRORS, on_quarantine=self.on_quarantine, clock=clock)
+        self.main_loop = self.supervise(self.name, self._work, self.spec.policy, after_open=False)
+        self.supervise(f"{self.name}.heartbeats", self.heartbeats.run, after_open=False)
+        self.heartbeats.track(self.name, self._report)
+        asyncio.get_running_loop().call_soon(self._start_loops)
 
     # -- for subclasses --------------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Acquire what the loops use (HTTP sessions, connections); awaited once, before the first tick.
+
+        If it raises, the main loop backs off and calls it again; helper loops wait for it.
+        """
+
+    async def close(self) -> None:
+        """Release what `open()` acquired; awaited by `stop()` after every loop has ended (bounded)."""
+
     async def setup(self) -> None:
-        """Run at the start of every (re)start of the main loop, before the first tick."""
+        """Run at the start of every (re)start of the main loop, before its first tick."""
 
     async def tick(self) -> bool | None:
         """One unit of the subsystem's work. Raise to have the runtime restart the loop.
@@ -115,21 +171,42 @@ class Subsystem:
         """How many items this subsystem has quarantined."""
         return self.items.quarantined
 
+    async def on_quarantine(self, key: Hashable, error: str) -> None:
+        """Called when `self.items` quarantines `key` (for example to record it with the item)."""
+
     def supervise(
         self,
         name: str,
         body: Callable[[], Awaitable[None]],
         policy: RestartPolicy | None = None,
+        *,
+        after_open: bool = True,
     ) -> RecoverLoop:
-        """Run `body` under its own RecoverLoop, started now.
+        """Run `body` under its own RecoverLoop, once `open()` has succeeded (unless not `after_open`).
 
         Its state counts toward the subsystem's: a helper loop in BACKOFF or FAILED makes
         the whole subsystem report that state.
         """
-        loop = RecoverLoop(name, body, policy)
+
+        async def opened_then_body() -> None:
+            await self._opened.wait()
+            await body()
+
+        loop = RecoverLoop(name, opened_then_body if after_open else body, policy, clock=self.clock, sleep=self.sleep)
         self.loops[name] = loop
-        self._tasks.append(asyncio.get_running_loop().create_task(loop.run(), name=name))
+        if self._started:
+            self._run_loop(loop)
         return loop
+
+    # -- runtime ---------------------------------------------------------------------------
+
+    def _start_loops(self) -> None:
+        self._started = True
+        for loop in self.loops.values():
+            self._run_loop(loop)
+
+    def _run_loop(self, loop: RecoverLoop) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(loop.run(), name=loop.name))
 
     def _report(self) -> dict[str, Any]:
         """The subsystem's status for the registry: the main loop's, worsened by any helper's."""
@@ -149,20 +226,21 @@ class Subsystem:
         status["quarantined"] = self.quarantined()
         return status
 
-    # -- runtime ---------------------------------------------------------------------------
-
     async def _send_beats(self, batch: dict[str, Any]) -> Any:
         return await self._health.call("report", batch, timeout_s=REPORT_TIMEOUT_S)
 
     async def _work(self) -> None:
         self._ticks_this_run = 0
+        if not self._opened.is_set():
+            await self.open()
+            self._opened.set()
         await self.setup()
         while True:
             await self._take_fault()
             more = await self.tick()
             self._ticks_this_run += 1
             self.heartbeats.beat(self.name, self.progress())
-            await asyncio.sleep(0 if more else self.pause_s())
+            await self.sleep(0 if more else self.pause_s())
 
     async def _take_fault(self) -> None:
         fault, self._fault = self._fault, None
@@ -176,15 +254,6 @@ class Subsystem:
 
     async def ping(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid()}
-
-    async def status(self) -> dict[str, Any]:
-        """Every loop's state in this process."""
-        return {
-            "name": self.name,
-            "pid": os.getpid(),
-            "loops": {name: loop.status() for name, loop in self.loops.items()},
-            "progress": self.progress(),
-        }
 
     async def inject_fault(self, fault: str, seconds: float | None = None) -> bool:
         """Contract fault injection; refuses unless ENABLE_FAULT_INJECTION=1."""
@@ -210,14 +279,21 @@ class Subsystem:
         return released
 
     async def stop(self) -> None:
-        """Cancel every loop, wait for them (bounded), and report the final STOPPED state."""
+        """Cancel every loop and wait for them, report the final STOPPED state, then `close()` (each bounded)."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
         try:
             await asyncio.wait_for(self.heartbeats.drain(), STOP_TIMEOUT_S)
         except Exception as exc:  # best effort: the registry shows STALLED instead of STOPPED
             log.warning("%s: final report failed: %s", self.name, exc)
+        if self._opened.is_set():
+            self._opened.clear()
+            try:
+                await asyncio.wait_for(self.close(), STOP_TIMEOUT_S)
+            except Exception as exc:  # the process is about to go: its sockets go with it
+                log.warning("%s: close failed: %s", self.name, exc)
 
 
 def _block(seconds: float | None) -> None:

@@ -1,0 +1,174 @@
+"""store.schedules against a real Redis: claims, leases, completion, errors and quarantine, each atomic."""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio as aioredis
+
+from store import keys, schedules
+from store.records import new_id
+
+NOW = 1_800_000_000.0
+
+
+async def stored(store: aioredis.Redis, tenant_id: str | None = None, **fields: object) -> str:
+    """A schedule created the way the API creates it (due at its next slot)."""
+    body = {"workspace_id": new_id(), "name": "s", "cron": "* * * * *", "timezone": "UTC", "prompt": "p"}
+    created = await schedules.create(store, tenant_id or new_id(), {**body, "enabled": True, **fields}, NOW)
+    return created["id"]
+
+
+async def fields_of(store: aioredis.Redis, schedule_id: str) -> dict[str, str]:
+    raw = await store.hgetall(keys.schedule(schedule_id))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def test_create_indexes_the_schedule_due_at_its_next_slot(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    schedule_id = await stored(store, tenant_id)
+    assert await schedules.due(store, NOW + 60, 10) == [(schedule_id, 1_800_000_060)]
+    assert await schedules.due(store, NOW, 10) == []
+    assert await store.smembers(keys.tenant_schedules(tenant_id)) == {schedule_id.encode()}
+    assert (await fields_of(store, schedule_id))["next_run_at"] == "2027-01-15T08:01:00.000Z"
+
+
+async def test_a_slot_is_claimed_once_however_many_claim_it(store: aioredis.Redis) -> None:
+    schedule_id = await stored(store)
+    claim = schedules.Claim(
+        schedule_id, due=1_800_000_060, slot=1_800_000_060, following=1_800_000_120, lease_expires=1
+    )
+    assert await schedules.claim(store, [claim, claim, claim]) == [True, False, False]
+    assert await schedules.due(store, NOW + 120, 10) == [(schedule_id, 1_800_000_120)]
+    leases = await schedules.expired_leases(store, 10, 10)
+    assert leases == [schedules.Lease(schedule_id, 1_800_000_060, 1)]
+    assert (await fields_of(store, schedule_id))["next_run_at"] == "2027-01-15T08:02:00.000Z"
+    # A claim from an old read (its due score moved) loses too.
+    assert await schedules.claim(store, [claim]) == [False]
+    assert await schedules.claim(store, []) == []
+
+
+async def test_an_expired_lease_is_reclaimed_by_one_scheduler_only(store: aioredis.Redis) -> None:
+    schedule_id = await stored(store)
+    claim = schedules.Claim(schedule_id, 1_800_000_060, 1_800_000_060, 1_800_000_120, lease_expires=100)
+    await schedules.claim(store, [claim])
+    (lease,) = await schedules.expired_leases(store, 200, 10)
+    assert await schedules.reclaim(store, lease, 500) is True
+    assert await schedules.reclaim(store, lease, 600) is False  # the lease moved: another took it
+    assert await schedules.expired_leases(store, 200, 10) == []
+    assert await schedules.expired_leases(store, 500, 10) == [schedules.Lease(schedule_id, 1_800_000_060, 500)]
+
+
+async def test_completion_records_the_fire_and_its_event_once(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    schedule_id = await stored(store, tenant_id)
+    slot = 1_800_000_060
+    await schedules.claim(store, [schedules.Claim(schedule_id, slot, slot, slot + 60, 100)])
+    done = await schedules.complete(
+        store, schedule_id, slot, tenant_id=tenant_id, workspace_id="w", error=None, max_len=10
+    )
+    again = await schedules.complete(
+        store, schedule_id, slot, tenant_id=tenant_id, workspace_id="w", error=None, max_len=10
+    )
+    assert (done, again) == (True, False)
+    record = await fields_of(store, schedule_id)
+    assert (record["last_status"], record["run_count"], record["consecutive_failures"]) == ("ok", "1", "0")
+    (entry,) = await store.xrange(keys.events(tenant_id))
+    payload = json.loads(entry[1][b"payload"])
+    assert entry[1][b"event"] == b"SCHEDULE_FIRED"
+    assert payload == {
+        "schedule_id": schedule_id,
+        "status": "ok",
+        "error": None,
+        "message_id": f"cron-{schedule_id}-{slot}",
+    }
+    assert await schedules.expired_leases(store, 1_000, 10) == []
+
+
+async def test_a_failed_fire_counts_and_a_deleted_schedule_is_never_recreated(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    schedule_id = await stored(store, tenant_id)
+    for slot in (1, 2):
+        await store.zadd(keys.SCHEDULES_INFLIGHT, {f"{schedule_id}:{slot}": 100})
+    assert await schedules.complete(
+        store, schedule_id, 1, tenant_id=tenant_id, workspace_id="w", error="HTTP 500", max_len=10
+    )
+    record = await fields_of(store, schedule_id)
+    assert (record["last_status"], record["last_error"], record["consecutive_failures"]) == ("error", "HTTP 500", "1")
+    await schedules.delete(store, tenant_id, schedule_id)
+    assert not await schedules.complete(
+        store, schedule_id, 2, tenant_id=tenant_id, workspace_id="w", error=None, max_len=10
+    )
+    assert await store.exists(keys.schedule(schedule_id)) == 0
+    assert await store.xlen(keys.events(tenant_id)) == 1
+
+
+async def test_drop_lease_forgets_a_slot_in_flight(store: aioredis.Redis) -> None:
+    await store.zadd(keys.SCHEDULES_INFLIGHT, {"abc:5": 1})
+    await schedules.drop_lease(store, "abc", 5)
+    assert await schedules.expired_leases(store, 10, 10) == []
+
+
+async def test_an_error_is_recorded_only_on_the_version_that_was_read(store: aioredis.Redis) -> None:
+    schedule_id = await stored(store)
+    (raw,) = await schedules.read(store, [schedule_id])
+    read_as = schedules.version(raw)
+    assert await schedules.record_error(store, schedule_id, read_as, "bad row", NOW) is True
+    record = await fields_of(store, schedule_id)
+    assert (record["last_status"], record["last_error"], record["consecutive_failures"]) == ("error", "bad row", "1")
+    assert await schedules.due(store, NOW + 1, 10) == [(schedule_id, int(NOW) + 1)]
+    # The record changed since it was read (a PATCH, or the write above): nothing is written.
+    assert await schedules.record_error(store, schedule_id, read_as, "stale", NOW) is False
+    assert (await fields_of(store, schedule_id))["last_error"] == "bad row"
+
+
+async def test_quarantine_takes_it_out_of_every_index_and_tells_the_tenant(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    schedule_id = await stored(store, tenant_id)
+    await store.zadd(keys.SCHEDULES_INFLIGHT, {f"{schedule_id}:7": 1, "other:7": 1})
+    (raw,) = await schedules.read(store, [schedule_id])
+    assert await schedules.quarantine(store, schedule_id, schedules.version(raw), "3 failures", max_len=10)
+    assert await schedules.due(store, NOW + 3600, 10) == []
+    assert await schedules.expired_leases(store, 10, 10) == [schedules.Lease("other", 7, 1)]
+    assert await schedules.quarantined_count(store) == 1
+    record = await fields_of(store, schedule_id)
+    assert (record["last_status"], record["last_error"]) == ("quarantined", "3 failures")
+    (entry,) = await store.xrange(keys.events(tenant_id))
+    assert entry[1][b"event"] == b"SCHEDULE_QUARANTINED"
+    # A PATCH releases it.
+    patched = await schedules.patch(store, tenant_id, schedule_id, {"prompt": "fixed"}, NOW)
+    assert patched is not None and patched["last_status"] is None
+    assert await schedules.quarantined_count(store) == 0
+    assert await schedules.due(store, NOW + 60, 10) == [(schedule_id, 1_800_000_060)]
+
+
+async def test_quarantine_of_a_changed_or_unreadable_record(store: aioredis.Redis) -> None:
+    schedule_id = await stored(store)
+    assert await schedules.quarantine(store, schedule_id, "an old version", "x", max_len=10) is False
+    assert await schedules.quarantined_count(store) == 0
+    assert len(await schedules.due(store, NOW + 60, 10)) == 1  # changed meanwhile: left for a fresh read
+    bogus = new_id()
+    await store.set(keys.schedule(bogus), "not a hash")
+    await store.zadd(keys.SCHEDULES_DUE, {bogus: 1})
+    (raw,) = await schedules.read(store, [bogus])
+    assert isinstance(raw, Exception)
+    assert await schedules.quarantine(store, bogus, schedules.version(raw), "unreadable", max_len=10) is False
+    assert [i for i, _ in await schedules.due(store, NOW + 60, 10)] == [schedule_id]  # no record to fix: out
+
+
+async def test_patch_validates_and_moves_the_slot_atomically(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    schedule_id = await stored(store, tenant_id)
+    patched = await schedules.patch(store, tenant_id, schedule_id, {"cron": "0 * * * *"}, NOW)
+    assert patched is not None and patched["next_run_at"] == "2027-01-15T09:00:00.000Z"
+    assert await schedules.due(store, NOW + 3600, 10) == [(schedule_id, 1_800_003_600)]
+    assert await schedules.patch(store, new_id(), schedule_id, {"name": "x"}, NOW) is None  # not the tenant's
+    try:
+        await schedules.patch(store, tenant_id, schedule_id, {"cron": "61 * * * *"}, NOW)
+    except ValueError as exc:
+        assert str(exc).startswith("cron:")
+    else:
+        raise AssertionError("a bad cron was stored")
+    disabled = await schedules.patch(store, tenant_id, schedule_id, {"enabled": False}, NOW)
+    assert disabled is not None and disabled["next_run_at"] is None
+    assert await schedules.due(store, NOW + 3600, 10) == []
