@@ -30,7 +30,7 @@ from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor, alive_no
 from actors.runtime.health import HealthActor
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.scheduler import Scheduler
-from settings import Settings
+from settings import Settings, is_fernet_key
 from store.embedded import EmbeddedRedis
 
 log = logging.getLogger("driver")
@@ -59,15 +59,7 @@ def channel_secret_key(settings: Settings) -> str:
         return settings.channel_secret_key
     path = settings.data_dir.resolve() / "channel_secret_key"
     # A bad key file is never replaced: every stored channel secret would become unreadable.
-    return _stored_secret(path, lambda: Fernet.generate_key().decode(), _is_fernet_key, replace=False)
-
-
-def _is_fernet_key(key: str) -> bool:
-    try:
-        Fernet(key.encode())
-    except ValueError:
-        return False
-    return True
+    return _stored_secret(path, lambda: Fernet.generate_key().decode(), is_fernet_key, replace=False)
 
 
 def _stored_secret(path: Path, make: Callable[[], str], valid: Callable[[str], bool], *, replace: bool) -> str:

@@ -11,8 +11,6 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
-SUBSYSTEM_NAMES = ("scheduler", "broadcaster", "liveness-monitor", "health-sweep", "channel-manager", "api")
-
 
 def _flag(environ: Mapping[str, str], key: str, default: bool) -> bool:
     raw = environ.get(key)
@@ -58,14 +56,19 @@ def _base_url(environ: Mapping[str, str], key: str, default: str) -> str:
     return raw.rstrip("/")
 
 
+def is_fernet_key(value: str) -> bool:
+    """Whether `value` is a Fernet key (32 bytes, url-safe base64)."""
+    try:
+        Fernet(value.encode())
+    except ValueError:
+        return False
+    return True
+
+
 def _fernet_key(environ: Mapping[str, str], key: str) -> str | None:
     raw = _text(environ, key)
-    if raw is None:
-        return None
-    try:
-        Fernet(raw.encode())
-    except ValueError:
-        raise ValueError(f"{key} must be a Fernet key (32 bytes, url-safe base64)") from None
+    if raw is not None and not is_fernet_key(raw):
+        raise ValueError(f"{key} must be a Fernet key (32 bytes, url-safe base64)")
     return raw
 
 
@@ -128,13 +131,14 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate settings; raises ValueError naming the first bad key."""
         env = os.environ if environ is None else environ
+        d = cls()  # the defaults, written once: in the fields above
         redis_url = _text(env, "REDIS_URL")
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
-        namespace = _text(env, "RAY_NAMESPACE") or "supervised"
+        namespace = _text(env, "RAY_NAMESPACE") or d.ray_namespace
         if not namespace.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"RAY_NAMESPACE must be letters, digits, '-' or '_', got {namespace!r}")
-        host = _text(env, "API_HOST") or "127.0.0.1"
+        host = _text(env, "API_HOST") or d.api_host
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -148,26 +152,26 @@ class Settings:
             ray_address=_text(env, "RAY_ADDRESS"),
             ray_namespace=namespace,
             redis_url=redis_url,
-            data_dir=Path(_text(env, "DATA_DIR") or ".data"),
+            data_dir=Path(_text(env, "DATA_DIR") or d.data_dir),
             api_host=host,
-            api_port=_port(env, "API_PORT", 8080),
+            api_port=_port(env, "API_PORT", d.api_port),
             api_node=_node(env, "API_NODE"),
             admin_token=token,
-            enable_fault_injection=_flag(env, "ENABLE_FAULT_INJECTION", False),
+            enable_fault_injection=_flag(env, "ENABLE_FAULT_INJECTION", d.enable_fault_injection),
             metrics_export_port=metrics_port,
-            drain_timeout_s=_number(env, "DRAIN_TIMEOUT_S", 2.5, minimum=0.1),
-            workspace_ttl_s=_number(env, "WORKSPACE_TTL_S", 90.0, minimum=1.0),
-            fire_timeout_s=_number(env, "FIRE_TIMEOUT_S", 30.0, minimum=0.1),
-            events_max_per_tenant=int(_number(env, "EVENTS_MAX_PER_TENANT", 100_000, minimum=1)),
-            ws_queue_size=int(_number(env, "WS_QUEUE_SIZE", 10_000, minimum=1)),
-            liveness_scan_interval_s=_number(env, "LIVENESS_SCAN_INTERVAL_S", 10.0, minimum=0.1),
-            restart_debounce_s=_number(env, "RESTART_DEBOUNCE_S", 60.0, minimum=0),
-            health_sweep_interval_s=_number(env, "HEALTH_SWEEP_INTERVAL_S", 15.0, minimum=0.1),
-            ws_ping_interval_s=_number(env, "WS_PING_INTERVAL_S", 20.0, minimum=0.1),
-            ws_ping_timeout_s=_number(env, "WS_PING_TIMEOUT_S", 20.0, minimum=0.1),
+            drain_timeout_s=_number(env, "DRAIN_TIMEOUT_S", d.drain_timeout_s, minimum=0.1),
+            workspace_ttl_s=_number(env, "WORKSPACE_TTL_S", d.workspace_ttl_s, minimum=1.0),
+            fire_timeout_s=_number(env, "FIRE_TIMEOUT_S", d.fire_timeout_s, minimum=0.1),
+            events_max_per_tenant=int(_number(env, "EVENTS_MAX_PER_TENANT", d.events_max_per_tenant, minimum=1)),
+            ws_queue_size=int(_number(env, "WS_QUEUE_SIZE", d.ws_queue_size, minimum=1)),
+            liveness_scan_interval_s=_number(env, "LIVENESS_SCAN_INTERVAL_S", d.liveness_scan_interval_s, minimum=0.1),
+            restart_debounce_s=_number(env, "RESTART_DEBOUNCE_S", d.restart_debounce_s, minimum=0),
+            health_sweep_interval_s=_number(env, "HEALTH_SWEEP_INTERVAL_S", d.health_sweep_interval_s, minimum=0.1),
+            ws_ping_interval_s=_number(env, "WS_PING_INTERVAL_S", d.ws_ping_interval_s, minimum=0.1),
+            ws_ping_timeout_s=_number(env, "WS_PING_TIMEOUT_S", d.ws_ping_timeout_s, minimum=0.1),
             channel_secret_key=_fernet_key(env, "CHANNEL_SECRET_KEY"),
-            telegram_api_base=_base_url(env, "TELEGRAM_API_BASE", "https://api.telegram.org"),
-            slack_api_base=_base_url(env, "SLACK_API_BASE", "https://slack.com/api"),
-            telegram_poll_timeout_s=_number(env, "TELEGRAM_POLL_TIMEOUT_S", 25.0, minimum=1),
-            channel_reply_timeout_s=_number(env, "CHANNEL_REPLY_TIMEOUT_S", 60.0, minimum=0.1),
+            telegram_api_base=_base_url(env, "TELEGRAM_API_BASE", d.telegram_api_base),
+            slack_api_base=_base_url(env, "SLACK_API_BASE", d.slack_api_base),
+            telegram_poll_timeout_s=_number(env, "TELEGRAM_POLL_TIMEOUT_S", d.telegram_poll_timeout_s, minimum=1),
+            channel_reply_timeout_s=_number(env, "CHANNEL_REPLY_TIMEOUT_S", d.channel_reply_timeout_s, minimum=0.1),
         )

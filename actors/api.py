@@ -101,7 +101,7 @@ class ApiActor(Subsystem):
         super().__init__(settings, **runtime)
         self.is_draining = False
         self.backend = PlatformBackend(settings, self)
-        self.redis = connect(settings.redis_url)
+        self.redis = self.own(connect(settings.redis_url))
         context = ApiContext.build(settings, backend=self.backend, redis=self.redis, admin_token=admin_token)
         self.app = create_app(context)
         self.hub = context.hub
@@ -113,12 +113,7 @@ class ApiActor(Subsystem):
         self.supervise("api.health-watch", self._watch_health)
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SELF_PROBE_TIMEOUT_S))
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        await self.redis.aclose()
+        self._session = self.own(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SELF_PROBE_TIMEOUT_S)))
 
     async def _serve(self) -> None:
         config = uvicorn.Config(

@@ -42,7 +42,7 @@ class Broadcaster(Subsystem):
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
-        self.redis = connect(settings.redis_url, timeout_s=BLOCK_S + 2.0)
+        self.redis = self.own(connect(settings.redis_url, timeout_s=BLOCK_S + 2.0))
         self.api = NamedActor(API_ACTOR, settings.ray_namespace)
         self.positions: dict[str, str] = {}
         # One delivery never fills more than a quarter of a client's queue, so a burst alone
@@ -182,7 +182,6 @@ class Broadcaster(Subsystem):
                 await self._save()
             except Exception as exc:  # the positions saved before are still valid: events are re-delivered
                 log.warning("could not save broadcast positions: %s", exc)
-        await self.redis.aclose()
 
     async def _measure_lag(self, behind: list[str], oldest_ms: float | None) -> None:
         """Events and seconds from the positions of the tenants `behind` to their heads (counts every LAG_MEASURE_S)."""

@@ -35,7 +35,7 @@ class HealthSweep(Subsystem):
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
-        self.redis = connect(settings.redis_url, timeout_s=5.0)
+        self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
         self._session: aiohttp.ClientSession | None = None
         self._sweep_every = Every(settings.health_sweep_interval_s, self.clock)
         self.failures: dict[str, int] = {}  # consecutive failed probes per workspace
@@ -46,15 +46,9 @@ class HealthSweep(Subsystem):
         self.sweeps = 0
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
-            connector=aiohttp.TCPConnector(limit=PROBE_CONCURRENCY, force_close=True),
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        await self.redis.aclose()
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        connector = aiohttp.TCPConnector(limit=PROBE_CONCURRENCY, force_close=True)
+        self._session = self.own(aiohttp.ClientSession(timeout=timeout, connector=connector))
 
     def progress(self) -> dict[str, Any]:
         return {

@@ -35,7 +35,7 @@ class LivenessMonitor(Subsystem):
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
-        self.redis = connect(settings.redis_url, timeout_s=5.0)
+        self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
         self._scan_every = Every(settings.liveness_scan_interval_s, self.clock)
         self._session: aiohttp.ClientSession | None = None
         self.watched = 0
@@ -46,12 +46,7 @@ class LivenessMonitor(Subsystem):
         self.supervise(f"{self.name}.expired", self._listen)
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RESTART_TIMEOUT_S))
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        await self.redis.aclose()
+        self._session = self.own(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RESTART_TIMEOUT_S)))
 
     def progress(self) -> dict[str, Any]:
         return {

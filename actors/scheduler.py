@@ -15,7 +15,7 @@ from actors.runtime.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
 from settings import Settings
 from store import schedules, workspaces
 from store.client import connect
-from store.records import decode
+from store.records import decode, field
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Scheduler(Subsystem):
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
-        self.redis = connect(settings.redis_url, timeout_s=5.0)
+        self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
         self.fire_timeout_s = settings.fire_timeout_s
         self._fires: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -47,16 +47,13 @@ class Scheduler(Subsystem):
         self._versions: dict[str, str] = {}
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession()
+        self._session = self.own(aiohttp.ClientSession())
 
     async def close(self) -> None:
         """Fires in flight are cancelled: their leases stay, so each slot is delivered again."""
         for task in self._fires:
             task.cancel()
         await asyncio.gather(*self._fires, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-        await self.redis.aclose()
 
     def progress(self) -> dict[str, Any]:
         return {"in_flight": len(self._fires), "fired": self.fired, "redelivered": self.redelivered}
@@ -83,9 +80,7 @@ class Scheduler(Subsystem):
             return False
         ids = [schedule_id for schedule_id, _ in due]
         raws = await schedules.read(self.redis, ids)
-        workspace_ids = sorted(
-            {raw.get(b"workspace_id", b"").decode(errors="replace") for raw in raws if isinstance(raw, dict)} - {""}
-        )
+        workspace_ids = sorted({field(raw, "workspace_id") for raw in raws if isinstance(raw, dict)} - {""})
         workspace_raws = dict(zip(workspace_ids, await workspaces.read(self.redis, workspace_ids), strict=True))
         plans: list[tuple[dict[str, str], schedules.Claim]] = []
         for (schedule_id, due_slot), raw in zip(due, raws, strict=True):
@@ -133,7 +128,7 @@ class Scheduler(Subsystem):
             await schedules.drop_lease(self.redis, schedule_id, slot)
             return
         self._versions[schedule_id] = schedules.version(raw)
-        workspace_id = raw.get(b"workspace_id", b"").decode(errors="replace")
+        workspace_id = field(raw, "workspace_id")
         workspace_raws = dict(zip([workspace_id], await workspaces.read(self.redis, [workspace_id]), strict=True))
         self.redelivered += 1
         self._start(schedule_id, self._validated(schedule_id, raw, workspace_raws), slot)

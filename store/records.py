@@ -23,8 +23,19 @@ def is_id(value: str) -> bool:
 
 
 def now_rfc3339(ts: float | None = None) -> str:
+    """`ts` (now if None) as RFC 3339 UTC with milliseconds, the form of every time the platform shows."""
     moment = datetime.fromtimestamp(time.time() if ts is None else ts, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """As `now_rfc3339`, but None stays None (a time never seen)."""
+    return None if ts is None else now_rfc3339(ts)
+
+
+def field(raw: dict[bytes, bytes], name: str) -> str:
+    """One field of a hash read as bytes, decoded leniently; "" if it is missing."""
+    return raw.get(name.encode(), b"").decode(errors="replace")
 
 
 def to_hash(record: dict[str, Any]) -> dict[str, str]:

@@ -171,7 +171,7 @@ async def patch(
                 raw = await pipe.hgetall(key)
                 if not raw:
                     return None
-                fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+                fields = decode_lenient(raw)
                 if fields.get("tenant_id") != tenant_id:
                     return None
                 merged = {**fields, **to_hash(changes)}

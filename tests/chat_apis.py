@@ -69,7 +69,8 @@ class ChatApis:
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         threading.Thread(target=self._run, args=(started,), daemon=True).start()
-        started.wait(10)
+        if not started.wait(10):
+            raise RuntimeError("the Bot API and Slack stand-in did not start")
 
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)

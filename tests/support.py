@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,7 +75,7 @@ class Ticker(Subsystem):
         self, settings: Settings, *, tenants: tuple[str, ...] = (), poison: tuple[str, ...] = (), **runtime: Any
     ) -> None:
         super().__init__(settings, **runtime)
-        self.redis = connect(settings.redis_url, timeout_s=1.0)
+        self.redis = self.own(connect(settings.redis_url, timeout_s=1.0))
         self.ticks = 0
         self.tenants = tenants
         self.poison = set(poison)
@@ -173,6 +174,15 @@ class Platform:
         spec = SubsystemSpec(name, interval_s=interval_s, policy=policy or RestartPolicy())
         settings = dataclasses.replace(self.settings, enable_fault_injection=fault_injection)
         return self.add_subsystem(Ticker, spec, settings=settings, **options)
+
+    @contextlib.contextmanager
+    def ticker(self, name: str, **kwargs: Any) -> Iterator[NamedActor]:
+        """`add_ticker`, removed again when the block ends, whether its test passed or not."""
+        actor = self.add_ticker(name, **kwargs)
+        try:
+            yield actor
+        finally:
+            self.remove_subsystem(name)
 
     def remove_subsystem(self, name: str) -> None:
         NamedActor(name, self.settings.ray_namespace).kill(restart=False)

@@ -11,6 +11,7 @@ import pytest
 
 from actors.runtime.handles import API_ACTOR, NamedActor
 from tests.support import ADMIN_TOKEN, Platform, http, start_platform
+from tests.ws_client import refused
 
 
 def test_livez(platform: Platform) -> None:
@@ -119,12 +120,11 @@ def test_unknown_route_and_method_are_json_errors(platform: Platform) -> None:
 
 
 def test_subsystem_that_refuses_faults_gives_409(platform: Platform) -> None:
-    platform.add_ticker("no-faults", fault_injection=False)
-    platform.wait_state("no-faults", "RUNNING")
-    status, body = platform.post("/admin/faults", {"subsystem": "no-faults", "fault": "exit"})
-    assert status == 409 and "ENABLE_FAULT_INJECTION" in body["error"]
-    assert platform.subsystem("no-faults")["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
-    platform.remove_subsystem("no-faults")
+    with platform.ticker("no-faults", fault_injection=False):
+        platform.wait_state("no-faults", "RUNNING")
+        status, body = platform.post("/admin/faults", {"subsystem": "no-faults", "fault": "exit"})
+        assert status == 409 and "ENABLE_FAULT_INJECTION" in body["error"]
+        assert platform.subsystem("no-faults")["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
 
 
 def test_api_raise_fault_is_counted_and_recovered(platform: Platform) -> None:
@@ -144,3 +144,10 @@ def test_faults_are_404_unless_enabled(platform_without_faults: Platform) -> Non
     status, body = platform_without_faults.post("/admin/faults", {"subsystem": "api", "fault": "exit"})
     assert status == 404 and "error" in body
     assert platform_without_faults.get("/livez")[0] == 200
+
+
+async def test_a_websocket_waits_for_a_new_deployments_broadcaster_with_1013(platform: Platform) -> None:
+    """This platform runs no broadcaster: until one has its positions, events could be missed live."""
+    tenant = platform.new_tenant("early")
+    code, reason, received = await refused(platform.url, token=tenant["token"])
+    assert (code, received) == (1013, []) and "broadcaster is starting" in reason

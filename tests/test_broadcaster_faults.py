@@ -9,8 +9,9 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
-from actors.runtime.handles import API_ACTOR
+from actors.runtime.handles import API_ACTOR, NamedActor
 from store.embedded import EmbeddedRedis, free_port
 from tests.support import Platform, start_platform, wait_for
 from tests.test_broadcaster import BROADCASTER
@@ -149,20 +150,26 @@ async def test_peers_that_never_answer_pings_are_let_go(ray_session: dict, redis
     try:
         tenant = platform.new_tenant("pings")
         reader = Subscriber(platform.url, tenant["token"])
-        running = asyncio.create_task(reader.run(100, timeout_s=60))
+        # Few, small events: the silent peers' receive buffers never fill, so the server's close reaches them.
+        running = asyncio.create_task(reader.run(20, timeout_s=60))
         silent = [await asyncio.to_thread(StalledClient, platform.url, tenant["token"]) for _ in range(3)]
+        ports = {peer.sock.getsockname()[1] for peer in silent}
         await asyncio.wait_for(reader.opened.wait(), 10)
-        written = Writer(platform.settings.redis_url).write(tenant["id"], 100)
+        written = Writer(platform.settings.redis_url).write(tenant["id"], 20)
         await running
         assert reader.ids == written  # the client that answers its pings is served
+        api = NamedActor(API_ACTOR, platform.settings.ray_namespace)
 
-        def none_left() -> bool:
-            progress = platform.subsystem("api")["progress"]
-            return progress["ws_connections"] == 0 and progress["ws_clients"] == 0
+        def released() -> bool:  # on the server's side: no socket of theirs is left
+            return not ports & {c["peer"][1] for c in api.call_sync("connections", timeout_s=5)}
 
-        # The reader has closed; the silent peers miss their pongs and are closed by the keepalive.
-        await asyncio.to_thread(wait_for, none_left, 60, what="every connection released")
-        assert len(silent) == 3
+        await asyncio.to_thread(wait_for, released, 60, what="the silent peers' connections closed")
+        for peer in silent:  # what the server sent them: the events, then a close with 1011
+            code, reason = await asyncio.to_thread(peer.read_until_closed)
+            assert (code, reason) == (1011, "keepalive ping timeout")
+            assert [json.loads(m)["id"] for m in peer.messages] == written
+        hub_empty = lambda: platform.subsystem("api")["progress"]["ws_clients"] == 0  # noqa: E731
+        await asyncio.to_thread(wait_for, hub_empty, 10, what="the hub released them")
     finally:
         platform.close()
 
@@ -183,3 +190,21 @@ async def test_an_overflow_while_replaying_re_reads_the_stream_and_keeps_the_con
     messages = await asyncio.to_thread(client.read, 1_300)
     assert [json.loads(m)["id"] for m in messages] == history + live  # no gap, no duplicate, no close
     client.sock.close()
+
+
+async def test_a_draining_api_closes_its_websockets_with_1012(ray_session: dict, redis_url: str, tmp_path) -> None:
+    platform = start_platform(redis_url, tmp_path / "data", subsystems=BROADCASTER)
+    drained = False
+    try:
+        tenant = platform.new_tenant("drained")
+        client = Subscriber(platform.url, tenant["token"])
+        reader = asyncio.create_task(client.run(1, timeout_s=60))
+        await asyncio.wait_for(client.opened.wait(), 10)
+        await asyncio.to_thread(platform.close)
+        drained = True
+        with pytest.raises(ConnectionClosed):
+            await reader
+        assert [code for code, _ in client.closes] == [1012]  # "service restart": reconnect with last_event_id
+    finally:
+        if not drained:
+            platform.close()

@@ -20,11 +20,8 @@ class Counter(Subsystem):
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
-        self.redis = connect(settings.redis_url)
+        self.redis = self.own(connect(settings.redis_url))  # closed by the runtime on stop
         self.count = 0
-
-    async def close(self) -> None:
-        await self.redis.aclose()
 
     async def tick(self) -> None:
         self.count = await self.redis.incr(f"counter:{self.settings.ray_namespace}")

@@ -7,9 +7,9 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import ray
 import redis
 
 from actors.runtime.handles import HEALTH_ACTOR
@@ -25,20 +25,20 @@ def own_platform(ray_session: dict, redis_url: str, tmp_path) -> Iterator[Platfo
 
 
 def health_pid(platform: Platform) -> int:
-    handle = ray.get_actor(HEALTH_ACTOR, namespace=platform.settings.ray_namespace)
-    return ray.get(handle.ping.remote(), timeout=10)["pid"]
+    return platform.pid_of(HEALTH_ACTOR)
 
 
-def wait_persisted(platform: Platform, name: str) -> None:
-    """Wait until the HealthActor has written `name`'s last tick to Redis."""
+def wait_persisted(platform: Platform, name: str, **expect: Any) -> None:
+    """Wait until the HealthActor has written `name`'s record to Redis with a last tick (and `expect`'s values)."""
     client = redis.Redis.from_url(platform.settings.redis_url)
     key = keys.health_records(platform.settings.ray_namespace)
 
     def persisted() -> bool:
         raw = client.hget(key, name)
-        return raw is not None and json.loads(raw)["last_tick_at"] is not None
+        record = json.loads(raw) if raw is not None else {}
+        return record.get("last_tick_at") is not None and all(record.get(k) == v for k, v in expect.items())
 
-    wait_for(persisted, 10, what=f"{name} persisted")
+    wait_for(persisted, 10, what=f"{name} persisted with {expect}")
 
 
 def probe_liveness_for(platform: Platform, seconds: float) -> list[int]:
@@ -55,43 +55,53 @@ def probe_liveness_for(platform: Platform, seconds: float) -> list[int]:
 
 
 def test_sigkilled_health_actor_returns_with_its_registry(own_platform: Platform) -> None:
+    """What only the registry knows comes back: restarts of a process that is gone, and quarantines."""
     platform = own_platform
-    platform.add_ticker("steady")
-    platform.wait_state("steady", "RUNNING")
-    platform.wait_state("api", "RUNNING")
-    wait_persisted(platform, "steady")
-    wait_persisted(platform, "api")
-    pid = health_pid(platform)
-    os.kill(pid, signal.SIGKILL)
-    probe_liveness_for(platform, 3)
-    wait_for(lambda: health_pid(platform) != pid, 30, what="health restarted")
-    wait_for(lambda: platform.get("/admin/liveness")[0] == 200, 10, what="registry loaded")
-    snapshot = platform.liveness()
-    assert set(snapshot["subsystems"]) == {"api", "steady"}
-    for name, sub in snapshot["subsystems"].items():
-        assert sub["last_tick_at"] is not None, name
-        assert sub["state"] in ("RUNNING",), (name, sub)
-    platform.wait_state("steady", "RUNNING", restarts_process=0, restarts_stalled=0)
+    with platform.ticker("steady", tenants=("good", "bad"), poison=("bad",)):
+        first = platform.wait_state("steady", "RUNNING")
+        platform.fault("steady", "raise")  # an exception restart, in a process that is about to go
+        platform.wait_state("steady", "RUNNING", restarts_exception=1)
+        os.kill(first["pid"], signal.SIGKILL)  # a process restart
+        platform.wait_state("steady", "RUNNING", restarts_process=1, quarantined=1)
+        platform.wait_state("api", "RUNNING")
+        counted = {"exception": 1, "process": 1, "stalled": 0}
+        wait_persisted(platform, "steady", restarts=counted, quarantined=1)
+        wait_persisted(platform, "api")
+        before = platform.liveness()["subsystems"]
+        pid = health_pid(platform)
+        os.kill(pid, signal.SIGKILL)
+        probe_liveness_for(platform, 3)
+        wait_for(lambda: health_pid(platform) != pid, 30, what="health restarted")
+        wait_for(lambda: platform.get("/admin/liveness")[0] == 200, 10, what="registry loaded")
+        after = platform.liveness()["subsystems"]
+        assert set(after) == {"api", "steady"}
+        for name, sub in after.items():
+            assert sub["last_tick_at"] is not None and sub["state"] == "RUNNING", (name, sub)
+            assert sub["restarts"] == before[name]["restarts"], name
+            assert sub["quarantined"] == before[name]["quarantined"], name
+            assert sub["last_error"] == before[name]["last_error"], name
+        assert after["steady"]["restarts"] == counted and after["steady"]["quarantined"] == 1
+        platform.wait_state("steady", "RUNNING", restarts_process=1, restarts_stalled=0)
 
 
 def test_wedged_health_actor_gives_503_fast_and_is_restarted_by_the_api(own_platform: Platform) -> None:
     platform = own_platform
-    platform.add_ticker("steady2")
-    platform.wait_state("steady2", "RUNNING")
-    wait_persisted(platform, "steady2")
-    pid = health_pid(platform)
-    os.kill(pid, signal.SIGSTOP)  # the process is alive but answers nothing
-    try:
-        statuses = probe_liveness_for(platform, 4)
-        assert 503 in statuses
-        status, body = platform.get("/readyz", timeout_s=5)
-        assert status == 503 and "error" in body
-        wait_for(lambda: health_pid(platform) != pid, 60, what="API watchdog restarts health")
-    finally:
+    with platform.ticker("steady2"):
+        platform.wait_state("steady2", "RUNNING")
+        wait_persisted(platform, "steady2")
+        pid = health_pid(platform)
+        os.kill(pid, signal.SIGSTOP)  # the process is alive but answers nothing
         try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-    sub = platform.wait_state("steady2", "RUNNING")
-    assert sub["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
-    wait_for(lambda: platform.subsystem("api")["progress"]["health_kills"] == 1, 10, what="kill counted")
+            statuses = probe_liveness_for(platform, 4)
+            assert 503 in statuses
+            status, body = platform.get("/readyz", timeout_s=5)
+            assert status == 503 and "error" in body
+            wait_for(lambda: health_pid(platform) != pid, 60, what="API watchdog restarts health")
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        sub = platform.wait_state("steady2", "RUNNING")
+        assert sub["restarts"] == {"exception": 0, "process": 0, "stalled": 0}
+        wait_for(lambda: platform.subsystem("api")["progress"]["health_kills"] == 1, 10, what="kill counted")

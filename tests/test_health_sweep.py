@@ -27,7 +27,8 @@ class Workspaces:
         self.base = f"http://127.0.0.1:{self.port}"
         started = threading.Event()
         threading.Thread(target=self._run, args=(started,), daemon=True).start()
-        started.wait(10)
+        if not started.wait(10):
+            raise RuntimeError("the workspaces' health server did not start")
 
     def _run(self, started: threading.Event) -> None:
         async def health(request: web.Request) -> web.Response:

@@ -19,16 +19,23 @@ from tests.support import Platform, start_platform, wait_for
 
 
 class RestartEndpoint:
-    """A loopback HTTP server that records the restart requests POSTed to it."""
+    """A loopback HTTP server that records the restart requests POSTed to it.
+
+    It answers 500 to the first `failures[workspace id]` requests for a workspace, then 202.
+    """
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
-        received = self.requests
+        self.failures: dict[str, int] = {}
+        received, failures = self.requests, self.failures
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(202)
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                received.append({**request, "at": time.time()})
+                failing = failures.get(request["workspace_id"], 0)
+                failures[request["workspace_id"]] = failing - 1
+                self.send_response(500 if failing > 0 else 202)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -104,6 +111,25 @@ def test_a_quiet_workspace_goes_offline_once_with_one_restart_request(
     assert events_of(monitored, other["id"], ws) == []  # the owner's stream only
 
 
+def test_a_failing_restart_endpoint_is_asked_again_with_backoff(monitored: Platform, endpoint: RestartEndpoint) -> None:
+    tenant = monitored.new_tenant("flaky")
+    ws = new_workspace(monitored, tenant, endpoint.url)
+    endpoint.failures[ws] = 2  # 500, 500, then 202
+    beat(monitored, tenant, ws)
+    wait_for(lambda: "WORKSPACE_RESTART_REQUESTED" in events_of(monitored, tenant["id"], ws), 30, what="requested")
+    attempts = [r["at"] for r in endpoint.requests if r["workspace_id"] == ws]
+    assert len(attempts) == 3
+    assert attempts[1] - attempts[0] >= 1.0 and attempts[2] - attempts[1] >= 2.0  # 1 s, then 2 s apart at least
+    client = redis.Redis.from_url(monitored.settings.redis_url)
+    (payload,) = [
+        json.loads(f[b"payload"])
+        for _, f in client.xrange(keys.events(tenant["id"]))
+        if f[b"event"] == b"WORKSPACE_RESTART_REQUESTED"
+    ]
+    assert payload == {"workspace_id": ws, "restart_url": endpoint.url, "delivered": True}
+    assert events_of(monitored, tenant["id"], ws).count("WORKSPACE_OFFLINE") == 1
+
+
 def test_expiries_missed_while_the_monitor_was_down_are_caught_by_the_scan(monitored: Platform) -> None:
     tenant = monitored.new_tenant("missed")
     ids = [new_workspace(monitored, tenant, None) for _ in range(50)]
@@ -168,9 +194,10 @@ def test_keys_expiring_while_redis_restarts_are_all_caught(ray_session: dict, tm
         ids = [new_workspace(platform, tenant, None) for _ in range(20)]
         for ws in ids:
             beat(platform, tenant, ws)
+        expired_at = time.time() + platform.settings.workspace_ttl_s
         server.stop()  # the keys expire while Redis is down: no notification will ever come
         platform.wait_state("liveness-monitor", "BACKOFF", timeout_s=30)
-        time.sleep(1.5)  # every TTL has passed
+        time.sleep(max(0.0, expired_at - time.time()) + 0.1)  # not a window to watch: the TTL must pass
         server.start()
         wait_for(lambda: all(status(platform, tenant, w) == "offline" for w in ids), 60, what="all 20 offline")
         for ws in ids:

@@ -14,18 +14,17 @@ def scrape(port: int) -> str:
 
 
 def test_health_gauges_are_exported(platform: Platform, ray_session: dict) -> None:
-    platform.add_ticker("metered")
-    platform.wait_state("metered", "RUNNING")
-    port = ray_session["metrics_port"]
+    with platform.ticker("metered"):
+        platform.wait_state("metered", "RUNNING")
+        port = ray_session["metrics_port"]
 
-    def exported() -> str | None:
-        text = scrape(port)
-        return text if re.search(r'ray_subsystem_healthy\{[^}]*subsystem="metered"[^}]*\} 1', text) else None
+        def exported() -> str | None:
+            text = scrape(port)
+            return text if re.search(r'ray_subsystem_healthy\{[^}]*subsystem="metered"[^}]*\} 1', text) else None
 
-    text = wait_for(exported, 60, interval_s=1, what="subsystem_healthy gauge")
-    assert re.search(r'ray_subsystem_seconds_since_tick\{[^}]*subsystem="metered"', text)
-    for reason in ("exception", "process", "stalled"):
-        assert re.search(
-            rf'ray_subsystem_restarts\{{[^}}]*reason="{reason}"[^}}]*subsystem="metered"', text
-        ) or re.search(rf'ray_subsystem_restarts\{{[^}}]*subsystem="metered"[^}}]*reason="{reason}"', text)
-    platform.remove_subsystem("metered")
+        text = wait_for(exported, 60, interval_s=1, what="subsystem_healthy gauge")
+        assert re.search(r'ray_subsystem_seconds_since_tick\{[^}]*subsystem="metered"', text)
+        for reason in ("exception", "process", "stalled"):
+            assert re.search(
+                rf'ray_subsystem_restarts\{{[^}}]*reason="{reason}"[^}}]*subsystem="metered"', text
+            ) or re.search(rf'ray_subsystem_restarts\{{[^}}]*subsystem="metered"[^}}]*reason="{reason}"', text)

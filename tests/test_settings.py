@@ -87,7 +87,11 @@ def test_the_channel_key_is_generated_once_with_mode_0600_and_a_bad_one_refused(
     path = tmp_path / "channel_secret_key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert channel_secret_key(settings) == key  # the same key on the next start
-    SecretBox(key).open(SecretBox(key).seal({"bot_token": "t"}))
+    sealed = SecretBox(key).seal({"bot_token": "t"})
+    assert "bot_token" not in sealed  # sealed, not merely encoded
+    assert SecretBox(channel_secret_key(settings)).open(sealed) == {"bot_token": "t"}  # the same key opens it
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        SecretBox(Fernet.generate_key().decode()).open(sealed)  # another key does not
     path.write_text("damaged\n")
     with pytest.raises(RuntimeError, match="channel_secret_key"):
         channel_secret_key(settings)  # never replaced: every sealed secret would be lost

@@ -30,6 +30,7 @@ class Probe(Subsystem):
         self.fail_opens = fail_opens
         self.fail_ticks = fail_ticks
         self.session_open = False
+        self.client = self.own(Client(self.calls))
 
     async def open(self) -> None:
         self.calls.append("open")
@@ -53,6 +54,16 @@ class Probe(Subsystem):
 
     def progress(self) -> dict[str, int]:
         return {"ticks": self.calls.count("tick")}
+
+
+class Client:
+    """A resource with `aclose()`, as a Redis client has."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def aclose(self) -> None:
+        self.calls.append("client closed")
 
 
 class Beats:
@@ -99,7 +110,7 @@ async def test_loops_start_after_the_constructor_and_open_comes_once_before_the_
         await until(lambda: sub.calls.count("tick") >= 3)
         assert sub.calls[:5] == ["open", "setup", "tick", "tick", "tick"]
         assert clock.by_task["probe"][:2] == [5.0, 5.0]  # interval_s between ticks
-    assert sub.calls.count("open") == 1 and sub.calls[-1] == "close" and not sub.session_open
+    assert sub.calls.count("open") == 1 and sub.calls[-2:] == ["close", "client closed"] and not sub.session_open
 
 
 async def test_a_failing_open_backs_off_and_helpers_wait_for_it() -> None:
@@ -118,7 +129,7 @@ async def test_a_failing_open_backs_off_and_helpers_wait_for_it() -> None:
         assert clock.by_task["probe"][:2] == [1.0, 2.0]  # backoff 1 s, 2 s
         assert opens_seen_by_helper == [3]  # it started once open had succeeded, and only then
         assert sub.main_loop.exception_restarts == 2
-    assert sub.calls[-1] == "close"
+    assert sub.calls[-2:] == ["close", "client closed"]
 
 
 async def test_a_failing_tick_restarts_with_backoff_and_runs_setup_again_but_not_open() -> None:

@@ -79,7 +79,7 @@ class ChannelManager(Subsystem):
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
-        self.redis = connect(settings.redis_url, timeout_s=5.0)
+        self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
         self.box = SecretBox(settings.channel_secret_key or "")
         self.runs: dict[str, Run] = {}
         self._parsed: dict[str, tuple[bytes, Channel]] = {}
@@ -99,17 +99,14 @@ class ChannelManager(Subsystem):
 
     async def open(self) -> None:
         # One long poll per Telegram channel is open at all times: no connection cap.
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._session = self.own(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
 
     async def close(self) -> None:
-        """Every channel stops (its unanswered messages stay in its inbox), then the HTTP session."""
+        """Every channel stops (its unanswered messages stay in its inbox) before its session closes."""
         self._closed = True
         for run in list(self.runs.values()):
             await self._retire(run)
         await asyncio.gather(*self._retiring, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-        await self.redis.aclose()
 
     def progress(self) -> dict[str, Any]:
         return {

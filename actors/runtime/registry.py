@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from actors.runtime.supervised import LoopState
+from store.records import rfc3339
 
 RESTART_REASONS = ("exception", "process", "stalled")
-
-
-def rfc3339(ts: float | None) -> str | None:
-    """UTC RFC 3339 with milliseconds, or None."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

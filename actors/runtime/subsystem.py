@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import redis.exceptions
 
@@ -21,6 +21,7 @@ from api.backend import FAULTS
 from settings import Settings
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 REPORT_TIMEOUT_S = 5.0
 # Failures that are no item's fault: they go up to the recover loop instead of quarantining.
@@ -130,6 +131,7 @@ class Subsystem:
         self._started = False
         self._opened = asyncio.Event()
         self._fault: str | None = None
+        self._owned: list[Any] = []
         self._ticks_this_run = 0
         # Per-tenant/per-item work inside a tick goes through self.items.run(key, work, version=...).
         self.items = ItemGuard(propagate=TRANSIENT_ERRORS, on_quarantine=self.on_quarantine, clock=clock)
@@ -147,7 +149,16 @@ class Subsystem:
         """
 
     async def close(self) -> None:
-        """Release what `open()` acquired; awaited by `stop()` after every loop has ended (bounded)."""
+        """Release what `open()` acquired; awaited by `stop()` after every loop has ended (bounded).
+
+        What was registered with `own()` is closed after it, without a hook.
+        """
+
+    def own(self, resource: R) -> R:
+        """Register a client, session or connection (anything with `aclose()` or `close()`) for `stop()`
+        to close, after `close()`, newest first; returns it."""
+        self._owned.append(resource)
+        return resource
 
     async def setup(self) -> None:
         """Run at the start of every (re)start of the main loop, before its first tick."""
@@ -294,6 +305,13 @@ class Subsystem:
                 await asyncio.wait_for(self.close(), STOP_TIMEOUT_S)
             except Exception as exc:  # the process is about to go: its sockets go with it
                 log.warning("%s: close failed: %s", self.name, exc)
+        while self._owned:
+            resource = self._owned.pop()
+            closing = getattr(resource, "aclose", None) or resource.close
+            try:
+                await asyncio.wait_for(closing(), STOP_TIMEOUT_S)
+            except Exception as exc:  # as above: best effort on the way out
+                log.warning("%s: closing %s failed: %s", self.name, type(resource).__name__, exc)
 
 
 def _block(seconds: float | None) -> None:
