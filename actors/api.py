@@ -132,6 +132,10 @@ class ApiActor(Subsystem):
         sock = self._listen()
         try:
             await server.serve(sockets=[sock])
+        except asyncio.CancelledError:
+            if server.started:  # stopping: WebSocket clients get 1012 (service restart), open requests end
+                await server.shutdown(sockets=[sock])
+            raise
         finally:
             sock.close()
         raise RuntimeError("HTTP server stopped")

@@ -290,15 +290,12 @@ class Subsystem:
         return released
 
     async def stop(self) -> None:
-        """Cancel every loop and wait for them, report the final STOPPED state, then `close()` (each bounded)."""
+        """Cancel every loop and wait for them, `close()`, close what it owns, then report the final
+        STOPPED state (each step bounded)."""
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
-        try:
-            await asyncio.wait_for(self.heartbeats.drain(), STOP_TIMEOUT_S)
-        except Exception as exc:  # best effort: the registry shows STALLED instead of STOPPED
-            log.warning("%s: final report failed: %s", self.name, exc)
         if self._opened.is_set():
             self._opened.clear()
             try:
@@ -312,6 +309,10 @@ class Subsystem:
                 await asyncio.wait_for(closing(), STOP_TIMEOUT_S)
             except Exception as exc:  # as above: best effort on the way out
                 log.warning("%s: closing %s failed: %s", self.name, type(resource).__name__, exc)
+        try:
+            await asyncio.wait_for(self.heartbeats.drain(), STOP_TIMEOUT_S)
+        except Exception as exc:  # best effort: the registry shows STALLED instead of STOPPED
+            log.warning("%s: final report failed: %s", self.name, exc)
 
 
 def _block(seconds: float | None) -> None:
