@@ -144,8 +144,7 @@ def test_poison_schedules_are_quarantined_and_the_others_fire_on_time(
     )
     for tenant, created in healthy:
         assert read(platform, tenant, created["id"])["last_status"] == "ok"
-    sub = platform.subsystem("scheduler")
-    assert sub["quarantined"] == 4
+    sub = wait_for(lambda: (lambda s: s if s["quarantined"] == 4 else None)(platform.subsystem("scheduler")), 10)
     assert sub["state"] == "RUNNING" and sub["restarts"]["exception"] == 0
     events = client.xrange(f"events:{victim['id']}")
     assert sum(1 for _, f in events if f[b"event"] == b"SCHEDULE_QUARANTINED") == 4
