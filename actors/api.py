@@ -11,9 +11,8 @@ from typing import Any
 
 import aiohttp
 import uvicorn
-from ray.exceptions import RayTaskError
 
-from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor
+from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, RemoteError
 from actors.runtime.health import HEALTH_KILL_AFTER_S
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
@@ -81,8 +80,8 @@ class PlatformBackend:
         try:
             # A `block` or `exit` fault may take the target down before it answers.
             await target.call("inject_fault", fault, seconds, timeout_s=LIVENESS_DEADLINE_S)
-        except RayTaskError as exc:
-            raise FaultRefused(str(exc.cause) if exc.cause else "refused") from None
+        except RemoteError as exc:
+            raise FaultRefused(str(exc.cause) or "refused") from None
         except ACTOR_UNAVAILABLE as exc:
             if fault in ("raise", "hang"):
                 raise Unavailable(f"subsystem {subsystem} did not answer within {LIVENESS_DEADLINE_S:g} s") from exc

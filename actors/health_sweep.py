@@ -78,11 +78,8 @@ class HealthSweep(Subsystem):
         await asyncio.gather(*(self._check(w, raw, slots) for w, raw in zip(ids, records, strict=True)))
 
     async def _check(self, workspace_id: str, raw: Any, slots: asyncio.Semaphore) -> None:
-        if isinstance(raw, Exception):  # not a hash: this workspace's failure only
-            await self.items.fail(workspace_id, raw, version=str(raw))
-            return
-        outcome = await self.items.run(
-            workspace_id, lambda: self._probe_once(workspace_id, raw, slots), version=workspaces.version(raw)
+        outcome = await self.items.run_on(
+            workspace_id, raw, lambda r: self._probe_once(workspace_id, r, slots), version=workspaces.version
         )
         if outcome.ok and outcome.value:
             self.offline_transitions += 1

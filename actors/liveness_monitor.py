@@ -86,11 +86,8 @@ class LivenessMonitor(Subsystem):
 
     async def _offline(self, workspace_id: str, reason: str = "heartbeat expired") -> None:
         (raw,) = await workspaces.read(self.redis, [workspace_id])
-        if isinstance(raw, Exception):  # not a hash: this workspace's failure only
-            await self.items.fail(workspace_id, raw, version=str(raw))
-            return
-        outcome = await self.items.run(
-            workspace_id, lambda: self._transition(workspace_id, raw, reason), version=workspaces.version(raw)
+        outcome = await self.items.run_on(
+            workspace_id, raw, lambda r: self._transition(workspace_id, r, reason), version=workspaces.version
         )
         if outcome.ok and outcome.value:
             self.offline_transitions += 1

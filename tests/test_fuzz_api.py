@@ -58,9 +58,7 @@ def test_workspace_endpoint_never_5xx(platform: Platform, body: object) -> None:
 @FUZZ
 @given(body=bodies)
 def test_schedule_endpoints_never_5xx(platform: Platform, body: object) -> None:
-    tenant = _tenant(platform)
-    if isinstance(body, dict) and body.get("workspace_id") == "mine":
-        body["workspace_id"] = tenant["workspace_id"]
+    tenant = _tenant(platform, body)
     check(platform, tenant["token"], "POST", "/schedules", body)
     check(platform, tenant["token"], "PATCH", f"/schedules/{tenant['schedule_id']}", body)
 
@@ -68,18 +66,14 @@ def test_schedule_endpoints_never_5xx(platform: Platform, body: object) -> None:
 @FUZZ
 @given(body=bodies)
 def test_event_endpoint_never_5xx(platform: Platform, body: object) -> None:
-    tenant = _tenant(platform)
-    if isinstance(body, dict) and body.get("workspace_id") == "mine":
-        body["workspace_id"] = tenant["workspace_id"]
+    tenant = _tenant(platform, body)
     check(platform, tenant["token"], "POST", "/events", body)
 
 
 @FUZZ
 @given(body=bodies)
 def test_channel_endpoints_never_5xx(platform: Platform, body: object) -> None:
-    tenant = _tenant(platform)
-    if isinstance(body, dict) and body.get("workspace_id") == "mine":
-        body["workspace_id"] = tenant["workspace_id"]
+    tenant = _tenant(platform, body)
     check(platform, tenant["token"], "POST", "/channels", body)
     check(platform, tenant["token"], "PATCH", f"/channels/{tenant['channel_id']}", body)
 
@@ -143,8 +137,11 @@ def test_oversized_bodies_are_413(platform: Platform) -> None:
 _TENANTS: dict[str, dict] = {}
 
 
-def _tenant(platform: Platform) -> dict:
-    """One tenant per platform, with a workspace and a schedule to PATCH."""
+def _tenant(platform: Platform, body: object = None) -> dict:
+    """One tenant per platform, with a workspace, a schedule and channels to PATCH.
+
+    A `body` whose workspace_id is "mine" gets the tenant's workspace id instead.
+    """
     cached = _TENANTS.get(platform.url)
     if cached is None:
         tenant = platform.new_tenant("fuzz")
@@ -168,4 +165,6 @@ def _tenant(platform: Platform) -> dict:
             "channel_id": channel["id"],
             "slack_id": slack_channel["id"],
         }
+    if isinstance(body, dict) and body.get("workspace_id") == "mine":
+        body["workspace_id"] = cached["workspace_id"]
     return cached

@@ -125,3 +125,18 @@ async def test_a_failure_found_without_running_work_counts_the_same() -> None:
     # The record changed (a new version): released, and its work runs again.
     ran = await guard.run("w1", lambda: asyncio.sleep(0), version="v2")
     assert ran.ok and guard.quarantined == 0 and guard.record("w1") is None
+
+
+async def test_run_on_a_record_that_could_not_be_read_fails_the_item_only() -> None:
+    guard = ItemGuard()
+    seen: list[dict] = []
+
+    async def work(record: dict) -> str:
+        seen.append(record)
+        return record["name"]
+
+    ok = await guard.run_on("a", {"name": "alpha"}, work, version=lambda r: r["name"])
+    unreadable = await guard.run_on("b", TypeError("WRONGTYPE"), work, version=lambda r: r["name"])
+    assert (ok.ok, ok.value) == (True, "alpha") and seen == [{"name": "alpha"}]
+    assert not unreadable.ok and unreadable.error == "TypeError: WRONGTYPE"
+    assert guard.record("b").failures == 1  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from settings import Settings
@@ -25,8 +25,16 @@ class ActorNotFound(LookupError):
     """No actor of that name exists in the namespace."""
 
 
+class RemoteError(Exception):
+    """The called method itself raised; `cause` is its exception (when Ray could carry it)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 # What a call to a named actor raises when the actor is gone, restarting or slow. An error
-# raised by the method itself arrives as ray.exceptions.RayTaskError and is not in here.
+# raised by the method itself arrives as RemoteError and is not in here.
 ACTOR_UNAVAILABLE = (RayActorError, GetTimeoutError, asyncio.TimeoutError, ActorNotFound)
 
 ACTOR_OPTIONS: dict[str, Any] = {
@@ -148,6 +156,8 @@ class NamedActor:
         except RayActorError:
             self._handle = None
             raise
+        except RayTaskError as exc:
+            raise RemoteError(exc.cause or exc) from None
 
     def call_sync(self, method: str, *args: Any, timeout_s: float) -> Any:
         """Blocking form of `call`, for the driver."""
@@ -157,6 +167,8 @@ class NamedActor:
         except RayActorError:
             self._handle = None
             raise
+        except RayTaskError as exc:
+            raise RemoteError(exc.cause or exc) from None
 
     def kill(self, *, restart: bool) -> bool:
         """Kill the actor; with `restart` Ray starts it again. Returns whether it existed."""

@@ -108,6 +108,23 @@ class ItemGuard:
             return skipped
         return await self._failed(key, error, version)
 
+    async def run_on(
+        self,
+        key: Hashable,
+        record: Any,
+        work: Callable[[Any], Awaitable[Any]],
+        *,
+        version: Callable[[Any], Hashable],
+    ) -> Outcome:
+        """`run(key, work(record))` for an item read as `record`, at `version(record)`.
+
+        A record that could not be read (an Exception, as a pipeline returns it) is the
+        item's failure, recorded with `fail`.
+        """
+        if isinstance(record, Exception):
+            return await self.fail(key, record, version=str(record))
+        return await self.run(key, lambda: work(record), version=version(record))
+
     def _skipped(self, key: Hashable, version: Hashable) -> Outcome | None:
         """The skip of an item quarantined at `version`; None if it should run (a new version releases it)."""
         record = self._items.get(key)
