@@ -57,18 +57,20 @@ def _base_url(environ: Mapping[str, str], key: str, default: str) -> str:
 
 
 def is_fernet_key(value: str) -> bool:
-    """Whether `value` is a Fernet key (32 bytes, url-safe base64)."""
+    """Whether `value` is a Fernet key (32 bytes, url-safe base64), or several, comma-separated."""
+    keys = [k.strip() for k in value.split(",")]
     try:
-        Fernet(value.encode())
+        for key in keys:
+            Fernet(key.encode())
     except ValueError:
         return False
-    return True
+    return bool(keys)
 
 
 def _fernet_key(environ: Mapping[str, str], key: str) -> str | None:
     raw = _text(environ, key)
     if raw is not None and not is_fernet_key(raw):
-        raise ValueError(f"{key} must be a Fernet key (32 bytes, url-safe base64)")
+        raise ValueError(f"{key} must be Fernet keys (32 bytes, url-safe base64), comma-separated: the first seals")
     return raw
 
 
@@ -83,6 +85,33 @@ def _node(environ: Mapping[str, str], key: str) -> str:
     if len(raw) == 56 and all(c in "0123456789abcdef" for c in raw.lower()):
         return raw.lower()
     raise ValueError(f"{key} must be 'head', a node's IP address or a Ray node id (56 hex digits), got {raw!r}")
+
+
+def _cidrs(environ: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs, normalized (`10.1.2.3/8` is `10.0.0.0/8`); ValueError naming the key."""
+    networks = []
+    for item in (part.strip() for part in (environ.get(key) or "").split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{key}: {item!r} is not a CIDR such as 10.0.0.0/8 or fd00::/8") from None
+    return tuple(networks)
+
+
+def _nameserver(environ: Mapping[str, str], key: str) -> str | None:
+    raw = _text(environ, key)
+    if raw is None:
+        return None
+    host, _, port = raw.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{key} must be a DNS server as <ip>:<port> (e.g. 10.0.0.2:53), got {raw!r}") from None
+    return raw
 
 
 def _text(environ: Mapping[str, str], key: str) -> str | None:
@@ -121,6 +150,9 @@ class Settings:
     slack_api_base: str = "https://slack.com/api"
     telegram_poll_timeout_s: float = 25.0
     channel_reply_timeout_s: float = 60.0
+    egress_allow_cidrs: tuple[str, ...] = ()
+    egress_max_response_bytes: int = 1024 * 1024
+    egress_nameserver: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -174,4 +206,9 @@ class Settings:
             slack_api_base=_base_url(env, "SLACK_API_BASE", d.slack_api_base),
             telegram_poll_timeout_s=_number(env, "TELEGRAM_POLL_TIMEOUT_S", d.telegram_poll_timeout_s, minimum=1),
             channel_reply_timeout_s=_number(env, "CHANNEL_REPLY_TIMEOUT_S", d.channel_reply_timeout_s, minimum=0.1),
+            egress_allow_cidrs=_cidrs(env, "EGRESS_ALLOW_CIDRS"),
+            egress_max_response_bytes=int(
+                _number(env, "EGRESS_MAX_RESPONSE_BYTES", d.egress_max_response_bytes, minimum=1024)
+            ),
+            egress_nameserver=_nameserver(env, "EGRESS_NAMESERVER"),
         )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
+from actors.egress import Egress, EgressError
 
 _ids = itertools.count(1)
 
@@ -32,21 +31,30 @@ class Outcome:
 
 
 async def send(
-    session: aiohttp.ClientSession, url: str, version: str, message_id: str, text: str, timeout_s: float
+    egress: Egress,
+    url: str,
+    version: str,
+    message_id: str,
+    text: str,
+    timeout_s: float,
+    auth_token: str | None = None,
 ) -> Outcome:
-    """POST one message; ok only for a 2xx carrying a JSON-RPC result. Never raises for the peer's faults."""
+    """POST one message through the egress (with the workspace's bearer token, if it has one).
+
+    Ok only for a 2xx carrying a JSON-RPC result. Never raises for the peer's faults.
+    """
     headers, body = request(version, message_id, text)
+    if auth_token:
+        headers["Authorization"] = f"Bearer {auth_token}"
     try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(url, json=body, headers=headers) as response:
-                if not 200 <= response.status < 300:
-                    return Outcome(False, f"HTTP {response.status}")
-                reply = await response.json(content_type=None)
-    except TimeoutError:
-        return Outcome(False, f"no answer within {timeout_s:g} s")
-    except aiohttp.ClientError as exc:
-        return Outcome(False, f"{type(exc).__name__}: {exc}")
-    except ValueError as exc:  # the body was not JSON
+        answer = await egress.request("POST", url, json_body=body, headers=headers, timeout_s=timeout_s)
+    except EgressError as exc:
+        return Outcome(False, str(exc))
+    if not answer.ok:
+        return Outcome(False, f"HTTP {answer.status}")
+    try:
+        reply = answer.json()
+    except ValueError as exc:  # the body was not JSON, or nested too deep
         return Outcome(False, f"invalid JSON-RPC response: {exc}")
     if not isinstance(reply, dict):
         return Outcome(False, "invalid JSON-RPC response: not an object")

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import uvicorn
 
+from actors.egress import egress_for
 from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, RemoteError
 from actors.runtime.health import HEALTH_KILL_AFTER_S
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
@@ -37,8 +38,12 @@ class PlatformBackend:
     def __init__(self, settings: Settings, api: ApiActor) -> None:
         self.settings = settings
         self.health = NamedActor(HEALTH_ACTOR, settings.ray_namespace)
+        self.egress = egress_for(settings)
         self._api = api
         self._liveness: asyncio.Future[bytes] | None = None
+
+    async def refuse_url(self, url: str) -> str | None:
+        return await self.egress.check_url(url)
 
     @property
     def draining(self) -> bool:

@@ -14,12 +14,12 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
-
+from actors.egress import EgressError, egress_for
 from actors.runtime.subsystem import Every, Subsystem, SubsystemSpec
 from settings import Settings
 from store import workspaces
 from store.client import connect
+from store.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class HealthSweep(Subsystem):
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
         self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
-        self._session: aiohttp.ClientSession | None = None
+        self.egress = self.own(egress_for(settings, limit=PROBE_CONCURRENCY, force_close=True))
+        self.box = SecretBox(settings.channel_secret_key or "")
         self._sweep_every = Every(settings.health_sweep_interval_s, self.clock)
         self.failures: dict[str, int] = {}  # consecutive failed probes per workspace
         self.watched = 0
@@ -46,9 +47,7 @@ class HealthSweep(Subsystem):
         self.sweeps = 0
 
     async def open(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
-        connector = aiohttp.TCPConnector(limit=PROBE_CONCURRENCY, force_close=True)
-        self._session = self.own(aiohttp.ClientSession(timeout=timeout, connector=connector))
+        await self.egress.open()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -87,9 +86,9 @@ class HealthSweep(Subsystem):
     async def _probe_once(self, workspace_id: str, raw: dict[bytes, bytes], slots: asyncio.Semaphore) -> bool:
         if not raw:
             return False  # deleted meanwhile
-        url = workspaces.checked(workspace_id, raw)["url"]
+        target = workspaces.target(workspace_id, raw, self.box)
         async with slots:
-            healthy = await self._probe(url.rstrip("/") + "/health")
+            healthy = await self._probe(target.url.rstrip("/") + "/health", target.auth_token)
         if healthy:
             self.failures.pop(workspace_id, None)
             return False
@@ -108,10 +107,9 @@ class HealthSweep(Subsystem):
             require_expired=False,
         )
 
-    async def _probe(self, url: str) -> bool:
-        assert self._session is not None
+    async def _probe(self, url: str, auth_token: str | None) -> bool:
+        headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         try:
-            async with self._session.get(url) as response:
-                return 200 <= response.status < 300
-        except (aiohttp.ClientError, TimeoutError, OSError):
+            return (await self.egress.request("GET", url, headers=headers, timeout_s=PROBE_TIMEOUT_S)).ok
+        except EgressError:
             return False

@@ -14,13 +14,13 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
-
+from actors.egress import EgressError, egress_for, public_url
 from actors.runtime.subsystem import Every, Subsystem, SubsystemSpec
 from settings import Settings
 from store import workspaces
 from store.client import connect
 from store.records import decode_lenient, is_id
+from store.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class LivenessMonitor(Subsystem):
         super().__init__(settings, **runtime)
         self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
         self._scan_every = Every(settings.liveness_scan_interval_s, self.clock)
-        self._session: aiohttp.ClientSession | None = None
+        self.egress = self.own(egress_for(settings))
+        self.box = SecretBox(settings.channel_secret_key or "")
         self.watched = 0
         self.offline_transitions = 0
         self.notifications = 0
@@ -46,7 +47,7 @@ class LivenessMonitor(Subsystem):
         self.supervise(f"{self.name}.expired", self._listen)
 
     async def open(self) -> None:
-        self._session = self.own(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RESTART_TIMEOUT_S)))
+        await self.egress.open()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -121,7 +122,7 @@ class LivenessMonitor(Subsystem):
             self.restarts_debounced += 1
             return
         url = fields.get("restart_url") or None
-        delivered = url is None or await self._post(url, workspace_id)
+        delivered = url is None or await self._post(url, workspace_id, raw)
         if not delivered and attempt + 1 < RESTART_ATTEMPTS:
             await workspaces.retry_restart(self.redis, workspace_id, attempt + 1, time.time() + 2**attempt)
             return
@@ -135,11 +136,18 @@ class LivenessMonitor(Subsystem):
         )
         self.restart_requests += 1
 
-    async def _post(self, url: str, workspace_id: str) -> bool:
-        assert self._session is not None
+    async def _post(self, url: str, workspace_id: str, raw: dict[bytes, bytes]) -> bool:
+        """POST the restart request (with the workspace's bearer token); whether it was taken (2xx)."""
         try:
-            async with self._session.post(url, json={"workspace_id": workspace_id, "reason": "offline"}) as response:
-                return 200 <= response.status < 300
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("restart request for workspace %s to %s failed: %s", workspace_id, url, exc)
+            token = workspaces.target(workspace_id, raw, self.box).auth_token
+        except ValueError as exc:  # a corrupt record: the request cannot be made as it should
+            log.warning("restart request for workspace %s not sent: %s", workspace_id, exc)
             return False
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        body = {"workspace_id": workspace_id, "reason": "offline"}
+        try:
+            reply = await self.egress.request("POST", url, json_body=body, headers=headers, timeout_s=RESTART_TIMEOUT_S)
+        except EgressError as exc:
+            log.warning("restart request for workspace %s to %s failed: %s", workspace_id, public_url(url), exc)
+            return False
+        return reply.ok

@@ -6,22 +6,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from actors.a2a_client import Outcome, send
+from actors.egress import egress_for
 from actors.runtime.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
 from settings import Settings
 from store import schedules, workspaces
 from store.client import connect
 from store.records import decode, field
+from store.secrets import SecretBox
 
 log = logging.getLogger(__name__)
 
 SCHEDULER_SPEC = SubsystemSpec("scheduler", interval_s=1.0)
 MAX_IN_FLIGHT = 64
 LEASE_MARGIN_S = 5
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One schedule as a fire needs it, read and checked in the tick that claimed its slot."""
+
+    schedule_id: str
+    tenant_id: str
+    workspace_id: str
+    prompt: str
+    cron: str
+    timezone: str
+    target: workspaces.Target
 
 
 class Scheduler(Subsystem):
@@ -40,14 +54,15 @@ class Scheduler(Subsystem):
         self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
         self.fire_timeout_s = settings.fire_timeout_s
         self._fires: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self.egress = self.own(egress_for(settings))
+        self.box = SecretBox(settings.channel_secret_key or "")
         self.fired = 0
         self.redelivered = 0
         self._quarantined = 0
         self._versions: dict[str, str] = {}
 
     async def open(self) -> None:
-        self._session = self.own(aiohttp.ClientSession())
+        await self.egress.open()
 
     async def close(self) -> None:
         """Fires in flight are cancelled: their leases stay, so each slot is delivered again."""
@@ -82,7 +97,7 @@ class Scheduler(Subsystem):
         raws = await schedules.read(self.redis, ids)
         workspace_ids = sorted({field(raw, "workspace_id") for raw in raws if isinstance(raw, dict)} - {""})
         workspace_raws = dict(zip(workspace_ids, await workspaces.read(self.redis, workspace_ids), strict=True))
-        plans: list[tuple[dict[str, str], schedules.Claim]] = []
+        plans: list[tuple[Fire, schedules.Claim]] = []
         for (schedule_id, due_slot), raw in zip(due, raws, strict=True):
             self._versions[schedule_id] = version = schedules.version(raw)
             outcome = await self.items.run(
@@ -96,9 +111,9 @@ class Scheduler(Subsystem):
                 await self._record_error(schedule_id, outcome.error, now)
         # One round trip claims them all; each claim is still atomic on its own.
         claimed = await schedules.claim(self.redis, [c for _, c in plans])
-        for (fields, c), won in zip(plans, claimed, strict=True):
+        for (fire, c), won in zip(plans, claimed, strict=True):
             if won:
-                self._start(c.schedule_id, fields, c.slot)
+                self._start(fire, c.slot)
         return len(due) == capacity
 
     def pause_s(self) -> float:
@@ -113,12 +128,12 @@ class Scheduler(Subsystem):
         due: int,
         now: float,
         lease: int,
-    ) -> tuple[dict[str, str], schedules.Claim]:
+    ) -> tuple[Fire, schedules.Claim]:
         """Validate one schedule and compute its claim (no I/O); raises if it is corrupt."""
-        fields = self._validated(schedule_id, raw, workspace_raws)
-        slot = schedules.latest_slot(fields["cron"], fields["timezone"], now, due)
-        following = schedules.next_slot(fields["cron"], fields["timezone"], now)
-        return fields, schedules.Claim(schedule_id, due, slot, following, lease)
+        fire = self._validated(schedule_id, raw, workspace_raws)
+        slot = schedules.latest_slot(fire.cron, fire.timezone, now, due)
+        following = schedules.next_slot(fire.cron, fire.timezone, now)
+        return fire, schedules.Claim(schedule_id, due, slot, following, lease)
 
     async def _refire(self, schedule_id: str, slot: int) -> None:
         (raw,) = await schedules.read(self.redis, [schedule_id])
@@ -131,10 +146,10 @@ class Scheduler(Subsystem):
         workspace_id = field(raw, "workspace_id")
         workspace_raws = dict(zip([workspace_id], await workspaces.read(self.redis, [workspace_id]), strict=True))
         self.redelivered += 1
-        self._start(schedule_id, self._validated(schedule_id, raw, workspace_raws), slot)
+        self._start(self._validated(schedule_id, raw, workspace_raws), slot)
 
-    def _validated(self, schedule_id: str, raw: Any, workspace_raws: dict[str, Any]) -> dict[str, str]:
-        """The schedule's fields, checked; raises (for ItemGuard) when they are corrupt."""
+    def _validated(self, schedule_id: str, raw: Any, workspace_raws: dict[str, Any]) -> Fire:
+        """What to fire for the schedule, checked; raises (for ItemGuard) when its records are corrupt."""
         if isinstance(raw, Exception):
             raise ValueError(f"record unreadable: {raw}")
         if not raw:
@@ -144,29 +159,36 @@ class Scheduler(Subsystem):
             if not fields.get(name):
                 raise ValueError(f"field {name} is missing")
         schedules.validate_cron(fields["cron"], fields["timezone"], time.time())
-        workspace = workspace_raws.get(fields["workspace_id"])
+        workspace_id = fields["workspace_id"]
+        workspace = workspace_raws.get(workspace_id)
         if isinstance(workspace, Exception):
             raise ValueError(f"workspace record unreadable: {workspace}")
         if not workspace or decode(workspace).get("tenant_id") != fields["tenant_id"]:
-            raise LookupError(f"workspace {fields['workspace_id']} does not exist")
-        ws = decode(workspace)
-        if ws.get("a2a_version") not in ("1.0", "0.3") or not ws.get("url", "").startswith(("http://", "https://")):
-            raise ValueError(f"workspace {fields['workspace_id']} has a corrupt url or a2a_version")
-        fields["_url"], fields["_version"] = ws["url"], ws["a2a_version"]
-        return fields
+            raise LookupError(f"workspace {workspace_id} does not exist")
+        target = workspaces.target(workspace_id, workspace, self.box)
+        return Fire(
+            schedule_id, fields["tenant_id"], workspace_id, fields["prompt"], fields["cron"], fields["timezone"], target
+        )
 
-    def _start(self, schedule_id: str, fields: dict[str, str], slot: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._fire(schedule_id, fields, slot))
+    def _start(self, fire: Fire, slot: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._fire(fire, slot))
         self._fires.add(task)
         task.add_done_callback(self._fires.discard)
 
-    async def _fire(self, schedule_id: str, fields: dict[str, str], slot: int) -> None:
+    async def _fire(self, fire: Fire, slot: int) -> None:
         """Deliver one slot and record the outcome; never raises (it runs as a detached task)."""
+        schedule_id = fire.schedule_id
         message_id = schedules.message_id(schedule_id, slot)
+        target = fire.target
         try:
-            assert self._session is not None
             outcome = await send(
-                self._session, fields["_url"], fields["_version"], message_id, fields["prompt"], self.fire_timeout_s
+                self.egress,
+                target.url,
+                target.a2a_version,
+                message_id,
+                fire.prompt,
+                self.fire_timeout_s,
+                target.auth_token,
             )
         except Exception as exc:  # a fire task has no caller to report to: record it as the slot's error
             log.error("fire %s failed", message_id, exc_info=exc)
@@ -176,8 +198,8 @@ class Scheduler(Subsystem):
                 self.redis,
                 schedule_id,
                 slot,
-                tenant_id=fields["tenant_id"],
-                workspace_id=fields["workspace_id"],
+                tenant_id=fire.tenant_id,
+                workspace_id=fire.workspace_id,
                 error=None if outcome.ok else outcome.error or "unknown error",
                 max_len=self.settings.events_max_per_tenant,
             )

@@ -21,6 +21,7 @@ def create_app(context: ApiContext) -> Starlette:
         Route("/workspaces", workspaces.list_all, methods=["GET"]),
         Route("/workspaces", workspaces.create, methods=["POST"]),
         Route("/workspaces/{workspace_id}", workspaces.get, methods=["GET"]),
+        Route("/workspaces/{workspace_id}", workspaces.patch, methods=["PATCH"]),
         Route("/workspaces/{workspace_id}", workspaces.delete, methods=["DELETE"]),
         Route("/workspaces/{workspace_id}/heartbeat", workspaces.heartbeat, methods=["POST"]),
         Route("/schedules", schedules.list_all, methods=["GET"]),

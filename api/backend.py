@@ -36,3 +36,7 @@ class Backend(Protocol):
     async def inject_fault(self, subsystem: str, fault: str, seconds: float | None) -> None:
         """Deliver a fault; raises UnknownSubsystem, FaultRefused or Unavailable."""
         ...
+
+    async def refuse_url(self, url: str) -> str | None:
+        """Why the platform's egress would refuse requests to `url` (naming the setting that allows it), or None."""
+        ...

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from store import events, keys
 from store.records import (
@@ -23,6 +25,7 @@ from store.records import (
     to_hash,
 )
 from store.scripts import Lua
+from store.secrets import SecretBox
 
 A2A_VERSIONS = ("1.0", "0.3")
 ONLINE, OFFLINE, UNKNOWN = "online", "offline", "unknown"
@@ -65,28 +68,63 @@ return 1
 """)
 
 
+EDITABLE = ("name", "url", "a2a_version", "restart_url", "auth_token")
+
+
 def public(fields: dict[str, str]) -> dict[str, Any]:
-    """A workspace hash as the API shows it."""
+    """A workspace hash as the API shows it: its bearer token never, only whether it has one."""
     return {
-        "id": fields["id"],
-        "name": fields["name"],
-        "url": fields["url"],
-        "a2a_version": fields["a2a_version"],
+        "id": fields.get("id", ""),
+        "name": fields.get("name", ""),
+        "url": fields.get("url", ""),
+        "a2a_version": fields.get("a2a_version", ""),
         "restart_url": optional(fields.get("restart_url", "")),
-        "created_at": fields["created_at"],
+        "auth_token": "redacted" if fields.get("auth_token") else None,
+        "created_at": fields.get("created_at", ""),
         "last_heartbeat_at": optional(fields.get("last_heartbeat_at", "")),
         "status": fields.get("status") or UNKNOWN,
     }
 
 
-async def create(redis: aioredis.Redis, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
+def _sealed(box: SecretBox, changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` with a plaintext auth_token sealed (None or "" clears it)."""
+    if changes.get("auth_token"):
+        return {**changes, "auth_token": box.seal_text(changes["auth_token"])}
+    return changes
+
+
+async def create(redis: aioredis.Redis, box: SecretBox, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Store a workspace validated by the caller; its auth_token, if any, sealed with `box`."""
     workspace_id = new_id()
-    fields = to_hash({"id": workspace_id, "tenant_id": tenant_id, "created_at": now_rfc3339(), **body})
+    record = {"id": workspace_id, "tenant_id": tenant_id, "created_at": now_rfc3339(), **_sealed(box, body)}
+    fields = to_hash(record)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.workspace(workspace_id), mapping=fields)
         pipe.sadd(keys.tenant_workspaces(tenant_id), workspace_id)
         await pipe.execute()
     return public(fields)
+
+
+async def patch(
+    redis: aioredis.Redis, box: SecretBox, tenant_id: str, workspace_id: str, changes: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Apply validated changes atomically (never recreating a workspace deleted meanwhile); None if it is
+    gone or not the tenant's."""
+    key = keys.workspace(workspace_id)
+    updates = to_hash(_sealed(box, changes))
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                fields = decode_lenient(await pipe.hgetall(key))
+                if fields.get("tenant_id") != tenant_id:
+                    return None
+                pipe.multi()
+                pipe.hset(key, mapping=updates)
+                await pipe.execute()
+                return public({**fields, **updates})
+            except WatchError:
+                continue
 
 
 async def get(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> dict[str, str] | None:
@@ -202,6 +240,32 @@ def checked(workspace_id: str, raw: dict[bytes, bytes]) -> dict[str, str]:
         if (name == "url" or value) and not _http_url(value):
             raise ValueError(f"workspace {workspace_id} has an invalid {name}: {value[:100]!r}")
     return fields
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the platform needs to send a workspace a request: where, in which A2A version, with what token."""
+
+    tenant_id: str
+    url: str
+    a2a_version: str
+    restart_url: str | None
+    auth_token: str | None = field(repr=False)
+
+
+def target(workspace_id: str, raw: dict[bytes, bytes], box: SecretBox) -> Target:
+    """The workspace as requests go to it; ValueError if its record is corrupt (or its token cannot be opened)."""
+    fields = checked(workspace_id, raw)
+    if fields.get("a2a_version") not in A2A_VERSIONS:
+        raise ValueError(f"workspace {workspace_id} has a corrupt a2a_version")
+    sealed = fields.get("auth_token", "")
+    return Target(
+        tenant_id=fields["tenant_id"],
+        url=fields["url"],
+        a2a_version=fields["a2a_version"],
+        restart_url=fields.get("restart_url") or None,
+        auth_token=box.open_text(sealed) if sealed else None,
+    )
 
 
 def _http_url(value: str) -> bool:

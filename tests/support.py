@@ -23,6 +23,7 @@ from store.client import connect
 from store.embedded import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+LOOPBACK = ("127.0.0.0/8",)
 T = TypeVar("T")
 
 
@@ -215,7 +216,11 @@ class Platform:
 def start_platform(
     redis_url: str, data_dir: Path, *, fault_injection: bool = True, subsystems: Sequence[Any] = (), **overrides: Any
 ) -> Platform:
-    """Deploy health + API (and `subsystems`, as driver.SUBSYSTEMS lists them) in a fresh namespace."""
+    """Deploy health + API (and `subsystems`, as driver.SUBSYSTEMS lists them) in a fresh namespace.
+
+    The test agents listen on loopback, so the egress allows 127.0.0.0/8 unless told otherwise.
+    """
+    overrides.setdefault("egress_allow_cidrs", LOOPBACK)
     settings = Settings(
         ray_namespace=f"t{uuid.uuid4().hex[:10]}",
         redis_url=redis_url,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from actors.a2a_client import request, send
+from actors.egress import Egress, EgressPolicy
 
 
 @pytest.fixture
@@ -34,6 +36,11 @@ async def server() -> AsyncIterator[str]:
         await asyncio.sleep(5)
         return web.json_response({})
 
+    async def auth(req: web.Request) -> web.Response:
+        return web.json_response(
+            {"jsonrpc": "2.0", "id": 1, "result": {"authorization": req.headers.get("Authorization")}}
+        )
+
     app = web.Application()
     for path, handler in [
         ("/ok", ok),
@@ -42,6 +49,7 @@ async def server() -> AsyncIterator[str]:
         ("/html", not_json),
         ("/none", no_result),
         ("/slow", slow),
+        ("/auth", auth),
     ]:
         app.router.add_post(path, handler)
     runner = web.AppRunner(app)
@@ -65,8 +73,8 @@ async def server() -> AsyncIterator[str]:
     ],
 )
 async def test_outcomes(server: str, path: str, ok: bool, error: str | None) -> None:
-    async with aiohttp.ClientSession() as session:
-        outcome = await send(session, server + path, "1.0", "m-1", "hi", 0.3)
+    async with loopback_egress() as egress:
+        outcome = await send(egress, server + path, "1.0", "m-1", "hi", 0.3)
     assert outcome.ok is ok
     if error is None:
         assert outcome.error is None
@@ -75,9 +83,25 @@ async def test_outcomes(server: str, path: str, ok: bool, error: str | None) -> 
 
 
 async def test_refused_connection_is_an_error_not_an_exception() -> None:
-    async with aiohttp.ClientSession() as session:
-        outcome = await send(session, "http://127.0.0.1:9/", "0.3", "m-2", "hi", 1.0)
+    async with loopback_egress() as egress:
+        outcome = await send(egress, "http://127.0.0.1:9/", "0.3", "m-2", "hi", 1.0)
     assert not outcome.ok and "Connect" in outcome.error
+
+
+@contextlib.asynccontextmanager
+async def loopback_egress() -> AsyncIterator[Egress]:
+    egress = Egress(EgressPolicy((ipaddress.ip_network("127.0.0.0/8"),)), max_response_bytes=1024 * 1024)
+    await egress.open()
+    try:
+        yield egress
+    finally:
+        await egress.close()
+
+
+async def test_the_workspace_token_is_sent_as_a_bearer_header(server: str) -> None:
+    async with loopback_egress() as egress:
+        outcome = await send(egress, server + "/auth", "1.0", "m-3", "hi", 1.0, auth_token="s3cret")
+    assert outcome.ok and outcome.result == {"authorization": "Bearer s3cret"}
 
 
 def test_bodies_per_version() -> None:

@@ -7,14 +7,18 @@ import json
 
 import pytest
 import redis.asyncio as aioredis
+from cryptography.fernet import Fernet
 
 from store import keys, workspaces
 from store.records import new_id
+from store.secrets import SecretBox
+
+BOX = SecretBox(Fernet.generate_key().decode())
 
 
 async def created(store: aioredis.Redis, tenant_id: str, **extra: str) -> str:
     body = {"name": "agent", "url": "http://127.0.0.1:9/", "a2a_version": "1.0", "restart_url": None, **extra}
-    return (await workspaces.create(store, tenant_id, body))["id"]
+    return (await workspaces.create(store, BOX, tenant_id, body))["id"]
 
 
 async def raw_of(store: aioredis.Redis, workspace_id: str) -> dict[bytes, bytes]:

@@ -23,6 +23,7 @@ from actors.a2a_client import Outcome, reply_texts, send
 from actors.channels import slack, telegram
 from actors.channels.chat import ChatApiError
 from actors.channels.relay import ChatQueues
+from actors.egress import egress_for
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import LoopState, RecoverLoop
 from settings import Settings
@@ -85,6 +86,7 @@ class ChannelManager(Subsystem):
         self._parsed: dict[str, tuple[bytes, Channel]] = {}
         self._slots = asyncio.Semaphore(RELAY_SLOTS)
         self._session: aiohttp.ClientSession | None = None
+        self.egress = self.own(egress_for(settings, limit=RELAY_SLOTS))
         self._closed = False
         self._retiring: set[asyncio.Task[None]] = set()
         self._quarantined: dict[str, str] = {}  # channel id -> the revision quarantined here
@@ -100,6 +102,7 @@ class ChannelManager(Subsystem):
     async def open(self) -> None:
         # One long poll per Telegram channel is open at all times: no connection cap.
         self._session = self.own(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        await self.egress.open()  # the workspaces' URLs are the tenants': through the egress
 
     async def close(self) -> None:
         """Every channel stops (its unanswered messages stay in its inbox) before its session closes."""
@@ -362,24 +365,20 @@ class ChannelManager(Subsystem):
 
     async def _ask(self, channel: Channel, inbound: Inbound) -> Outcome:
         (raw,) = await workspaces.read(self.redis, [channel.workspace_id])
+        if not raw:
+            return Outcome(False, f"workspace {channel.workspace_id} does not exist")
         try:
             if isinstance(raw, Exception):  # not a hash
                 raise ValueError(str(raw))
-            fields = workspaces.checked(channel.workspace_id, raw) if raw else {}
+            target = workspaces.target(channel.workspace_id, raw, self.box)
         except ValueError as exc:  # not a hash, or corrupt fields
             return Outcome(False, f"workspace {channel.workspace_id} record is unreadable: {exc}")
-        if fields.get("tenant_id") != channel.tenant_id:
+        if target.tenant_id != channel.tenant_id:
             return Outcome(False, f"workspace {channel.workspace_id} does not exist")
-        if fields.get("a2a_version") not in workspaces.A2A_VERSIONS:
-            return Outcome(False, f"workspace {channel.workspace_id} has a corrupt a2a_version")
         message_id = inbound.a2a_message_id(channel)
+        timeout_s = self.settings.channel_reply_timeout_s
         return await send(
-            self.session,
-            fields["url"],
-            fields["a2a_version"],
-            message_id,
-            inbound.text,
-            self.settings.channel_reply_timeout_s,
+            self.egress, target.url, target.a2a_version, message_id, inbound.text, timeout_s, target.auth_token
         )
 
     async def _post(self, run: Run, inbound: Inbound, text: str) -> None:
