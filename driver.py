@@ -208,6 +208,10 @@ def main(argv: list[str]) -> int:
     deployment = Deployment(settings, SUBSYSTEMS)
     try:
         deployment.up()
+    except RuntimeError as exc:  # a start error the operator can act on: said plainly, nothing left running
+        deployment.drain()
+        print(f"start error: {exc}", file=sys.stderr)
+        return 1
     except BaseException:  # includes Ctrl-C during start: leave nothing half-deployed
         deployment.drain()
         raise

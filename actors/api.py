@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 import uvicorn
 
+from actors.channels import telegram
+from actors.channels.chat import ChatApiError
 from actors.egress import egress_for
 from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, RemoteError
 from actors.runtime.health import HEALTH_KILL_AFTER_S
@@ -44,6 +46,17 @@ class PlatformBackend:
 
     async def refuse_url(self, url: str) -> str | None:
         return await self.egress.check_url(url)
+
+    async def verify_bot(self, token: str) -> str | None:
+        session = self._api.chat_session
+        assert session is not None
+        try:
+            await telegram.get_me(session, self.settings.telegram_api_base, token, LIVENESS_DEADLINE_S)
+        except ChatApiError as exc:
+            if exc.revoked or not exc.transient:
+                return f"Telegram refused this bot token ({exc})"
+            raise Unavailable(f"Telegram did not answer getMe: {exc}") from None
+        return None
 
     @property
     def draining(self) -> bool:
@@ -112,12 +125,14 @@ class ApiActor(Subsystem):
         self.base_url = settings.api_url
         self.health_kills = 0
         self._session: aiohttp.ClientSession | None = None
+        self.chat_session: aiohttp.ClientSession | None = None
         self._server: uvicorn.Server | None = None
         self.supervise("api.http", self._serve)
         self.supervise("api.health-watch", self._watch_health)
 
     async def open(self) -> None:
         self._session = self.own(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SELF_PROBE_TIMEOUT_S)))
+        self.chat_session = self.own(aiohttp.ClientSession())  # Telegram's getMe when a bot is bound
 
     async def _serve(self) -> None:
         config = uvicorn.Config(

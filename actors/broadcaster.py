@@ -98,6 +98,10 @@ class Broadcaster(Subsystem):
         now = time.monotonic()
         if now - self._tenants_read_at >= TENANTS_REFRESH_S:
             self._tenant_list, self._tenants_read_at = await tenants_store.ids(self.redis), now
+            gone = set(self.positions) - set(self._tenant_list)  # deleted tenants: forget them
+            for tenant_id in gone:
+                self.positions.pop(tenant_id, None)
+                self._unsaved.pop(tenant_id, None)
         tenants = self._tenant_list
         self.tenants = len(tenants)
         if self.bad_streams:

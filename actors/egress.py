@@ -226,7 +226,11 @@ class Egress:
             await self._session.close()
 
     async def check_url(self, url: str) -> str | None:
-        """Why requests to `url` would be refused now (resolving its host), or None if they would go."""
+        """Why requests to `url` would be refused now (resolving its host), or None if they may go.
+
+        A name that does not resolve (yet) is not refused here: every request resolves again
+        and is refused then if it must be.
+        """
         host = urlsplit(url).hostname or ""
         try:
             literal = ipaddress.ip_address(host)
@@ -238,8 +242,8 @@ class Egress:
             await self.resolver.resolve(host, 0, socket.AF_UNSPEC)
         except AddressNotAllowed as exc:
             return f"address not allowed: {exc}"
-        except OSError as exc:
-            return f"cannot resolve: {exc}"
+        except OSError:
+            return None
         return None
 
     async def request(
@@ -278,6 +282,8 @@ class Egress:
             raise EgressError(f"cannot resolve {host}: {exc.os_error}") from None
         except aiohttp.ClientError as exc:
             raise EgressError(f"{type(exc).__name__}: {_without_url(exc, url)}") from None
+        except ValueError as exc:  # a request aiohttp will not build (say, credentials twice): this item's error
+            raise EgressError(f"request refused: {_without_url(exc, url)}") from None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         body = bytearray()

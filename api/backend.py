@@ -37,6 +37,10 @@ class Backend(Protocol):
         """Deliver a fault; raises UnknownSubsystem, FaultRefused or Unavailable."""
         ...
 
+    async def verify_bot(self, token: str) -> str | None:
+        """Why Telegram refuses this bot token (getMe), or None if it answers; Unavailable if it does not."""
+        ...
+
     async def refuse_url(self, url: str) -> str | None:
         """Why the platform's egress would refuse requests to `url` (naming the setting that allows it), or None."""
         ...

@@ -33,6 +33,9 @@ async def _checked(
     try:
         if "config" in body or creating:
             out["config"] = channels.check_config(kind, body.get("config"))
+            if kind == "telegram" and (why := await context(request).backend.verify_bot(out["config"]["bot_token"])):
+                # Bound only with a token Telegram accepts: nobody can hold another tenant's bot id.
+                raise ApiError(422, f"config.bot_token: {why}")
         if "allowed_chats" in body or creating:
             out["allowed_chats"] = channels.check_allowed_chats(body.get("allowed_chats"))
     except ValueError as exc:

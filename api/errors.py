@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from api.backend import Unavailable
+
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -49,6 +51,8 @@ async def read_json(request: Request, *, max_bytes: int = MAX_BODY_BYTES) -> Any
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deep") from None
 
 
 async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -66,6 +70,10 @@ async def on_storage_down(request: Request, exc: Exception) -> JSONResponse:
     return error(503, "storage unavailable, try again")
 
 
+async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return error(503, str(exc))
+
+
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error(500, "internal error")
@@ -76,5 +84,6 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_exception,
     redis.exceptions.ConnectionError: on_storage_down,
     redis.exceptions.TimeoutError: on_storage_down,
+    Unavailable: on_unavailable,
     Exception: on_unexpected,
 }

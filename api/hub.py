@@ -27,6 +27,7 @@ class Client:
         self.tenant_id = tenant_id
         self.limit = limit
         self.overflowed = False
+        self.revoked: str | None = None  # why its token stopped working (the connection closes 4401)
         self.ready = asyncio.Event()
         self.newest: EventKey = (0, 0)  # the newest id queued (or, once set, sent)
         self._pending: deque[Queued] = deque()
@@ -76,6 +77,14 @@ class Hub:
         client.overflowed = False
         client.take()
         self._tenants.setdefault(client.tenant_id, set()).add(client)
+
+    def revoke(self, tenant_id: str, reason: str) -> int:
+        """Close every connection of the tenant (4401 with `reason`): its token stopped working. How many."""
+        clients = self._tenants.pop(tenant_id, set())
+        for client in clients:
+            client.revoked = reason
+            client.ready.set()
+        return len(clients)
 
     def unregister(self, client: Client) -> None:
         clients = self._tenants.get(client.tenant_id)

@@ -176,6 +176,8 @@ async def _send(websocket: WebSocket, client: Client, cursor: Cursor) -> tuple[i
     await _replay(websocket, client, cursor)
     while True:
         await client.ready.wait()
+        if client.revoked is not None:
+            return UNAUTHORIZED, client.revoked
         if client.overflowed:
             return TRY_AGAIN, f"more than {client.limit} events behind; reconnect with last_event_id={cursor.id}"
         for key, text in client.take():

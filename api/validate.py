@@ -44,9 +44,16 @@ def http_url(body: dict[str, Any], field: str, *, required: bool) -> str | None:
     value = text(body, field, required=required, max_len=2048)
     if value is None:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        raise ApiError(422, f"{field}: not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(422, f"{field}: must be an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        # It would be stored and shown in clear: a workspace's credential goes in auth_token, sealed.
+        raise ApiError(422, f"{field}: must not carry credentials (user:password@); use auth_token")
     return value
 
 

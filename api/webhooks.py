@@ -49,6 +49,8 @@ async def slack(request: Request) -> JSONResponse:
         envelope = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ApiError(400, "body is not JSON") from None
+    except RecursionError:
+        raise ApiError(400, "body is nested too deep") from None
     if not isinstance(envelope, dict):
         raise ApiError(400, "body is not a JSON object")
     if envelope.get("type") == "url_verification":

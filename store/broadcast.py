@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from store import keys
+from store.scripts import Lua
 
 STARTED = "_started_at"  # field marking the positions hash as this deployment's
 
@@ -25,9 +26,22 @@ async def start(redis: aioredis.Redis, namespace: str, positions: Mapping[str, s
     await redis.hset(keys.broadcaster_positions(namespace), mapping={STARTED: str(time.time()), **positions})
 
 
+# KEYS: positions hash, tenants set. ARGV: tenant id, position, ... Only tenants that still exist:
+# a tenant deleted while its last events were on the way leaves no position behind.
+_SAVE = Lua("""
+for i = 1, #ARGV, 2 do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 1 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+""")
+
+
 async def save(redis: aioredis.Redis, namespace: str, positions: Mapping[str, str]) -> None:
-    """Record what the API actor has taken (a crash before this only re-delivers)."""
-    await redis.hset(keys.broadcaster_positions(namespace), mapping=dict(positions))
+    """Record what the API actor has taken (a crash before this only re-delivers), for tenants that exist."""
+    if positions:
+        await _SAVE(
+            redis, [keys.broadcaster_positions(namespace), keys.TENANTS], [x for p in positions.items() for x in p]
+        )
 
 
 async def started(redis: aioredis.Redis, namespace: str) -> bool:

@@ -243,7 +243,11 @@ async def patch(
                 old_bot = fields.get("bot_id", "")
                 new_bot = bot_of(fields.get("type", ""), changes["config"]) if "config" in changes else old_bot
                 moved = bool(new_bot) and new_bot != old_bot
-                if moved and (taken := await _held_by_another(pipe, new_bot, channel_id)):
+                # A quarantine released the binding: a PATCH takes it back (if nobody took the bot meanwhile).
+                rebind = bool(new_bot) and (
+                    moved or (await pipe.hget(keys.TELEGRAM_BOTS, new_bot)) != channel_id.encode()
+                )
+                if rebind and (taken := await _held_by_another(pipe, new_bot, channel_id)):
                     break
                 updates = {k: v for k, v in changes.items() if k not in ("config", "type")}
                 if "allowed_chats" in changes:
@@ -260,8 +264,9 @@ async def patch(
                 pipe.multi()
                 pipe.hset(key, mapping=stored)
                 pipe.hincrby(key, "revision", 1)
-                if moved:
+                if rebind:
                     pipe.hset(keys.TELEGRAM_BOTS, new_bot, channel_id)
+                if moved:
                     pipe.delete(keys.channel_offset(channel_id))
                 if release_old == channel_id.encode():
                     pipe.hdel(keys.TELEGRAM_BOTS, old_bot)
@@ -481,11 +486,17 @@ async def set_status(redis: aioredis.Redis, channel_id: str, revision: str, stat
 
 
 async def quarantine(redis: aioredis.Redis, channel: Channel, error: str, *, max_len: int) -> bool:
-    """Quarantine the channel at its revision, with one CHANNEL_QUARANTINED event; only a PATCH lifts it."""
+    """Quarantine the channel at its revision, with one CHANNEL_QUARANTINED event; only a PATCH lifts it.
+
+    A quarantined Telegram channel lets go of its bot, so the bot's owner can bind it anew.
+    """
     event = quarantine_event(channel.id, channel.tenant_id, channel.workspace_id, channel.type, error)
     quarantine_keys = [keys.channel(channel.id), keys.events(channel.tenant_id)]
     args = [channel.revision, "quarantined", error, max_len, *events.flat(event)]
-    return bool(await _SET_STATUS(redis, quarantine_keys, args))
+    marked = bool(await _SET_STATUS(redis, quarantine_keys, args))
+    if bot := bot_of(channel.type, channel.secrets):
+        await _release_bot(redis, bot, channel.id)
+    return marked
 
 
 async def quarantine_record(redis: aioredis.Redis, channel_id: str, error: str, *, max_len: int) -> bool:
@@ -505,7 +516,10 @@ async def quarantine_record(redis: aioredis.Redis, channel_id: str, error: str, 
         event = quarantine_event(channel_id, tenant_id, fields.get("workspace_id", ""), fields.get("type", ""), error)
         quarantine_keys.append(keys.events(tenant_id))
         args += events.flat(event)
-    return bool(await _SET_STATUS(redis, quarantine_keys, args))
+    marked = bool(await _SET_STATUS(redis, quarantine_keys, args))
+    if fields.get("bot_id"):
+        await _release_bot(redis, fields["bot_id"], channel_id)
+    return marked
 
 
 # -- what the channel manager reads ----------------------------------------------------------

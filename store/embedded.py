@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -45,6 +47,24 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by this user only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def _secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The secret kept in `path`, made (0600) if there is none yet."""
+    if path.exists() and (value := path.read_text().strip()):
+        return value
+    value = make()
+    _write_private(path, value + "\n")
+    return value
+
+
 def answers(url: str, timeout_s: float = 0.5) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s).ping())
@@ -53,12 +73,15 @@ def answers(url: str, timeout_s: float = 0.5) -> bool:
 
 
 class EmbeddedRedis:
-    """A redis-server on 127.0.0.1 persisting under `data_dir`: AOF on, expired-key events on.
+    """A redis-server on 127.0.0.1 persisting under `data_dir`: a password, AOF, expired-key events.
 
     Its port is kept in `data_dir/redis.port`, so a restart comes back on the same URL and
-    detached actors holding that URL reconnect. If a server from an earlier run still answers
-    on it (a driver killed hard leaves it running), it is adopted: reused, and stopped by
-    `stop()` through its pidfile.
+    detached actors holding that URL reconnect. Its password is generated into
+    `data_dir/redis_password` (0600) and given to the server in a config file of the same
+    mode (never on its command line). If a server from an earlier run still answers on the
+    port with that password (a driver killed hard leaves it running), it is adopted: reused,
+    and stopped by `stop()` through its pidfile; a server there that does not accept the
+    password is never used.
     """
 
     def __init__(self, data_dir: Path, port: int | None = None, *, databases: int = 16) -> None:
@@ -67,14 +90,21 @@ class EmbeddedRedis:
         self.databases = databases
         self.process: subprocess.Popen[bytes] | None = None
         self.adopted_pid: int | None = None
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            self._password = _secret_file(self.data_dir / "redis_password", lambda: secrets.token_urlsafe(32))
+        return self._password
 
     @property
     def url(self) -> str:
         return self.database_url(0)
 
     def database_url(self, db: int) -> str:
-        """The URL of logical database `db` (0 to databases - 1) of this server."""
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        """The URL of logical database `db` (0 to databases - 1) of this server, with its password."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
 
     def _choose_port(self) -> int:
         port_file = self.data_dir / "redis.port"
@@ -92,9 +122,16 @@ class EmbeddedRedis:
         if self._adopt():
             return self.url
         if not port_is_free(port):
-            raise RuntimeError(f"port {port} (from {self.data_dir / 'redis.port'}) is taken by something else")
+            raise RuntimeError(
+                f"port {port} (recorded in {self.data_dir / 'redis.port'}) is taken by a server that does not accept "
+                f"this platform's Redis password ({self.data_dir / 'redis_password'}): it is not the embedded Redis "
+                "of this DATA_DIR, and nothing was written to it; stop it, or use another DATA_DIR"
+            )
+        config = self.data_dir / "redis.conf"
+        _write_private(config, f"requirepass {self.password}\n")
         args = [
             redis_binary(),
+            str(config),
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--dir", str(self.data_dir),
@@ -137,8 +174,12 @@ class EmbeddedRedis:
             self.process.wait()
 
     def _adopt(self) -> bool:
-        """Take over a server from an earlier run answering on this port; False if none does."""
-        if not answers(self.url):
+        """Take over a server from an earlier run answering on this port; False if none does.
+
+        Only one that requires this password is ours (redis-py's AUTH passes on a server that
+        has no password at all): anything else on the port is a start error in `start`.
+        """
+        if not answers(self.url) or answers(f"redis://127.0.0.1:{self.port}/0"):
             return False
         pid_file = self.data_dir / "redis.pid"
         if pid_file.exists():

@@ -7,9 +7,10 @@ import secrets
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from store import keys
-from store.records import is_id, new_id, now_rfc3339
+from store.records import decode_lenient, is_id, new_id, now_rfc3339, read_hashes
 
 
 def token_digest(token: str) -> str:
@@ -49,3 +50,105 @@ async def index_existing(redis: aioredis.Redis) -> int:
 async def ids(redis: aioredis.Redis) -> list[str]:
     """Every tenant's id, sorted."""
     return sorted(member.decode() for member in await redis.smembers(keys.TENANTS))
+
+
+def public(fields: dict[str, str]) -> dict[str, Any]:
+    """A tenant as operators see it: never its token, nor the token's digest."""
+    return {"id": fields.get("id", ""), "name": fields.get("name", ""), "created_at": fields.get("created_at", "")}
+
+
+async def get(redis: aioredis.Redis, tenant_id: str) -> dict[str, Any] | None:
+    fields = decode_lenient(await redis.hgetall(keys.tenant(tenant_id)))
+    return public(fields) if fields else None
+
+
+async def list_all(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every tenant, by id."""
+    tenant_ids = await ids(redis)
+    found = await read_hashes(redis, [keys.tenant(t) for t in tenant_ids])
+    return [public(decode_lenient(raw)) for raw in found if isinstance(raw, dict) and raw]
+
+
+async def rotate_token(redis: aioredis.Redis, tenant_id: str) -> str | None:
+    """A new token for the tenant (the only copy); the old one stops working in the same transaction.
+
+    None if there is no such tenant.
+    """
+    key = keys.tenant(tenant_id)
+    token = secrets.token_urlsafe(32)
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                old = await pipe.hget(key, "token_sha256")
+                if old is None:
+                    return None
+                pipe.multi()
+                pipe.delete(keys.tenant_token(old.decode()))
+                pipe.set(keys.tenant_token(token_digest(token)), tenant_id)
+                pipe.hset(key, "token_sha256", token_digest(token))
+                await pipe.execute()
+                return token
+            except WatchError:
+                continue
+
+
+async def delete(redis: aioredis.Redis, tenant_id: str, namespace: str) -> bool:
+    """Remove the tenant and everything of it: token, workspaces, schedules, channels, event stream, and
+    its entries in every index (and in the broadcaster positions of `namespace`). False if there is none.
+
+    Its token goes first, in a transaction of its own, so nothing the tenant sends can land
+    while the rest goes; the rest is one transaction. Nothing of another tenant is touched.
+    """
+    key = keys.tenant(tenant_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                digest = await pipe.hget(key, "token_sha256")
+                if digest is None and not await pipe.exists(key):
+                    return False
+                pipe.multi()
+                if digest is not None:
+                    pipe.delete(keys.tenant_token(digest.decode()))
+                pipe.delete(key)
+                pipe.srem(keys.TENANTS, tenant_id)
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+    workspace_ids = [m.decode() for m in await redis.smembers(keys.tenant_workspaces(tenant_id))]
+    schedule_ids = {m.decode() for m in await redis.smembers(keys.tenant_schedules(tenant_id))}
+    channel_ids = [m.decode() for m in await redis.smembers(keys.tenant_channels(tenant_id))]
+    leases = [m for m in await redis.zrange(keys.SCHEDULES_INFLIGHT, 0, -1) if m.decode().split(":")[0] in schedule_ids]
+    bots = {b: c.decode() for b, c in (await redis.hgetall(keys.TELEGRAM_BOTS)).items() if c.decode() in channel_ids}
+    seen = [k for c in channel_ids async for k in redis.scan_iter(match=f"{keys.channel(c)}:seen:*", count=1000)]
+    async with redis.pipeline(transaction=True) as pipe:
+        for workspace_id in workspace_ids:
+            pipe.delete(keys.workspace(workspace_id), keys.workspace_alive(workspace_id))
+            pipe.delete(keys.workspace_restart_debounce(workspace_id))
+            pipe.srem(keys.WORKSPACES_ONLINE, workspace_id)
+            pipe.zrem(keys.WORKSPACES_DEADLINES, workspace_id)
+            pipe.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
+        for schedule_id in schedule_ids:
+            pipe.delete(keys.schedule(schedule_id))
+            pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+            pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
+        if leases:
+            pipe.zrem(keys.SCHEDULES_INFLIGHT, *leases)
+        for channel_id in channel_ids:
+            pipe.delete(keys.channel(channel_id), keys.channel_inbox(channel_id), keys.channel_offset(channel_id))
+            pipe.srem(keys.CHANNELS, channel_id)
+        if bots:
+            pipe.hdel(keys.TELEGRAM_BOTS, *bots)
+        if seen:
+            pipe.delete(*seen)
+        pipe.delete(
+            keys.events(tenant_id),
+            keys.tenant_workspaces(tenant_id),
+            keys.tenant_schedules(tenant_id),
+            keys.tenant_channels(tenant_id),
+        )
+        pipe.hdel(keys.broadcaster_positions(namespace), tenant_id)
+        await pipe.execute()
+    return True

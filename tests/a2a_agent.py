@@ -20,6 +20,9 @@ from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import InMemoryTaskStore
 from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from store.embedded import free_port
 
@@ -46,10 +49,17 @@ class _Recorder(AgentExecutor):
 class A2AAgent:
     """Start with `start()`, stop with `stop()`; `url` is its JSON-RPC endpoint."""
 
-    def __init__(self, delay_s: float = 0.0, hold_prefix: str | None = None) -> None:
-        """`hold_prefix`: a message whose text starts with it gets no answer until `released` is set."""
+    def __init__(self, delay_s: float = 0.0, hold_prefix: str | None = None, token: str | None = None) -> None:
+        """`hold_prefix`: a message whose text starts with it gets no answer until `released` is set.
+
+        `token`: every request (A2A and `GET /health`) must carry `Authorization: Bearer <token>`,
+        as an agent card's bearer security scheme asks; others get 401 and are counted in `refused`.
+        """
         self.delay_s = delay_s
         self.hold_prefix = hold_prefix
+        self.token = token
+        self.refused = 0
+        self.probes: list[dict[str, str]] = []
         self.released = threading.Event()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -68,14 +78,27 @@ class A2AAgent:
         )
         handler = DefaultRequestHandler(agent_executor=_Recorder(self), task_store=InMemoryTaskStore(), agent_card=card)
         routes = create_agent_card_routes(card) + create_jsonrpc_routes(handler, rpc_url="/", enable_v0_3_compat=True)
+        routes.append(Route("/health", self._health, methods=["GET"]))
         self.app = Starlette(routes=routes)
         self.server = uvicorn.Server(
             uvicorn.Config(self._recording(self.app), host="127.0.0.1", port=self.port, log_level="warning")
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
+    async def _health(self, request: Request) -> PlainTextResponse:
+        with self.lock:
+            self.probes.append(dict(request.headers))
+        return PlainTextResponse("ok")
+
     def _recording(self, app: Any) -> Any:
         async def asgi(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and self.token is not None:
+                headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+                if headers.get("authorization") != f"Bearer {self.token}":
+                    with self.lock:
+                        self.refused += 1
+                    await PlainTextResponse("unauthorized", status_code=401)(scope, receive, send)
+                    return
             if scope["type"] != "http" or scope["method"] != "POST":
                 await app(scope, receive, send)
                 return

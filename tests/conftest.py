@@ -79,9 +79,13 @@ def ray_session() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def platform(ray_session: dict, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    """Health + API deployed once per test module, in its own namespace."""
-    deployed = start_platform(redis_url, tmp_path_factory.mktemp("data"))
+def platform(
+    ray_session: dict, redis_url: str, apis: ChatApis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    """Health + API deployed once per test module, in its own namespace (Telegram and Slack: `apis`)."""
+    deployed = start_platform(
+        redis_url, tmp_path_factory.mktemp("data"), telegram_api_base=apis.telegram_base, slack_api_base=apis.slack_base
+    )
     yield deployed
     deployed.close()
 

@@ -58,4 +58,3 @@ class DnsServer:
     def stop(self) -> None:
         self._stopped.set()
         self._sock.close()
-

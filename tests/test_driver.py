@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import ray
+import redis
 
 from driver import SUBSYSTEMS
-from store.embedded import answers, free_port
+from store.embedded import EmbeddedRedis, answers, free_port, redis_binary
 from tests.support import http, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def test_fresh_local_platform_comes_up_and_drains(tmp_path: Path) -> None:
         assert states == dict.fromkeys(["api", *SUBSYSTEM_NAMES], "RUNNING")
         output = log.read_text()
         assert f"API: {url}" in output and f"admin token: {token_file}" in output
-        redis_url = f"redis://127.0.0.1:{(data / 'redis.port').read_text().strip()}/0"
+        redis_url = EmbeddedRedis(data).url  # the port and password the driver recorded
         assert answers(redis_url)
         process.send_signal(signal.SIGTERM)
         seen = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http("GET", url + "/readyz")), 10, 0.02)
@@ -145,7 +146,7 @@ def test_down_removes_a_deployment_whose_driver_died(ray_session: dict, tmp_path
     }
     first = driver(env, log=tmp_path / "run.log")
     wait_for(lambda: http("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200, 90, interval_s=0.5, what="ready")
-    redis_url = f"redis://127.0.0.1:{(tmp_path / 'redis.port').read_text().strip()}/0"
+    redis_url = EmbeddedRedis(tmp_path).url
     stop(first, signal.SIGKILL)
     assert answers(redis_url)
     down = driver(env, "down", log=tmp_path / "down.log")
@@ -154,3 +155,30 @@ def test_down_removes_a_deployment_whose_driver_died(ray_session: dict, tmp_path
     assert named == []
     wait_for(lambda: not answers(redis_url), 10, what="embedded Redis stopped")
     wait_for(lambda: not _listening(port), 10, what="API stopped")
+
+
+def test_a_redis_without_the_password_on_the_recorded_port_stops_the_driver(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "redis.port").write_text(f"{port}\n")
+    stranger = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        plain = redis.Redis(port=port)
+        wait_for(lambda: plain.ping(), 10, what="the stranger answers")
+        result = subprocess.run(
+            [sys.executable, "driver.py"],
+            cwd=ROOT,
+            env={**os.environ, "API_PORT": str(free_port()), "DATA_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "start error:" in result.stderr and "does not accept this platform's Redis password" in result.stderr
+        assert plain.dbsize() == 0
+    finally:
+        stranger.terminate()
+        stranger.wait(10)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import stat
+import subprocess
 from pathlib import Path
 
+import psutil
+import pytest
 import redis
 
-from store.embedded import EmbeddedRedis, answers
+from store.embedded import EmbeddedRedis, answers, free_port, redis_binary
 from tests.support import wait_for
 
 
@@ -30,3 +34,49 @@ def test_settings_port_reuse_and_adoption(tmp_path: Path) -> None:
         third.stop()
     finally:
         first.stop()
+
+
+def test_it_requires_its_password_kept_0600_and_never_on_its_command_line(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path)
+    url = server.start()
+    try:
+        password_file = tmp_path / "redis_password"
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "redis.conf").stat().st_mode) == 0o600
+        password = password_file.read_text().strip()
+        assert len(password) >= 32 and f":{password}@" in url
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).ping()  # no password: refused
+        assert server.process is not None
+        assert password not in " ".join(psutil.Process(server.process.pid).cmdline())
+    finally:
+        server.stop()
+
+
+def test_a_server_on_the_recorded_port_without_the_password_is_never_used(tmp_path: Path) -> None:
+    """Someone else's redis-server, plain, where ours was: a clear start error, and nothing written to it."""
+    port = free_port()
+    (tmp_path / "redis.port").write_text(f"{port}\n")
+    stranger = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        plain = redis.Redis(port=port)
+        wait_for(lambda: plain.ping(), 10, what="the stranger answers")
+        with pytest.raises(RuntimeError, match="does not accept this platform's Redis password"):
+            EmbeddedRedis(tmp_path).start()
+        assert plain.dbsize() == 0
+        # Only a handshake and pings reached it: no write, no read of data.
+        assert {k.removeprefix("cmdstat_") for k in plain.info("commandstats")} <= {
+            "ping",
+            "auth",
+            "info",
+            "hello",
+            "dbsize",
+            "client",
+        }
+    finally:
+        stranger.terminate()
+        stranger.wait(10)

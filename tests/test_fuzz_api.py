@@ -9,7 +9,7 @@ import urllib.request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.chat_apis import slack_request
+from tests.chat_apis import ChatApis, slack_request
 from tests.support import Platform, http
 
 SLACK_SECRET = "fuzz-signing-secret-0123456789"
@@ -50,30 +50,30 @@ def check(platform: Platform, token: str, method: str, path: str, body: object) 
 
 @FUZZ
 @given(body=bodies)
-def test_workspace_endpoint_never_5xx(platform: Platform, body: object) -> None:
-    token = _tenant(platform)["token"]
+def test_workspace_endpoint_never_5xx(platform: Platform, body: object, apis: ChatApis) -> None:
+    token = _tenant(platform, apis)["token"]
     check(platform, token, "POST", "/workspaces", body)
 
 
 @FUZZ
 @given(body=bodies)
-def test_schedule_endpoints_never_5xx(platform: Platform, body: object) -> None:
-    tenant = _tenant(platform, body)
+def test_schedule_endpoints_never_5xx(platform: Platform, body: object, apis: ChatApis) -> None:
+    tenant = _tenant(platform, apis, body)
     check(platform, tenant["token"], "POST", "/schedules", body)
     check(platform, tenant["token"], "PATCH", f"/schedules/{tenant['schedule_id']}", body)
 
 
 @FUZZ
 @given(body=bodies)
-def test_event_endpoint_never_5xx(platform: Platform, body: object) -> None:
-    tenant = _tenant(platform, body)
+def test_event_endpoint_never_5xx(platform: Platform, body: object, apis: ChatApis) -> None:
+    tenant = _tenant(platform, apis, body)
     check(platform, tenant["token"], "POST", "/events", body)
 
 
 @FUZZ
 @given(body=bodies)
-def test_channel_endpoints_never_5xx(platform: Platform, body: object) -> None:
-    tenant = _tenant(platform, body)
+def test_channel_endpoints_never_5xx(platform: Platform, body: object, apis: ChatApis) -> None:
+    tenant = _tenant(platform, apis, body)
     check(platform, tenant["token"], "POST", "/channels", body)
     check(platform, tenant["token"], "PATCH", f"/channels/{tenant['channel_id']}", body)
 
@@ -103,9 +103,9 @@ slack_events = st.fixed_dictionaries(
 
 @FUZZ
 @given(payload=slack_events | json_values.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64))
-def test_slack_webhook_never_5xx_for_signed_requests(platform: Platform, payload: object) -> None:
+def test_slack_webhook_never_5xx_for_signed_requests(platform: Platform, payload: object, apis: ChatApis) -> None:
     """Signed with the channel's secret: what Slack (or someone who stole the secret) can send."""
-    tenant = _tenant(platform)
+    tenant = _tenant(platform, apis)
     body, headers = slack_request(SLACK_SECRET, payload)  # type: ignore[arg-type]
     request = urllib.request.Request(
         f"{platform.url}/webhooks/slack/{tenant['slack_id']}", data=body, method="POST", headers=headers
@@ -119,8 +119,8 @@ def test_slack_webhook_never_5xx_for_signed_requests(platform: Platform, payload
     assert isinstance(reply, dict) and (status < 400 or isinstance(reply.get("error"), str)), reply
 
 
-def test_oversized_bodies_are_413(platform: Platform) -> None:
-    tenant = _tenant(platform)
+def test_oversized_bodies_are_413(platform: Platform, apis: ChatApis) -> None:
+    tenant = _tenant(platform, apis)
     big = json.dumps({"name": "x" * (1024 * 1024 + 1)}).encode()
     for method, path in (
         ("POST", "/workspaces"),
@@ -137,7 +137,7 @@ def test_oversized_bodies_are_413(platform: Platform) -> None:
 _TENANTS: dict[str, dict] = {}
 
 
-def _tenant(platform: Platform, body: object = None) -> dict:
+def _tenant(platform: Platform, apis: ChatApis, body: object = None) -> dict:
     """One tenant per platform, with a workspace, a schedule and channels to PATCH.
 
     A `body` whose workspace_id is "mine" gets the tenant's workspace id instead.
@@ -148,6 +148,7 @@ def _tenant(platform: Platform, body: object = None) -> dict:
         _, ws = platform.tenant_post(tenant, "/workspaces", {"name": "w", "url": "http://127.0.0.1:1/"})
         body = {"workspace_id": ws["id"], "name": "s", "cron": "0 0 1 1 *", "prompt": "p"}
         _, created = platform.tenant_post(tenant, "/schedules", body)
+        apis.bot("7:" + "B" * 30)  # a bot Telegram knows
         telegram = {"workspace_id": ws["id"], "type": "telegram", "config": {"bot_token": "7:" + "B" * 30}}
         status, channel = platform.tenant_post(tenant, "/channels", telegram)
         assert status == 201, channel

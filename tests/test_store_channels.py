@@ -170,3 +170,17 @@ async def test_a_wake_reaches_a_listener(store: aioredis.Redis) -> None:
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     assert heard and set(heard) == {"c1"}
+
+
+async def test_a_quarantined_channel_lets_go_of_its_bot_and_a_patch_takes_it_back(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    channel = await created(store, tenant_id, 111)
+    assert await store.hget(keys.TELEGRAM_BOTS, "111") == channel.id.encode()
+    await channels.quarantine(store, channel, "token revoked", max_len=10)
+    assert await store.hget(keys.TELEGRAM_BOTS, "111") is None  # its owner may bind it again
+    patched = await channels.patch(store, BOX, tenant_id, channel.id, {"enabled": True}, NOW)
+    assert patched is not None and await store.hget(keys.TELEGRAM_BOTS, "111") == channel.id.encode()
+    other = await created(store, tenant_id, 222)
+    await store.hset(keys.channel(other.id), "config", "garbage")
+    await channels.quarantine_record(store, other.id, "config cannot be decrypted", max_len=10)
+    assert await store.hget(keys.TELEGRAM_BOTS, "222") is None

@@ -38,9 +38,10 @@ async def test_broadcast_positions_mark_the_deployment_started(store: aioredis.R
     assert await broadcast.load(store, "ns") is None and not await broadcast.started(store, "ns")
     await broadcast.start(store, "ns", {})
     assert await broadcast.started(store, "ns") and await broadcast.load(store, "ns") == {}
+    await store.sadd(keys.TENANTS, "t1", "t2")
     await broadcast.save(store, "ns", {"t1": "5-0"})
-    await broadcast.save(store, "ns", {"t2": "6-0"})
-    assert await broadcast.load(store, "ns") == {"t1": "5-0", "t2": "6-0"}
+    await broadcast.save(store, "ns", {"t2": "6-0", "deleted": "7-0"})
+    assert await broadcast.load(store, "ns") == {"t1": "5-0", "t2": "6-0"}  # no position for a tenant that is gone
     assert await broadcast.load(store, "other") is None
 
 
@@ -63,3 +64,20 @@ async def test_the_health_registry_is_saved_and_loaded_by_name(store: aioredis.R
     await health.save(store, "ns", {"a": (None, None)})
     assert await health.load(store, "ns") == ({"b": b'{"e": 2}'}, {})
     assert await health.load(store, "other") == ({}, {})
+
+
+async def test_a_new_token_replaces_the_old_one_in_one_step(store: aioredis.Redis) -> None:
+    tenant = await tenants.create_tenant(store, "rotating")
+    token = await tenants.rotate_token(store, tenant["id"])
+    assert token is not None and token != tenant["token"]
+    assert await tenants.tenant_for_token(store, tenant["token"]) is None
+    assert await tenants.tenant_for_token(store, token) == tenant["id"]
+    assert await tenants.rotate_token(store, new_id()) is None
+    assert await tenants.get(store, tenant["id"]) == {
+        "id": tenant["id"],
+        "name": "rotating",
+        "created_at": tenant["created_at"],
+    }
+    assert await tenants.delete(store, tenant["id"], "ns") is True
+    assert await tenants.delete(store, tenant["id"], "ns") is False
+    assert await tenants.tenant_for_token(store, token) is None and await tenants.ids(store) == []
