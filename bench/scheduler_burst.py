@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import statistics
 import time
 import urllib.request
 
@@ -93,11 +94,43 @@ def lateness(seen: dict[str, float], prefix: str = "cron-") -> list[float]:
     return [at - int(mid.rsplit("-", 1)[1]) for mid, at in seen.items() if mid.startswith(prefix)]
 
 
+def burst(url: str, count: int, lead_s: int, **overrides: object) -> list[float]:
+    """`count` schedules due in one second on a platform of their own; each delivery's lateness."""
+    with harness.platform(subsystems=SUBSYSTEMS, **overrides) as platform:
+        tenant = platform.new_tenant("bench")
+        _, ws = platform.tenant_post(tenant, "/workspaces", {"name": "w", "url": url})
+        slot = int(time.time()) + lead_s
+        cron = f"{slot % 60} {slot // 60 % 60} * * * *"
+        asyncio.run(create_all(platform.settings.redis_url, tenant["id"], ws["id"], cron, count))
+        assert time.time() < slot, "creation took longer than the lead time"
+        wait_for(lambda: len(agent_stats(url)) >= count, 600, interval_s=0.5, what="burst delivered")
+        late = lateness(agent_stats(url))
+    urllib.request.urlopen(url + "reset", timeout=30).read()
+    return late
+
+
+def egress_cost(url: str, count: int, rounds: int) -> None:
+    """The egress guard (loopback allowed, every address checked) against its allow-all path, alternating."""
+    guarded = {"egress_allow_cidrs": ("127.0.0.0/8",)}
+    open_ = {"egress_allow_cidrs": ("0.0.0.0/0", "::/0")}
+    rates: dict[str, list[float]] = {"guarded": [], "allow-all": []}
+    for _ in range(rounds):
+        for name, overrides in (("guarded", guarded), ("allow-all", open_)):
+            late = burst(url, count, 25, **overrides)
+            rates[name].append(count / max(late))
+            print(f"  {name}: {count:,} delivered in {max(late):.2f} s, {rates[name][-1]:,.0f}/s", flush=True)
+    ratio = statistics.median(rates["guarded"]) / statistics.median(rates["allow-all"])
+    print(f"egress guard: median deliveries/s guarded / allow-all = {ratio:.3f} (goal: 0.95 or better)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--steady", type=int, default=1_000)
     parser.add_argument("--steady-seconds", type=int, default=120)
+    parser.add_argument(
+        "--egress", type=int, default=0, help="instead: rounds of the egress cost, guarded vs allow-all"
+    )
     args = parser.parse_args()
 
     port = free_port()
@@ -106,6 +139,9 @@ def main() -> None:
     agent.start()
     wait_for(lambda: agent_stats(url) == {}, 30)
     try:
+        if args.egress:
+            egress_cost(url, min(args.burst, 5_000), args.egress)
+            return
         with harness.platform(subsystems=SUBSYSTEMS) as platform:
             redis_url = platform.settings.redis_url
             tenant = platform.new_tenant("bench")

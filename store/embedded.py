@@ -103,16 +103,25 @@ class EmbeddedRedis:
         return self.database_url(0)
 
     def database_url(self, db: int) -> str:
-        """The URL of logical database `db` (0 to databases - 1) of this server, with its password."""
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
+        """The URL of logical database `db` (0 to databases - 1) of this server, with its password.
+
+        Before `start`, the port is the one recorded in `data_dir/redis.port` by an earlier run.
+        """
+        port = self.port if self.port is not None else self._recorded_port()
+        if port is None:
+            raise RuntimeError(f"no Redis port chosen or recorded in {self.data_dir / 'redis.port'}")
+        return f"redis://:{self.password}@127.0.0.1:{port}/{db}"
+
+    def _recorded_port(self) -> int | None:
+        port_file = self.data_dir / "redis.port"
+        return int(port_file.read_text().strip()) if port_file.exists() else None
 
     def _choose_port(self) -> int:
-        port_file = self.data_dir / "redis.port"
-        if self.port is None and port_file.exists():
-            self.port = int(port_file.read_text().strip())
+        if self.port is None:
+            self.port = self._recorded_port()
         if self.port is None:
             self.port = free_port()
-        port_file.write_text(f"{self.port}\n")
+        (self.data_dir / "redis.port").write_text(f"{self.port}\n")
         return self.port
 
     def start(self, timeout_s: float = 10.0) -> str:

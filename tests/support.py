@@ -158,7 +158,10 @@ class Platform:
         """Register `spec` with the HealthActor and deploy `cls` with the driver's `deploy`."""
         namespace = self.settings.ray_namespace
         NamedActor(HEALTH_ACTOR, namespace).call_sync("register", [asdict(spec.expectation(namespace))], timeout_s=30)
-        actor = deploy(cls, settings or self.settings, name=spec.actor_name, namespace=namespace, spec=spec, **kwargs)
+        # the deployment's settings: its Redis URL and channel key are filled in at start
+        actor = deploy(
+            cls, settings or self.deployment.settings, name=spec.actor_name, namespace=namespace, spec=spec, **kwargs
+        )
         actor.call_sync("ping", timeout_s=30)
         self.added.append(spec.name)
         return actor
@@ -173,7 +176,7 @@ class Platform:
     ) -> NamedActor:
         """Start a Ticker actor named `name` and register it with the HealthActor."""
         spec = SubsystemSpec(name, interval_s=interval_s, policy=policy or RestartPolicy())
-        settings = dataclasses.replace(self.settings, enable_fault_injection=fault_injection)
+        settings = dataclasses.replace(self.deployment.settings, enable_fault_injection=fault_injection)
         return self.add_subsystem(Ticker, spec, settings=settings, **options)
 
     @contextlib.contextmanager
