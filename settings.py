@@ -121,6 +121,31 @@ def _text(environ: Mapping[str, str], key: str) -> str | None:
     return raw.strip()
 
 
+def _count(environ: Mapping[str, str], key: str, default: int) -> int:
+    raw = environ.get(key)
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{key} must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def _bytes(environ: Mapping[str, str], key: str) -> int | None:
+    """A size such as `512mib`, `2gb` or `1048576` (at least 1 MiB); None when unset."""
+    raw = _text(environ, key)
+    if raw is None:
+        return None
+    value = raw.strip().lower().replace(" ", "")
+    number = value.rstrip("kmgib")
+    unit = value[len(number) :]
+    if not number.isdigit() or unit not in _UNITS or int(number) * _UNITS[unit] < 1024**2:
+        raise ValueError(f"{key} must be a size of at least 1 MiB such as 512mib, 2gib or 1073741824, got {raw!r}")
+    return int(number) * _UNITS[unit]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the platform reads from its environment; other modules receive this."""
@@ -153,6 +178,27 @@ class Settings:
     egress_allow_cidrs: tuple[str, ...] = ()
     egress_max_response_bytes: int = 1024 * 1024
     egress_nameserver: str | None = None
+    scheduler_fires_in_flight: int = 512
+    tenant_fires_in_flight: int = 16
+    tenant_relays_in_flight: int = 16
+    tenant_max_workspaces: int = 1_000
+    tenant_max_schedules: int = 10_000
+    tenant_max_channels: int = 100
+    tenant_max_ws_connections: int = 100
+    tenant_events_per_s: float = 100.0
+    redis_maxmemory: int | None = None  # bytes, embedded Redis only; None: a quarter of the machine's memory
+
+    def quotas(self) -> dict[str, float]:
+        """Every tenant's quotas unless an admin overrides them (PATCH /admin/tenants/{id})."""
+        return {
+            "workspaces": self.tenant_max_workspaces,
+            "schedules": self.tenant_max_schedules,
+            "channels": self.tenant_max_channels,
+            "ws_connections": self.tenant_max_ws_connections,
+            "events_per_s": self.tenant_events_per_s,
+            "fires_in_flight": self.tenant_fires_in_flight,
+            "relays_in_flight": self.tenant_relays_in_flight,
+        }
 
     @property
     def api_url(self) -> str:
@@ -211,4 +257,13 @@ class Settings:
                 _number(env, "EGRESS_MAX_RESPONSE_BYTES", d.egress_max_response_bytes, minimum=1024)
             ),
             egress_nameserver=_nameserver(env, "EGRESS_NAMESERVER"),
+            scheduler_fires_in_flight=_count(env, "SCHEDULER_FIRES_IN_FLIGHT", d.scheduler_fires_in_flight),
+            tenant_fires_in_flight=_count(env, "TENANT_FIRES_IN_FLIGHT", d.tenant_fires_in_flight),
+            tenant_relays_in_flight=_count(env, "TENANT_RELAYS_IN_FLIGHT", d.tenant_relays_in_flight),
+            tenant_max_workspaces=_count(env, "TENANT_MAX_WORKSPACES", d.tenant_max_workspaces),
+            tenant_max_schedules=_count(env, "TENANT_MAX_SCHEDULES", d.tenant_max_schedules),
+            tenant_max_channels=_count(env, "TENANT_MAX_CHANNELS", d.tenant_max_channels),
+            tenant_max_ws_connections=_count(env, "TENANT_MAX_WS_CONNECTIONS", d.tenant_max_ws_connections),
+            tenant_events_per_s=_number(env, "TENANT_EVENTS_PER_S", d.tenant_events_per_s, minimum=0.01),
+            redis_maxmemory=_bytes(env, "REDIS_MAXMEMORY"),
         )

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from actors.a2a_client import Outcome, send
 from actors.egress import egress_for
-from actors.runtime.subsystem import TRANSIENT_ERRORS, Subsystem, SubsystemSpec
+from actors.fair import FairQueue
+from actors.runtime.batch import Batch
+from actors.runtime.subsystem import TRANSIENT_ERRORS, Every, Subsystem, SubsystemSpec
 from settings import Settings
-from store import schedules, workspaces
+from store import quotas, schedules, workspaces
 from store.client import connect
 from store.records import decode, field
 from store.secrets import SecretBox
@@ -21,8 +24,8 @@ from store.secrets import SecretBox
 log = logging.getLogger(__name__)
 
 SCHEDULER_SPEC = SubsystemSpec("scheduler", interval_s=1.0)
-MAX_IN_FLIGHT = 64
 LEASE_MARGIN_S = 5
+DUE_TENANTS_PER_TICK = 10_000  # tenants read per tick, the longest waiting first
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,13 @@ class Fire:
 class Scheduler(Subsystem):
     """Each tick: claim expired leases and due slots, start their fires, return.
 
-    Fires run as tasks (at most MAX_IN_FLIGHT, each with FIRE_TIMEOUT_S), so a slow or dead
-    workspace delays only its own schedule. A schedule whose stored fields are corrupt is
-    recorded as `error`, and after 3 failures in a row quarantined: taken out of the due
-    index until a PATCH fixes it.
+    Fires run as tasks, each with FIRE_TIMEOUT_S: at most SCHEDULER_FIRES_IN_FLIGHT in all,
+    and at most the tenant's `fires_in_flight` (TENANT_FIRES_IN_FLIGHT) per tenant. Due
+    slots wait in their tenant's own index, and the free fire slots go to the tenants with
+    due work in weighted fair order (FairQueue): a tenant whose workspace hangs, or whose
+    schedules are many, holds only its own share and never delays another tenant's slot.
+    A schedule whose stored fields are corrupt is recorded as `error`, and after 3 failures
+    in a row quarantined: taken out of the due index until a PATCH fixes it.
     """
 
     spec = SCHEDULER_SPEC
@@ -60,9 +66,22 @@ class Scheduler(Subsystem):
         self.redelivered = 0
         self._quarantined = 0
         self._versions: dict[str, str] = {}
+        self._index_of: dict[str, str] = {}  # schedule id -> the tenant due index it was read from
+        self._slots = schedules.Slots(time.time())
+        self._tenant_fires: Counter[str] = Counter()
+        self._fair = FairQueue()
+        self.capacity = settings.scheduler_fires_in_flight
+        self._each_second = Every(1.0, self.clock)
+        self._shares: dict[str, quotas.Share] = {}
+        # Fires that end together are recorded together: one round trip for many.
+        self._completions: Batch[schedules.Completion] = Batch(
+            lambda done: schedules.complete_many(self.redis, done, max_len=settings.events_max_per_tenant)
+        )
 
     async def open(self) -> None:
         await self.egress.open()
+        if moved := await schedules.move_legacy_due(self.redis):
+            log.info("moved %d schedules into their tenants' due indexes", moved)
 
     async def close(self) -> None:
         """Fires in flight are cancelled: their leases stay, so each slot is delivered again."""
@@ -71,38 +90,54 @@ class Scheduler(Subsystem):
         await asyncio.gather(*self._fires, return_exceptions=True)
 
     def progress(self) -> dict[str, Any]:
-        return {"in_flight": len(self._fires), "fired": self.fired, "redelivered": self.redelivered}
+        return {
+            "in_flight": len(self._fires),
+            "tenants_in_flight": len(self._tenant_fires),
+            "fired": self.fired,
+            "redelivered": self.redelivered,
+        }
 
     async def tick(self) -> bool:
         now = time.time()
         lease = int(now + self.fire_timeout_s + LEASE_MARGIN_S)
-        self._versions.clear()  # versions are only compared within the tick that read them
-        self._quarantined = await schedules.quarantined_count(self.redis)
-        capacity = MAX_IN_FLIGHT - len(self._fires)
-        if capacity <= 0:
+        # versions, and where a schedule was read from, only hold within the tick that read them
+        self._versions.clear()
+        self._index_of.clear()
+        self._slots = schedules.Slots(now)
+        room = self.capacity - len(self._fires)
+        if room <= 0:
             # Full: wait (bounded) for a fire to finish, then tick again at once.
             await asyncio.wait(self._fires, timeout=self.spec.interval_s, return_when=asyncio.FIRST_COMPLETED)
             return True
-        for expired in await schedules.expired_leases(self.redis, now, capacity):
+        # Leases run out in whole seconds, and the count is for reports: once a second is enough
+        # (a tick that follows a fire's end comes much more often under load).
+        if self._each_second.due():
+            self._quarantined = await schedules.quarantined_count(self.redis)
+            self._shares.clear()
+            expired_leases = await schedules.expired_leases(self.redis, now, room)
+        else:
+            expired_leases = []
+        for expired in expired_leases:
             if await schedules.reclaim(self.redis, expired, lease):
                 schedule_id = expired.schedule_id
                 outcome = await self.items.run(schedule_id, lambda e=expired: self._refire(e.schedule_id, e.slot))
                 if not outcome.ok and not outcome.skipped and not outcome.quarantined_now:
                     await self._record_error(schedule_id, outcome.error, now)
-        capacity = MAX_IN_FLIGHT - len(self._fires)
-        due = await schedules.due(self.redis, now, capacity)
+        room = self.capacity - len(self._fires)
+        due, held = await self._fair_share(now, room)
         if not due:
-            return False
-        ids = [schedule_id for schedule_id, _ in due]
+            return await self._wait_for_room() if held else False
+        ids = [schedule_id for _, (schedule_id, _) in due]
         raws = await schedules.read(self.redis, ids)
         workspace_ids = sorted({field(raw, "workspace_id") for raw in raws if isinstance(raw, dict)} - {""})
         workspace_raws = dict(zip(workspace_ids, await workspaces.read(self.redis, workspace_ids), strict=True))
         plans: list[tuple[Fire, schedules.Claim]] = []
-        for (schedule_id, due_slot), raw in zip(due, raws, strict=True):
+        for (tenant_id, (schedule_id, due_slot)), raw in zip(due, raws, strict=True):
             self._versions[schedule_id] = version = schedules.version(raw)
+            self._index_of[schedule_id] = tenant_id
             outcome = await self.items.run(
                 schedule_id,
-                lambda s=schedule_id, r=raw, d=due_slot: self._plan(s, r, workspace_raws, d, now, lease),
+                lambda t=tenant_id, s=schedule_id, r=raw, d=due_slot: self._plan(t, s, r, workspace_raws, d, lease),
                 version=version,
             )
             if outcome.ok:
@@ -114,7 +149,36 @@ class Scheduler(Subsystem):
         for (fire, c), won in zip(plans, claimed, strict=True):
             if won:
                 self._start(fire, c.slot)
-        return len(due) == capacity
+        if len(due) == room:
+            return True
+        return await self._wait_for_room() if held else False
+
+    async def _fair_share(self, now: float, room: int) -> tuple[list[tuple[str, tuple[str, int]]], bool]:
+        """Up to `room` due slots as (tenant, (schedule id, due slot)), in weighted fair order,
+        none from a tenant already at its `fires_in_flight`; and whether a tenant's cap held
+        back slots that are due."""
+        if room <= 0:
+            return [], False
+        tenant_ids = await schedules.due_tenants(self.redis, now, DUE_TENANTS_PER_TICK)
+        # Each tenant's share is read once a second: a changed quota applies within that.
+        unread = [t for t in tenant_ids if t not in self._shares]
+        self._shares.update(await quotas.shares(self.redis, self.settings.quotas(), unread))
+        shares = self._shares
+        rooms = {t: int(shares[t]["fires_in_flight"]) - self._tenant_fires[t] for t in tenant_ids}
+        wants = {t: min(r, room) for t, r in rooms.items()}
+        backlogs = await schedules.due(self.redis, now, wants)
+        # A tenant with no room, or with as many due as it had room for, may have more waiting.
+        held = any(r <= 0 or len(backlogs.get(t, ())) >= r for t, r in rooms.items())
+        weights = {t: shares[t].weight for t in tenant_ids}
+        return self._fair.order(backlogs, rooms, weights, room), held
+
+    async def _wait_for_room(self) -> bool:
+        """A tenant's cap holds back due slots: tick again as soon as a fire ends (or a second
+        has passed), so a capped tenant goes on at the pace its fires finish."""
+        if not self._fires:
+            return False
+        await asyncio.wait(self._fires, timeout=self.pause_s(), return_when=asyncio.FIRST_COMPLETED)
+        return True
 
     def pause_s(self) -> float:
         # Wake just after the next whole second: slots are whole seconds.
@@ -122,18 +186,20 @@ class Scheduler(Subsystem):
 
     async def _plan(
         self,
+        tenant_id: str,
         schedule_id: str,
         raw: Any,
         workspace_raws: dict[str, Any],
         due: int,
-        now: float,
         lease: int,
     ) -> tuple[Fire, schedules.Claim]:
         """Validate one schedule and compute its claim (no I/O); raises if it is corrupt."""
         fire = self._validated(schedule_id, raw, workspace_raws)
-        slot = schedules.latest_slot(fire.cron, fire.timezone, now, due)
-        following = schedules.next_slot(fire.cron, fire.timezone, now)
-        return fire, schedules.Claim(schedule_id, due, slot, following, lease)
+        if fire.tenant_id != tenant_id:
+            raise ValueError(f"schedule {schedule_id} is in the due index of another tenant")
+        _, following = self._slots.around(fire.cron, fire.timezone)
+        slot = self._slots.latest(fire.cron, fire.timezone, due)
+        return fire, schedules.Claim(tenant_id, schedule_id, due, slot, following, lease)
 
     async def _refire(self, schedule_id: str, slot: int) -> None:
         (raw,) = await schedules.read(self.redis, [schedule_id])
@@ -143,6 +209,7 @@ class Scheduler(Subsystem):
             await schedules.drop_lease(self.redis, schedule_id, slot)
             return
         self._versions[schedule_id] = schedules.version(raw)
+        self._index_of[schedule_id] = field(raw, "tenant_id")
         workspace_id = field(raw, "workspace_id")
         workspace_raws = dict(zip([workspace_id], await workspaces.read(self.redis, [workspace_id]), strict=True))
         self.redelivered += 1
@@ -158,7 +225,7 @@ class Scheduler(Subsystem):
         for name in ("tenant_id", "workspace_id", "cron", "timezone", "prompt"):
             if not fields.get(name):
                 raise ValueError(f"field {name} is missing")
-        schedules.validate_cron(fields["cron"], fields["timezone"], time.time())
+        self._slots.around(fields["cron"], fields["timezone"])  # ValueError naming the bad field
         workspace_id = fields["workspace_id"]
         workspace = workspace_raws.get(workspace_id)
         if isinstance(workspace, Exception):
@@ -173,7 +240,16 @@ class Scheduler(Subsystem):
     def _start(self, fire: Fire, slot: int) -> None:
         task = asyncio.get_running_loop().create_task(self._fire(fire, slot))
         self._fires.add(task)
-        task.add_done_callback(self._fires.discard)
+        tenant_id = fire.tenant_id
+        self._tenant_fires[tenant_id] += 1
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._fires.discard(task)
+            self._tenant_fires[tenant_id] -= 1
+            if self._tenant_fires[tenant_id] <= 0:
+                del self._tenant_fires[tenant_id]
+
+        task.add_done_callback(done)
 
     async def _fire(self, fire: Fire, slot: int) -> None:
         """Deliver one slot and record the outcome; never raises (it runs as a detached task)."""
@@ -194,14 +270,9 @@ class Scheduler(Subsystem):
             log.error("fire %s failed", message_id, exc_info=exc)
             outcome = Outcome(False, f"internal error: {type(exc).__name__}: {exc}")
         try:
-            await schedules.complete(
-                self.redis,
-                schedule_id,
-                slot,
-                tenant_id=fire.tenant_id,
-                workspace_id=fire.workspace_id,
-                error=None if outcome.ok else outcome.error or "unknown error",
-                max_len=self.settings.events_max_per_tenant,
+            error = None if outcome.ok else outcome.error or "unknown error"
+            await self._completions.submit(
+                schedules.Completion(schedule_id, slot, fire.tenant_id, fire.workspace_id, error)
             )
         except TRANSIENT_ERRORS as exc:
             # The lease stays: the slot is delivered again (same messageId) when it expires.
@@ -219,13 +290,15 @@ class Scheduler(Subsystem):
     async def _record_error(self, schedule_id: str, error: str | None, now: float) -> None:
         """Record the failure and let the others go first: the next try is a second later."""
         if schedule_id in self._versions:
-            await schedules.record_error(self.redis, schedule_id, self._versions[schedule_id], error, now)
+            tenant_id = self._index_of.get(schedule_id, "")
+            await schedules.record_error(self.redis, tenant_id, schedule_id, self._versions[schedule_id], error, now)
 
     async def on_quarantine(self, schedule_id: Hashable, error: str) -> None:
         """Take the schedule out of the due index until a PATCH fixes it; tell its tenant."""
         schedule_id = str(schedule_id)
         await schedules.quarantine(
             self.redis,
+            self._index_of.get(schedule_id, ""),
             schedule_id,
             self._versions.get(schedule_id, ""),
             error,

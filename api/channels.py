@@ -50,8 +50,9 @@ async def create(request: Request) -> JSONResponse:
     body = validate.json_object(await read_json(request))
     record = await _checked(request, tenant_id, body, channel_type=None)
     state = context(request)
+    limit = (await state.share(tenant_id))["channels"]
     try:
-        created = await channels.create(state.redis, state.secret_box, tenant_id, record, time.time())
+        created = await channels.create(state.redis, state.secret_box, tenant_id, record, time.time(), limit=limit)
     except channels.BotTaken as exc:
         raise ApiError(409, str(exc)) from None
     return JSONResponse(created, status_code=201)
@@ -59,7 +60,9 @@ async def create(request: Request) -> JSONResponse:
 
 async def list_all(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
-    return JSONResponse({"channels": await channels.list_for(context(request).redis, tenant_id)})
+    cursor, limit = validate.page(request)
+    found, next_cursor = await channels.list_for(context(request).redis, tenant_id, after=cursor, limit=limit)
+    return JSONResponse({"channels": found, "next_cursor": next_cursor})
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:

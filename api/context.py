@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from starlette.requests import HTTPConnection
 from api.backend import Backend
 from api.hub import Hub
 from settings import Settings
+from store.quotas import Share, shares
 from store.secrets import SecretBox
 
 
@@ -26,6 +28,11 @@ class ApiContext:
     fault_injection: bool
     workspace_ttl_s: float
     events_max_per_tenant: int
+    quotas: Mapping[str, float]  # every tenant's, unless overridden (store.quotas)
+
+    async def share(self, tenant_id: str) -> Share:
+        """The tenant's effective quotas and weight, read now."""
+        return (await shares(self.redis, self.quotas, [tenant_id]))[tenant_id]
 
     @classmethod
     def build(cls, settings: Settings, *, backend: Backend, redis: Any, admin_token: str) -> ApiContext:
@@ -42,6 +49,7 @@ class ApiContext:
             fault_injection=settings.enable_fault_injection,
             workspace_ttl_s=settings.workspace_ttl_s,
             events_max_per_tenant=settings.events_max_per_tenant,
+            quotas=settings.quotas(),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 import redis.exceptions
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.backend import Unavailable
+from store.quotas import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,14 @@ async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return error(503, str(exc))
 
 
+async def on_quota_exceeded(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QuotaExceeded)
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return JSONResponse({"error": str(exc)}, status_code=429, headers=headers)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error(500, "internal error")
@@ -85,5 +95,6 @@ EXCEPTION_HANDLERS = {
     redis.exceptions.ConnectionError: on_storage_down,
     redis.exceptions.TimeoutError: on_storage_down,
     Unavailable: on_unavailable,
+    QuotaExceeded: on_quota_exceeded,
     Exception: on_unexpected,
 }

@@ -36,7 +36,8 @@ async def publish(request: Request) -> JSONResponse:
     workspace_id = body.get("workspace_id")
     if workspace_id is not None:
         await validate.tenant_workspace(ctx.redis, tenant_id, workspace_id)
+    per_s = (await ctx.share(tenant_id))["events_per_s"]
     stream_id = await events.append(
-        ctx.redis, name, tenant_id, workspace_id, body["payload"], max_len=ctx.events_max_per_tenant
+        ctx.redis, name, tenant_id, workspace_id, body["payload"], max_len=ctx.events_max_per_tenant, per_s=per_s
     )
     return JSONResponse({"id": stream_id}, status_code=202)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
 from store.events import EventKey, parse_id
@@ -62,6 +62,19 @@ class Hub:
         self._tenants: dict[str, set[Client]] = {}
         self.overflows = 0
         self.connections = 0  # open WebSocket handlers, registered or not
+        self.admitted: Counter[str] = Counter()  # open connections per tenant, counted against its quota
+
+    def admit(self, tenant_id: str, limit: float) -> bool:
+        """Count one more connection of the tenant, unless it has `limit` open already."""
+        if self.admitted[tenant_id] >= limit:
+            return False
+        self.admitted[tenant_id] += 1
+        return True
+
+    def release(self, tenant_id: str) -> None:
+        self.admitted[tenant_id] -= 1
+        if self.admitted[tenant_id] <= 0:
+            del self.admitted[tenant_id]
 
     @property
     def clients(self) -> int:

@@ -36,8 +36,10 @@ async def create(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
     body = validate.json_object(await read_json(request))
     record = await _checked(request, tenant_id, body, partial=False)
+    ctx = context(request)
+    limit = (await ctx.share(tenant_id))["schedules"]
     try:
-        created = await schedules.create(context(request).redis, tenant_id, record, time.time())
+        created = await schedules.create(ctx.redis, tenant_id, record, time.time(), limit=limit)
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
     return JSONResponse(created, status_code=201)
@@ -45,7 +47,9 @@ async def create(request: Request) -> JSONResponse:
 
 async def list_all(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
-    return JSONResponse({"schedules": await schedules.list_for(context(request).redis, tenant_id)})
+    cursor, limit = validate.page(request)
+    found, next_cursor = await schedules.list_for(context(request).redis, tenant_id, after=cursor, limit=limit)
+    return JSONResponse({"schedules": found, "next_cursor": next_cursor})
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:

@@ -3,8 +3,9 @@
 The connection registers with the hub before it reads the stream, so every event is either
 read from the stream or queued by the hub; ids at or below the last one sent are dropped,
 which removes the overlap at the seam and any redelivery. Close codes: 4400 bad request,
-4401 no valid token, 1013 fell behind (reconnect with `last_event_id`), storage down or
-the broadcaster not started yet, 1011 internal error.
+4401 no valid token, 4429 over the tenant's `ws_connections` quota, 1013 fell behind
+(reconnect with `last_event_id`), storage down or the broadcaster not started yet, 1011
+internal error.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from api.context import context
 from api.hub import Client, Hub
 from store import broadcast, events
 from store.events import EventKey
+from store.quotas import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
 PARAMETERS = ("token", "last_event_id")
 REPLAY_PAGE = 500
-BAD_REQUEST, UNAUTHORIZED, TRY_AGAIN, INTERNAL = 4400, 4401, 1013, 1011
+BAD_REQUEST, UNAUTHORIZED, OVER_QUOTA, TRY_AGAIN, INTERNAL = 4400, 4401, 4429, 1013, 1011
 STORAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 MAX_REASON_BYTES = 123  # the WebSocket limit for a close frame's reason
 
@@ -75,9 +77,14 @@ async def subscribe(websocket: WebSocket) -> None:
 
 async def _serve(websocket: WebSocket, hub: Hub) -> None:
     client: Client | None = None
+    admitted: str | None = None
     code, reason = 0, ""
     try:
         tenant_id, last_event_id = await _admit(websocket)
+        limit = (await context(websocket).share(tenant_id))["ws_connections"]
+        if not hub.admit(tenant_id, limit):
+            raise Refused(OVER_QUOTA, str(QuotaExceeded("ws_connections", limit)))
+        admitted = tenant_id
         client = hub.register(tenant_id)
         # The start is fixed before the handshake completes: whatever is appended after the
         # client sees it open reaches the client.
@@ -98,6 +105,8 @@ async def _serve(websocket: WebSocket, hub: Hub) -> None:
     finally:
         if client is not None:
             hub.unregister(client)
+        if admitted is not None:
+            hub.release(admitted)
     if code:
         await _close(websocket, code, reason)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.requests import Request
+
 from api.errors import ApiError
 from store import records, workspaces
 
@@ -76,3 +78,21 @@ async def tenant_workspace(redis: Any, tenant_id: str, value: Any, field: str = 
     if not isinstance(value, str) or not records.is_id(value) or await workspaces.get(redis, tenant_id, value) is None:
         raise ApiError(422, f"{field}: no such workspace for this tenant")
     return value
+
+
+PAGE_DEFAULT, PAGE_MAX = 100, 1000
+
+
+def page(request: Request) -> tuple[str | None, int]:
+    """`?cursor=` (a `next_cursor` from the page before) and `?limit=` (1-1000, default 100); 400 if bad."""
+    raw_limit = request.query_params.get("limit")
+    if raw_limit is None:
+        limit = PAGE_DEFAULT
+    elif raw_limit.isdigit() and 1 <= int(raw_limit) <= PAGE_MAX:
+        limit = int(raw_limit)
+    else:
+        raise ApiError(400, f"limit: a whole number from 1 to {PAGE_MAX}, got {raw_limit[:40]!r}")
+    cursor = request.query_params.get("cursor")
+    if cursor is not None and not records.is_id(cursor):
+        raise ApiError(400, "cursor: pass the next_cursor of the page before")
+    return cursor, limit

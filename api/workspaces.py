@@ -42,13 +42,16 @@ async def create(request: Request) -> JSONResponse:
     body = validate.json_object(await read_json(request))
     record = await _checked(request, body, partial=False)
     ctx = context(request)
-    created = await workspaces.create(ctx.redis, ctx.secret_box, tenant_id, record)
+    limit = (await ctx.share(tenant_id))["workspaces"]
+    created = await workspaces.create(ctx.redis, ctx.secret_box, tenant_id, record, limit=limit)
     return JSONResponse(created, status_code=201)
 
 
 async def list_all(request: Request) -> JSONResponse:
     tenant_id = await require_tenant(request)
-    return JSONResponse({"workspaces": await workspaces.list_for(context(request).redis, tenant_id)})
+    cursor, limit = validate.page(request)
+    found, next_cursor = await workspaces.list_for(context(request).redis, tenant_id, after=cursor, limit=limit)
+    return JSONResponse({"workspaces": found, "next_cursor": next_cursor})
 
 
 async def _own(request: Request) -> tuple[str, dict[str, str]]:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
 from store import events, keys
+from store.quotas import QuotaExceeded, within
 from store.records import (
     decode,
     decode_lenient,
@@ -161,11 +162,18 @@ def public(fields: dict[str, str]) -> dict[str, Any]:
 
 
 async def create(
-    redis: aioredis.Redis, box: SecretBox, tenant_id: str, body: dict[str, Any], now: float
+    redis: aioredis.Redis,
+    box: SecretBox,
+    tenant_id: str,
+    body: dict[str, Any],
+    now: float,
+    *,
+    limit: float | None = None,
 ) -> dict[str, Any]:
     """Store a channel validated by the caller (check_config, check_allowed_chats).
 
-    Raises BotTaken if its Telegram bot is already another channel's.
+    Raises BotTaken if its Telegram bot is already another channel's, and QuotaExceeded
+    (nothing stored) if the tenant has `limit` channels already.
     """
     channel_id = new_id()
     bot = bot_of(body["type"], body["config"])
@@ -190,9 +198,11 @@ async def create(
         }
     )
     taken = False
+    over: QuotaExceeded | None = None
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
+                await within(pipe, keys.tenant_channels(tenant_id), limit, "channels")
                 if bot:  # the binding and the record in one transaction: two POSTs cannot both get the bot
                     await pipe.watch(keys.TELEGRAM_BOTS)
                     if taken := await _held_by_another(pipe, bot, channel_id):
@@ -207,6 +217,11 @@ async def create(
                 break
             except WatchError:
                 continue
+            except QuotaExceeded as exc:
+                over = exc
+                break
+    if over is not None:
+        raise over
     if taken:  # raised outside the pipeline, whose cleanup would mask it
         raise BotTaken("config.bot_token: this bot is already bound to another channel")
     return public(record)
@@ -216,8 +231,12 @@ async def get(redis: aioredis.Redis, tenant_id: str, channel_id: str) -> dict[st
     return await read_owned(redis, keys.channel(channel_id), tenant_id)
 
 
-async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]]:
-    return await list_owned(redis, keys.tenant_channels(tenant_id), keys.channel, tenant_id, public)
+async def list_for(
+    redis: aioredis.Redis, tenant_id: str, *, after: str | None = None, limit: int = 100
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the tenant's channels, by id, and the next page's cursor (see records.list_owned)."""
+    index = keys.tenant_channels(tenant_id)
+    return await list_owned(redis, index, keys.channel, tenant_id, public, after=after, limit=limit)
 
 
 async def patch(

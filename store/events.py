@@ -10,7 +10,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from store import keys
+from store.quotas import TOKEN_BUCKET, QuotaExceeded
 from store.records import now_rfc3339
+from store.scripts import Lua
 
 # Names the platform itself emits; tenants cannot publish them.
 RESERVED_PREFIXES = ("SCHEDULE_", "WORKSPACE_", "CHANNEL_")
@@ -32,6 +34,21 @@ def flat(fields: Mapping[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
+# KEYS: the stream, the tenant's rate bucket. ARGV: rate, burst, maxlen, the entry's fields.
+# Time is Redis's own, so every API process shares one clock and one bucket per tenant.
+_APPEND = Lua(
+    TOKEN_BUCKET
+    + """
+local t = redis.call('TIME')
+local wait = take(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(t[1]) + tonumber(t[2]) / 1e6, 1)
+if wait ~= 0 then return {0, wait} end
+return {1, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))}
+"""
+)
+
+BURST_SECONDS = 10  # a tenant may post this many seconds' worth of its rate at once
+
+
 async def append(
     redis: aioredis.Redis,
     event: str,
@@ -40,12 +57,17 @@ async def append(
     payload: Any,
     *,
     max_len: int,
+    per_s: float,
 ) -> str:
-    """Append one event; the stream is capped near `max_len` (the oldest are dropped)."""
-    stream_id = await redis.xadd(
-        keys.events(tenant_id), entry(event, tenant_id, workspace_id, payload), maxlen=max_len, approximate=True
-    )
-    return stream_id.decode()
+    """Append one event a tenant posts, at most `per_s` a second (bursts to 10x); the stream is
+    capped near `max_len` (the oldest are dropped). QuotaExceeded, with the seconds to wait,
+    when the tenant is over its rate: nothing is stored."""
+    fields = entry(event, tenant_id, workspace_id, payload)
+    script_keys = [keys.events(tenant_id), keys.tenant_event_rate(tenant_id)]
+    taken, found = await _APPEND(redis, script_keys, [per_s, per_s * BURST_SECONDS, max_len, *flat(fields)])
+    if not taken:
+        raise QuotaExceeded("events_per_s", per_s, retry_after_s=float(found))
+    return found.decode()
 
 
 # A stream id as this platform hands it out: "<milliseconds>-<sequence>".

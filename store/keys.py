@@ -11,13 +11,17 @@ workspace:{id}:alive         string with a TTL: set by each workspace heartbeat
 workspace:{id}:restart_debounce string with a TTL: a restart request was sent (RESTART_DEBOUNCE_S)
 workspaces:online            set   ids of workspaces whose status is online (the reconciliation scan reads it)
 workspaces:deadlines         zset  workspace id -> when its liveness key expires (unix seconds; set by each heartbeat)
+workspaces:probe_failures    hash  workspace id -> health probes failed in a row (the sweep's count)
 workspaces:restarts          zset  workspace id -> when to send its restart request (queued by the offline transition)
 tenant:{id}:schedules        set   the tenant's schedule ids
 schedule:{id}                hash  the schedule's JSON fields as strings      (contract)
-schedules:due                zset  schedule id -> its next slot (unix seconds)
+tenant:{id}:due              zset  the tenant's enabled schedule ids -> next slot (unix seconds)
+schedules:due_tenants        zset  tenant id -> its earliest due slot (tenants with a due index)
+schedules:due                zset  (before per-tenant due indexes) schedule id -> next slot; moved at start
 schedules:inflight           zset  "{id}:{slot}" -> lease expiry (unix seconds)
 schedules:quarantined        set   ids of quarantined schedules (out of the due index)
 tenant:{id}:channels         set   the tenant's channel ids
+tenant:{id}:event_rate       hash with a TTL  tokens, at: the tenant's POST /events token bucket
 channels                     set   every channel id (the channel manager reconciles them)
 channel:{id}                 hash  id, tenant_id, workspace_id, type, config (Fernet-encrypted JSON), status, ...
 channel:{id}:inbox           stream  inbound messages not yet relayed (deleted once answered)
@@ -80,6 +84,14 @@ def workspace_restart_debounce(workspace_id: str) -> str:
     return f"workspace:{workspace_id}:restart_debounce"
 
 
+def tenant_due(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}:due"
+
+
+def tenant_event_rate(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}:event_rate"
+
+
 def tenant_channels(tenant_id: str) -> str:
     return f"tenant:{tenant_id}:channels"
 
@@ -107,7 +119,9 @@ TELEGRAM_BOTS = "channels:telegram_bots"
 WORKSPACES_ONLINE = "workspaces:online"
 WORKSPACES_RESTARTS = "workspaces:restarts"
 WORKSPACES_DEADLINES = "workspaces:deadlines"
+WORKSPACES_PROBE_FAILURES = "workspaces:probe_failures"
 EVENTS_PREFIX = "events:"
-SCHEDULES_DUE = "schedules:due"
+SCHEDULES_DUE_LEGACY = "schedules:due"
+SCHEDULES_DUE_TENANTS = "schedules:due_tenants"
 SCHEDULES_INFLIGHT = "schedules:inflight"
 SCHEDULES_QUARANTINED = "schedules:quarantined"

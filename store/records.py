@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 import time
 import uuid
@@ -91,12 +92,24 @@ async def list_owned(
     key_of: Callable[[str], str],
     tenant_id: str,
     public: Callable[[dict[str, str]], dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """Every record listed in the tenant's index set, as the API shows it, by id."""
+    *,
+    after: str | None = None,
+    limit: int = 100,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the records listed in the tenant's index set, as the API shows them, by id:
+    up to `limit` ids after `after`, and the cursor of the next page (None on the last).
+
+    Each record is on exactly one page of a walk; one created meanwhile is on a later page
+    if its id sorts after the cursor.
+    """
     ids = sorted(m.decode() for m in await redis.smembers(index_key))
+    start = bisect.bisect_right(ids, after) if after is not None else 0
+    page = ids[start : start + limit]
     found = []
-    for record_id in ids:
-        fields = await read_owned(redis, key_of(record_id), tenant_id)
-        if fields is not None:
-            found.append(public(fields))
-    return found
+    for fields in await read_hashes(redis, [key_of(record_id) for record_id in page]):
+        if isinstance(fields, dict) and fields:
+            decoded = decode_lenient(fields)
+            if decoded.get("tenant_id") == tenant_id:
+                found.append(public(decoded))
+    more = start + limit < len(ids)
+    return found, page[-1] if more and page else None

@@ -1,10 +1,13 @@
 """Schedules: cron records in `schedule:{id}` hashes, a due index, and atomic slot claims.
 
 Cron parsing and next-time computation are croniter's; time zones are zoneinfo's (tzdata).
-A slot is claimed by moving the schedule's due score to its next slot and recording
-"{id}:{slot}" in the in-flight index with a lease, in one Lua script, so two schedulers
-never claim one slot twice; a lease that expires (its scheduler died) is claimed again and
-the slot re-delivered with the same message id.
+Each tenant has its own due index (`tenant:{id}:due`), and `schedules:due_tenants` holds
+each tenant's earliest due slot, kept in step by every write: the scheduler reads which
+tenants have work due, then serves them fairly, so one tenant's backlog never sits in front
+of another's slots. A slot is claimed by moving the schedule's due score to its next slot
+and recording "{id}:{slot}" in the in-flight index with a lease, in one Lua script, so two
+schedulers never claim one slot twice; a lease that expires (its scheduler died) is claimed
+again and the slot re-delivered with the same message id.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +26,7 @@ from croniter import croniter
 from redis.exceptions import ResponseError, WatchError
 
 from store import events, keys
+from store.quotas import QuotaExceeded, within
 from store.records import (
     decode_lenient,
     is_id,
@@ -37,6 +41,28 @@ from store.records import (
 from store.scripts import Lua
 
 STATUSES = ("ok", "error", "skipped", "quarantined")
+
+# Keeps schedules:due_tenants in step with one tenant's due index: its earliest slot, or gone.
+_REINDEX_FN = """
+local function reindex(tenant_due, due_tenants, tenant_id)
+  local first = redis.call('ZRANGE', tenant_due, 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', due_tenants, first[2], tenant_id)
+  else
+    redis.call('ZREM', due_tenants, tenant_id)
+  end
+end
+"""
+
+# KEYS: the tenant's due index, due_tenants. ARGV: tenant id.
+_REINDEX = Lua(_REINDEX_FN + "reindex(KEYS[1], KEYS[2], ARGV[1])\nreturn 1")
+
+
+async def _reindex(redis: aioredis.Redis, pipe: Any, tenant_id: str) -> None:
+    """Queue, on `pipe`, the update of the tenant's entry in schedules:due_tenants."""
+    await _REINDEX(redis, [keys.tenant_due(tenant_id), keys.SCHEDULES_DUE_TENANTS], [tenant_id], pipe=pipe)
+
+
 EDITABLE = ("workspace_id", "name", "cron", "timezone", "prompt", "enabled")
 
 
@@ -71,10 +97,7 @@ def next_slot(cron: str, tz_name: str, after: float) -> int:
 
 def latest_slot(cron: str, tz_name: str, at: float, not_before: float) -> int:
     """The latest slot at or before `at`, but not before `not_before` (the slot that was due)."""
-    # get_prev is strictly before its start; slots are whole seconds.
-    previous = int(_iterator(cron, zone(tz_name), math.floor(at) + 1).get_prev(float))
-    assert previous <= at, (previous, at)
-    return max(previous, int(not_before))
+    return Slots(at).latest(cron, tz_name, int(not_before))
 
 
 def validate_cron(cron: str, tz_name: str, now: float) -> int:
@@ -87,6 +110,43 @@ def validate_cron(cron: str, tz_name: str, now: float) -> int:
         return next_slot(cron, tz_name, now)
     except ValueError as exc:
         raise ValueError(f"cron: {exc}") from None
+
+
+class Slots:
+    """Slot arithmetic at one moment, shared by every schedule with the same cron and zone.
+
+    croniter parses an expression in 150-600 microseconds; most schedules share a few
+    expressions, so a tick parses each once instead of three times per fire.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self._memo: dict[tuple[str, str], tuple[int, int] | str] = {}
+
+    def around(self, cron: str, tz_name: str) -> tuple[int, int]:
+        """(the latest slot at or before now, the first slot after now); ValueError naming the bad field."""
+        key = (cron, tz_name)
+        found = self._memo.get(key)
+        if found is None:
+            try:
+                following = validate_cron(cron, tz_name, self.now)
+                try:
+                    # get_prev is strictly before its start; slots are whole seconds.
+                    iterator = _iterator(cron, zone(tz_name), math.floor(self.now) + 1)
+                    previous = int(iterator.get_prev(float))
+                except (ValueError, KeyError, OverflowError):
+                    previous = 0  # no slot before now: only the due slot counts
+                found = (previous, following)
+            except ValueError as exc:
+                found = str(exc)
+            self._memo[key] = found
+        if isinstance(found, str):
+            raise ValueError(found)
+        return found
+
+    def latest(self, cron: str, tz_name: str, not_before: int) -> int:
+        """The slot to deliver for a schedule due at `not_before`: the latest one now, never earlier."""
+        return max(self.around(cron, tz_name)[0], not_before)
 
 
 def _int(value: str | None) -> int:
@@ -117,7 +177,13 @@ def public(fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def create(redis: aioredis.Redis, tenant_id: str, body: dict[str, Any], now: float) -> dict[str, Any]:
+async def create(
+    redis: aioredis.Redis, tenant_id: str, body: dict[str, Any], now: float, *, limit: float | None = None
+) -> dict[str, Any]:
+    """Store a schedule validated by the caller, due at its next slot if enabled.
+
+    QuotaExceeded (nothing stored) if the tenant has `limit` schedules already.
+    """
     schedule_id = new_id()
     slot = validate_cron(body["cron"], body["timezone"], now)
     stamp = now_rfc3339(now)
@@ -135,12 +201,26 @@ async def create(redis: aioredis.Redis, tenant_id: str, body: dict[str, Any], no
         "consecutive_failures": 0,
     }
     fields = to_hash(record)
+    over: QuotaExceeded | None = None
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.schedule(schedule_id), mapping=fields)
-        pipe.sadd(keys.tenant_schedules(tenant_id), schedule_id)
-        if body["enabled"]:
-            pipe.zadd(keys.SCHEDULES_DUE, {schedule_id: slot})
-        await pipe.execute()
+        while True:
+            try:
+                await within(pipe, keys.tenant_schedules(tenant_id), limit, "schedules")
+                pipe.multi()
+                pipe.hset(keys.schedule(schedule_id), mapping=fields)
+                pipe.sadd(keys.tenant_schedules(tenant_id), schedule_id)
+                if body["enabled"]:
+                    pipe.zadd(keys.tenant_due(tenant_id), {schedule_id: slot})
+                    await _reindex(redis, pipe, tenant_id)
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+            except QuotaExceeded as exc:
+                over = exc  # raised outside the pipeline, whose cleanup would mask it
+                break
+    if over is not None:
+        raise over
     return public(fields)
 
 
@@ -148,8 +228,12 @@ async def get(redis: aioredis.Redis, tenant_id: str, schedule_id: str) -> dict[s
     return await read_owned(redis, keys.schedule(schedule_id), tenant_id)
 
 
-async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]]:
-    return await list_owned(redis, keys.tenant_schedules(tenant_id), keys.schedule, tenant_id, public)
+async def list_for(
+    redis: aioredis.Redis, tenant_id: str, *, after: str | None = None, limit: int = 100
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the tenant's schedules, by id, and the next page's cursor (see records.list_owned)."""
+    index = keys.tenant_schedules(tenant_id)
+    return await list_owned(redis, index, keys.schedule, tenant_id, public, after=after, limit=limit)
 
 
 async def patch(
@@ -195,9 +279,10 @@ async def patch(
                 pipe.multi()
                 pipe.hset(key, mapping=updates)
                 if timing and enabled:
-                    pipe.zadd(keys.SCHEDULES_DUE, {schedule_id: slot})
+                    pipe.zadd(keys.tenant_due(tenant_id), {schedule_id: slot})
                 elif not enabled:
-                    pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+                    pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
+                await _reindex(redis, pipe, tenant_id)
                 pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
                 await pipe.execute()
                 return public({**merged, **updates})
@@ -210,7 +295,8 @@ async def patch(
 async def delete(redis: aioredis.Redis, tenant_id: str, schedule_id: str) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.schedule(schedule_id))
-        pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+        pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
+        await _reindex(redis, pipe, tenant_id)
         pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
         pipe.srem(keys.tenant_schedules(tenant_id), schedule_id)
         await pipe.execute()
@@ -236,10 +322,47 @@ async def read(redis: aioredis.Redis, schedule_ids: Sequence[str]) -> list[Any]:
     return await read_hashes(redis, [keys.schedule(i) for i in schedule_ids])
 
 
-async def due(redis: aioredis.Redis, now: float, limit: int) -> list[tuple[str, int]]:
-    """Up to `limit` schedules whose due slot is at or before `now`, earliest first: (id, due slot)."""
-    found = await redis.zrangebyscore(keys.SCHEDULES_DUE, "-inf", now, start=0, num=limit, withscores=True)
-    return [(member.decode(), int(score)) for member, score in found]
+async def due_tenants(redis: aioredis.Redis, now: float, limit: int) -> list[str]:
+    """Up to `limit` tenants with a slot due at or before `now`, the longest waiting first."""
+    found = await redis.zrangebyscore(keys.SCHEDULES_DUE_TENANTS, "-inf", now, start=0, num=limit)
+    return [member.decode() for member in found]
+
+
+async def due(redis: aioredis.Redis, now: float, wants: Mapping[str, int]) -> dict[str, list[tuple[str, int]]]:
+    """For each tenant, up to `wants[tenant]` of its schedules due at or before `now`, earliest
+    first, as (id, due slot); one round trip."""
+    tenant_ids = [t for t, n in wants.items() if n > 0]
+    if not tenant_ids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for t in tenant_ids:
+            pipe.zrangebyscore(keys.tenant_due(t), "-inf", now, start=0, num=wants[t], withscores=True)
+        found = await pipe.execute()
+    return {t: [(m.decode(), int(score)) for m, score in rows] for t, rows in zip(tenant_ids, found, strict=True)}
+
+
+async def move_legacy_due(redis: aioredis.Redis) -> int:
+    """Move a due index written before per-tenant indexes (`schedules:due`) into them; how many moved.
+
+    Each schedule goes to its tenant's index (a slot already there wins); one whose record is
+    gone is dropped, and one with no readable tenant is quarantined: nothing could fire it.
+    """
+    moved = 0
+    while rows := await redis.zrange(keys.SCHEDULES_DUE_LEGACY, 0, 499, withscores=True):
+        ids = [m.decode() for m, _ in rows]
+        raws = await read_hashes(redis, [keys.schedule(i) for i in ids])
+        async with redis.pipeline(transaction=True) as pipe:
+            for (schedule_id, (_, score)), raw in zip(zip(ids, rows, strict=True), raws, strict=True):
+                tenant_id = decode_lenient(raw).get("tenant_id", "") if isinstance(raw, dict) else ""
+                if is_id(tenant_id):
+                    pipe.zadd(keys.tenant_due(tenant_id), {schedule_id: int(score)}, nx=True)
+                    await _reindex(redis, pipe, tenant_id)
+                    moved += 1
+                elif raw:
+                    pipe.sadd(keys.SCHEDULES_QUARANTINED, schedule_id)
+            pipe.zrem(keys.SCHEDULES_DUE_LEGACY, *ids)
+            await pipe.execute()
+    return moved
 
 
 @dataclass(frozen=True)
@@ -283,6 +406,7 @@ async def reclaim(redis: aioredis.Redis, lease: Lease, expires: int) -> bool:
 class Claim:
     """What claiming one due schedule writes: its slot leased, its due score moved to `following`."""
 
+    tenant_id: str
     schedule_id: str
     due: int
     slot: int
@@ -290,15 +414,20 @@ class Claim:
     lease_expires: int
 
 
-# KEYS: due, inflight, schedule hash. ARGV: id, expected due score, member, next slot, lease, next_run_at.
-_CLAIM = Lua("""
+# KEYS: the tenant's due index, inflight, schedule hash, due_tenants.
+# ARGV: id, expected due score, member, next slot, lease, next_run_at, tenant id.
+_CLAIM = Lua(
+    _REINDEX_FN
+    + """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
 redis.call('HSET', KEYS[3], 'next_run_at', ARGV[6])
+reindex(KEYS[1], KEYS[4], ARGV[7])
 return 1
-""")
+"""
+)
 
 
 async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
@@ -311,10 +440,22 @@ async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
     async with redis.pipeline(transaction=False) as pipe:
         for c in claims:
             lease = Lease(c.schedule_id, c.slot, c.lease_expires)
-            args = [c.schedule_id, c.due, lease.member, c.following, c.lease_expires, now_rfc3339(c.following)]
-            await _CLAIM(
-                redis, [keys.SCHEDULES_DUE, keys.SCHEDULES_INFLIGHT, keys.schedule(c.schedule_id)], args, pipe=pipe
-            )
+            args = [
+                c.schedule_id,
+                c.due,
+                lease.member,
+                c.following,
+                c.lease_expires,
+                now_rfc3339(c.following),
+                c.tenant_id,
+            ]
+            claim_keys = [
+                keys.tenant_due(c.tenant_id),
+                keys.SCHEDULES_INFLIGHT,
+                keys.schedule(c.schedule_id),
+                keys.SCHEDULES_DUE_TENANTS,
+            ]
+            await _CLAIM(redis, claim_keys, args, pipe=pipe)
         return [bool(won) for won in await pipe.execute()]
 
 
@@ -336,6 +477,44 @@ return 1
 """)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A delivered slot to record: ok unless `error`."""
+
+    schedule_id: str
+    slot: int
+    tenant_id: str
+    workspace_id: str
+    error: str | None
+
+
+async def complete_many(redis: aioredis.Redis, done: Sequence[Completion], *, max_len: int) -> list[Any]:
+    """Record delivered slots, each with its SCHEDULE_FIRED event, once; one round trip.
+
+    Each item is True if recorded, False if it was already (a re-delivery) or its schedule
+    was deleted, or the Exception Redis answered for it (a record it cannot write): one
+    item's error is never another's.
+    """
+    if not done:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for c in done:
+            status = "ok" if c.error is None else "error"
+            payload = {
+                "schedule_id": c.schedule_id,
+                "status": status,
+                "error": c.error,
+                "message_id": message_id(c.schedule_id, c.slot),
+            }
+            event = events.entry("SCHEDULE_FIRED", c.tenant_id, c.workspace_id, payload)
+            member = Lease(c.schedule_id, c.slot, 0).member
+            args = [member, now_rfc3339(), status, c.error or "", max_len, *events.flat(event)]
+            script_keys = [keys.schedule(c.schedule_id), keys.SCHEDULES_INFLIGHT, keys.events(c.tenant_id)]
+            await _COMPLETE(redis, script_keys, args, pipe=pipe)
+        found = await pipe.execute(raise_on_error=False)
+    return [r if isinstance(r, Exception) else bool(r) for r in found]
+
+
 async def complete(
     redis: aioredis.Redis,
     schedule_id: str,
@@ -346,23 +525,13 @@ async def complete(
     error: str | None,
     max_len: int,
 ) -> bool:
-    """Record a delivered slot (ok unless `error`) with its SCHEDULE_FIRED event, once.
-
-    False if the slot was already completed (a re-delivery) or the schedule was deleted.
-    """
-    status = "ok" if error is None else "error"
-    payload = {
-        "schedule_id": schedule_id,
-        "status": status,
-        "error": error,
-        "message_id": message_id(schedule_id, slot),
-    }
-    event = events.entry("SCHEDULE_FIRED", tenant_id, workspace_id, payload)
-    member = Lease(schedule_id, slot, 0).member
-    args = [member, now_rfc3339(), status, error or "", max_len, *events.flat(event)]
-    return bool(
-        await _COMPLETE(redis, [keys.schedule(schedule_id), keys.SCHEDULES_INFLIGHT, keys.events(tenant_id)], args)
+    """Record one delivered slot (see `complete_many`); raises the error Redis answered for it."""
+    (result,) = await complete_many(
+        redis, [Completion(schedule_id, slot, tenant_id, workspace_id, error)], max_len=max_len
     )
+    if isinstance(result, Exception):
+        raise result
+    return bool(result)
 
 
 async def drop_lease(redis: aioredis.Redis, schedule_id: str, slot: int) -> None:
@@ -375,7 +544,10 @@ async def quarantined_count(redis: aioredis.Redis) -> int:
 
 
 async def _if_unchanged(
-    redis: aioredis.Redis, schedule_id: str, read_as: str, write: Callable[[Any, dict[bytes, bytes]], None]
+    redis: aioredis.Redis,
+    schedule_id: str,
+    read_as: str,
+    write: Callable[[Any, dict[bytes, bytes]], Awaitable[None]],
 ) -> dict[bytes, bytes] | None:
     """Run `write(pipe, raw)` in a transaction only if the record's version is still `read_as`.
 
@@ -390,7 +562,7 @@ async def _if_unchanged(
             if not raw or version(raw) != read_as:
                 return None
             pipe.multi()
-            write(pipe, raw)
+            await write(pipe, raw)
             await pipe.execute()
             return raw
         except WatchError:
@@ -399,23 +571,29 @@ async def _if_unchanged(
             return None
 
 
-async def record_error(redis: aioredis.Redis, schedule_id: str, read_as: str, error: str | None, now: float) -> bool:
-    """Record a failure on a schedule read as version `read_as`; its next try is a second later.
+async def record_error(
+    redis: aioredis.Redis, tenant_id: str, schedule_id: str, read_as: str, error: str | None, now: float
+) -> bool:
+    """Record a failure on a schedule read as version `read_as` from `tenant_id`'s due index;
+    its next try is a second later.
 
     Returns whether it was written (not if the schedule changed or went meanwhile).
     """
 
-    def write(pipe: Any, raw: dict[bytes, bytes]) -> None:
+    async def write(pipe: Any, raw: dict[bytes, bytes]) -> None:
         key = keys.schedule(schedule_id)
         pipe.hset(key, mapping={"last_status": "error", "last_error": error or "unknown error"})
         pipe.hincrby(key, "consecutive_failures", 1)
-        pipe.zadd(keys.SCHEDULES_DUE, {schedule_id: int(now) + 1}, xx=True)
+        pipe.zadd(keys.tenant_due(tenant_id), {schedule_id: int(now) + 1}, xx=True)
+        await _reindex(redis, pipe, tenant_id)
 
     return await _if_unchanged(redis, schedule_id, read_as, write) is not None
 
 
-async def quarantine(redis: aioredis.Redis, schedule_id: str, read_as: str, error: str, *, max_len: int) -> bool:
-    """Take a schedule (read as version `read_as`) out of the due index until a PATCH fixes it.
+async def quarantine(
+    redis: aioredis.Redis, tenant_id: str, schedule_id: str, read_as: str, error: str, *, max_len: int
+) -> bool:
+    """Take a schedule (read as version `read_as`) out of `tenant_id`'s due index until a PATCH fixes it.
 
     Its slots in flight are dropped, its record says `quarantined`, and its tenant gets a
     SCHEDULE_QUARANTINED event, in one transaction. A key that is no schedule record (gone,
@@ -424,27 +602,29 @@ async def quarantine(redis: aioredis.Redis, schedule_id: str, read_as: str, erro
     inflight = await redis.zrange(keys.SCHEDULES_INFLIGHT, 0, -1)
     stuck = [m for m in inflight if m.decode().rpartition(":")[0] == schedule_id]
 
-    def write(pipe: Any, raw: dict[bytes, bytes]) -> None:
+    async def write(pipe: Any, raw: dict[bytes, bytes]) -> None:
         key = keys.schedule(schedule_id)
-        pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+        pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
+        await _reindex(redis, pipe, tenant_id)
         if stuck:
             pipe.zrem(keys.SCHEDULES_INFLIGHT, *stuck)
         pipe.sadd(keys.SCHEDULES_QUARANTINED, schedule_id)
         pipe.hset(key, mapping={"last_status": "quarantined", "last_error": error})
         pipe.hincrby(key, "consecutive_failures", 1)
         fields = decode_lenient(raw)
-        tenant_id = fields.get("tenant_id", "")
-        if is_id(tenant_id):
+        owner = fields.get("tenant_id", "")
+        if is_id(owner):
             payload = {"schedule_id": schedule_id, "error": error}
-            entry = events.entry("SCHEDULE_QUARANTINED", tenant_id, fields.get("workspace_id", ""), payload)
-            pipe.xadd(keys.events(tenant_id), entry, maxlen=max_len, approximate=True)
+            entry = events.entry("SCHEDULE_QUARANTINED", owner, fields.get("workspace_id", ""), payload)
+            pipe.xadd(keys.events(owner), entry, maxlen=max_len, approximate=True)
 
     if await _if_unchanged(redis, schedule_id, read_as, write) is not None:
         return True
     if await redis.type(keys.schedule(schedule_id)) != b"hash":
         # No record a PATCH could fix: just stop trying it.
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
+            pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
+            await _reindex(redis, pipe, tenant_id)
             if stuck:
                 pipe.zrem(keys.SCHEDULES_INFLIGHT, *stuck)
             await pipe.execute()

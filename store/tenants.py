@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import secrets
 from typing import Any
@@ -62,11 +63,28 @@ async def get(redis: aioredis.Redis, tenant_id: str) -> dict[str, Any] | None:
     return public(fields) if fields else None
 
 
-async def list_all(redis: aioredis.Redis) -> list[dict[str, Any]]:
-    """Every tenant, by id."""
+async def usage(redis: aioredis.Redis, tenant_id: str) -> dict[str, int]:
+    """What the tenant holds now, in the quotas' names (and its stream's length in events)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.scard(keys.tenant_workspaces(tenant_id))
+        pipe.scard(keys.tenant_schedules(tenant_id))
+        pipe.scard(keys.tenant_channels(tenant_id))
+        pipe.xlen(keys.events(tenant_id))
+        found = await pipe.execute(raise_on_error=False)
+    names = ("workspaces", "schedules", "channels", "events")
+    return {name: value if isinstance(value, int) else 0 for name, value in zip(names, found, strict=True)}
+
+
+async def list_all(
+    redis: aioredis.Redis, *, after: str | None = None, limit: int = 100
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the tenants, by id, and the next page's cursor (None on the last)."""
     tenant_ids = await ids(redis)
-    found = await read_hashes(redis, [keys.tenant(t) for t in tenant_ids])
-    return [public(decode_lenient(raw)) for raw in found if isinstance(raw, dict) and raw]
+    start = bisect.bisect_right(tenant_ids, after) if after is not None else 0
+    page = tenant_ids[start : start + limit]
+    found = await read_hashes(redis, [keys.tenant(t) for t in page])
+    listed = [public(decode_lenient(raw)) for raw in found if isinstance(raw, dict) and raw]
+    return listed, page[-1] if start + limit < len(tenant_ids) and page else None
 
 
 async def rotate_token(redis: aioredis.Redis, tenant_id: str) -> str | None:
@@ -128,11 +146,11 @@ async def delete(redis: aioredis.Redis, tenant_id: str, namespace: str) -> bool:
             pipe.delete(keys.workspace(workspace_id), keys.workspace_alive(workspace_id))
             pipe.delete(keys.workspace_restart_debounce(workspace_id))
             pipe.srem(keys.WORKSPACES_ONLINE, workspace_id)
+            pipe.hdel(keys.WORKSPACES_PROBE_FAILURES, workspace_id)
             pipe.zrem(keys.WORKSPACES_DEADLINES, workspace_id)
             pipe.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
         for schedule_id in schedule_ids:
             pipe.delete(keys.schedule(schedule_id))
-            pipe.zrem(keys.SCHEDULES_DUE, schedule_id)
             pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
         if leases:
             pipe.zrem(keys.SCHEDULES_INFLIGHT, *leases)
@@ -143,7 +161,10 @@ async def delete(redis: aioredis.Redis, tenant_id: str, namespace: str) -> bool:
             pipe.hdel(keys.TELEGRAM_BOTS, *bots)
         if seen:
             pipe.delete(*seen)
+        pipe.zrem(keys.SCHEDULES_DUE_TENANTS, tenant_id)
         pipe.delete(
+            keys.tenant_due(tenant_id),
+            keys.tenant_event_rate(tenant_id),
             keys.events(tenant_id),
             keys.tenant_workspaces(tenant_id),
             keys.tenant_schedules(tenant_id),

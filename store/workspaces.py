@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from store import events, keys
+from store.quotas import QuotaExceeded, within
 from store.records import (
     decode_lenient,
     is_id,
@@ -93,15 +94,33 @@ def _sealed(box: SecretBox, changes: dict[str, Any]) -> dict[str, Any]:
     return changes
 
 
-async def create(redis: aioredis.Redis, box: SecretBox, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Store a workspace validated by the caller; its auth_token, if any, sealed with `box`."""
+async def create(
+    redis: aioredis.Redis, box: SecretBox, tenant_id: str, body: dict[str, Any], *, limit: float | None = None
+) -> dict[str, Any]:
+    """Store a workspace validated by the caller; its auth_token, if any, sealed with `box`.
+
+    QuotaExceeded (nothing stored) if the tenant has `limit` workspaces already.
+    """
     workspace_id = new_id()
     record = {"id": workspace_id, "tenant_id": tenant_id, "created_at": now_rfc3339(), **_sealed(box, body)}
     fields = to_hash(record)
+    over: QuotaExceeded | None = None
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.workspace(workspace_id), mapping=fields)
-        pipe.sadd(keys.tenant_workspaces(tenant_id), workspace_id)
-        await pipe.execute()
+        while True:
+            try:
+                await within(pipe, keys.tenant_workspaces(tenant_id), limit, "workspaces")
+                pipe.multi()
+                pipe.hset(keys.workspace(workspace_id), mapping=fields)
+                pipe.sadd(keys.tenant_workspaces(tenant_id), workspace_id)
+                await pipe.execute()
+                break
+            except WatchError:
+                continue
+            except QuotaExceeded as exc:
+                over = exc  # raised outside the pipeline, whose cleanup would mask it
+                break
+    if over is not None:
+        raise over
     return public(fields)
 
 
@@ -132,8 +151,12 @@ async def get(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> dict[
     return await read_owned(redis, keys.workspace(workspace_id), tenant_id)
 
 
-async def list_for(redis: aioredis.Redis, tenant_id: str) -> list[dict[str, Any]]:
-    return await list_owned(redis, keys.tenant_workspaces(tenant_id), keys.workspace, tenant_id, public)
+async def list_for(
+    redis: aioredis.Redis, tenant_id: str, *, after: str | None = None, limit: int = 100
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the tenant's workspaces, by id, and the next page's cursor (see records.list_owned)."""
+    index = keys.tenant_workspaces(tenant_id)
+    return await list_owned(redis, index, keys.workspace, tenant_id, public, after=after, limit=limit)
 
 
 async def delete(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> bool:
@@ -281,6 +304,27 @@ def version(raw: dict[bytes, bytes]) -> str:
 async def read(redis: aioredis.Redis, workspace_ids: Sequence[str]) -> list[Any]:
     """The stored hashes, in one round trip; a key of the wrong type reads as its error (an Exception)."""
     return await read_hashes(redis, [keys.workspace(i) for i in workspace_ids])
+
+
+async def probe_failed(redis: aioredis.Redis, workspace_id: str) -> int:
+    """Count one more failed health probe in a row; returns the count (kept across restarts)."""
+    return int(await redis.hincrby(keys.WORKSPACES_PROBE_FAILURES, workspace_id, 1))
+
+
+async def probe_passed(redis: aioredis.Redis, workspace_id: str) -> None:
+    """A probe answered: the count of failures in a row starts again."""
+    await redis.hdel(keys.WORKSPACES_PROBE_FAILURES, workspace_id)
+
+
+async def forget_probe_failures(redis: aioredis.Redis, keep: set[str]) -> int:
+    """Drop the counts of workspaces not in `keep` (offline, deleted); how many went."""
+    gone = [w for w in (m.decode() for m in await redis.hkeys(keys.WORKSPACES_PROBE_FAILURES)) if w not in keep]
+    return int(await redis.hdel(keys.WORKSPACES_PROBE_FAILURES, *gone)) if gone else 0
+
+
+async def probe_failures(redis: aioredis.Redis) -> int:
+    """How many workspaces have failed their last probe (one or more in a row)."""
+    return int(await redis.hlen(keys.WORKSPACES_PROBE_FAILURES))
 
 
 async def online(redis: aioredis.Redis) -> list[str]:

@@ -211,7 +211,7 @@ def test_schedules_are_isolated_between_tenants(scheduler_platform: Platform, ag
     assert platform.tenant_get(b, path)[0] == 404
     assert http("PATCH", platform.url + path, {"name": "taken"}, token=b["token"])[0] == 404
     assert http("DELETE", platform.url + path, token=b["token"])[0] == 404
-    assert platform.tenant_get(b, "/schedules") == (200, {"schedules": []})
+    assert platform.tenant_get(b, "/schedules") == (200, {"schedules": [], "next_cursor": None})
     body = {"workspace_id": ws_a["id"], "name": "x", "cron": "* * * * *", "prompt": "p"}
     status, reply = platform.tenant_post(b, "/schedules", body)
     assert status == 422 and "workspace_id" in reply["error"]
@@ -253,9 +253,11 @@ def test_a_key_of_the_wrong_type_is_one_items_failure(scheduler_platform: Platfo
     fine = schedule(platform, tenant, workspace(platform, tenant, agent.url))
     bogus = "f" * 32
     client.set(f"schedule:{bogus}", "not a hash")
-    client.zadd("schedules:due", {bogus: int(time.time())})
+    due = f"tenant:{tenant['id']}:due"
+    client.zadd(due, {bogus: int(time.time())})
+    client.zadd("schedules:due_tenants", {tenant["id"]: int(time.time())})
     before = platform.subsystem("scheduler")["quarantined"]
-    wait_for(lambda: client.zscore("schedules:due", bogus) is None, 30, what="bogus entry quarantined")
+    wait_for(lambda: client.zscore(due, bogus) is None, 30, what="bogus entry quarantined")
     assert client.sismember("schedules:quarantined", bogus) == 0  # nothing to mark: no record
     runs = read(platform, tenant, fine["id"])["run_count"]
     wait_for(lambda: read(platform, tenant, fine["id"])["run_count"] > runs + 1, 30, what="others keep firing")

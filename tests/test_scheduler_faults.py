@@ -149,7 +149,9 @@ def test_after_downtime_an_overdue_schedule_fires_once_for_its_latest_slot(own_p
         created = schedule(platform, tenant, workspace(platform, tenant, agent.url), cron=cron)
         latest = latest_slot(cron, "UTC", time.time(), 0)
         client = redis.Redis.from_url(platform.settings.redis_url)
-        client.zadd("schedules:due", {created["id"]: latest - 3600})  # as if down for an hour
+        overdue = latest - 3600  # as if down for an hour
+        client.zadd(f"tenant:{tenant['id']}:due", {created["id"]: overdue})
+        client.zadd("schedules:due_tenants", {tenant["id"]: overdue})
         platform.deployment.start(Scheduler)
         wait_for(lambda: slots_of(agent, created["id"]), 30, what="the catch-up fire")
         after = wait_for(lambda: (lambda s: s if s["run_count"] else None)(read(platform, tenant, created["id"])), 10)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from store import broadcast, events, health, keys, tenants
+from store.quotas import QuotaExceeded
 from store.records import new_id
 
 
 async def test_append_then_read_after_heads_and_counts(store: aioredis.Redis) -> None:
     a, b, empty = new_id(), new_id(), new_id()
-    ids = [await events.append(store, "E", a, None, {"n": n}, max_len=100) for n in range(3)]
-    await events.append(store, "E", b, "w", {"n": 0}, max_len=100)
+    ids = [await events.append(store, "E", a, None, {"n": n}, max_len=100, per_s=100) for n in range(3)]
+    await events.append(store, "E", b, "w", {"n": 0}, max_len=100, per_s=100)
     heads = await events.heads(store, [a, b, empty])
     assert heads[a] == ids[-1] and heads[empty] == "0-0"
     assert [i for i, _ in await events.after(store, a, ids[0], 10)] == ids[1:]
@@ -26,7 +29,7 @@ async def test_append_then_read_after_heads_and_counts(store: aioredis.Redis) ->
 
 async def test_a_key_that_is_no_stream_is_found_by_its_kind(store: aioredis.Redis) -> None:
     good, bad, empty = new_id(), new_id(), new_id()
-    await events.append(store, "E", good, None, {}, max_len=10)
+    await events.append(store, "E", good, None, {}, max_len=10, per_s=100)
     await store.set(keys.events(bad), "not a stream")
     with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
         await events.read_new(store, {good: "0-0", bad: "0-0"}, count=10, block_ms=10)
@@ -81,3 +84,19 @@ async def test_a_new_token_replaces_the_old_one_in_one_step(store: aioredis.Redi
     assert await tenants.delete(store, tenant["id"], "ns") is True
     assert await tenants.delete(store, tenant["id"], "ns") is False
     assert await tenants.tenant_for_token(store, token) is None and await tenants.ids(store) == []
+
+
+async def test_a_tenant_over_its_event_rate_is_refused_with_the_wait_and_nothing_stored(store: aioredis.Redis) -> None:
+    tenant_id, other = new_id(), new_id()
+    # 2 a second, bursts to 20: the 21st at once is refused.
+    for n in range(20):
+        await events.append(store, "E", tenant_id, None, {"n": n}, max_len=100, per_s=2)
+    with pytest.raises(QuotaExceeded) as refused:
+        await events.append(store, "E", tenant_id, None, {"n": 20}, max_len=100, per_s=2)
+    assert str(refused.value) == "quota exceeded: events_per_s (limit 2)"
+    assert 0 < refused.value.retry_after_s <= 0.5
+    assert await store.xlen(keys.events(tenant_id)) == 20
+    await events.append(store, "E", other, None, {}, max_len=100, per_s=2)  # another tenant's bucket is its own
+    await asyncio.sleep(refused.value.retry_after_s + 0.05)
+    await events.append(store, "E", tenant_id, None, {"n": 20}, max_len=100, per_s=2)  # refilled at its rate
+    assert await store.xlen(keys.events(tenant_id)) == 21

@@ -27,10 +27,10 @@ def test_workspace_lifecycle_and_isolation(platform: Platform) -> None:
     assert status == 201 and ws["a2a_version"] == "0.3" and ws["restart_url"] is None
     url = f"/workspaces/{ws['id']}"
     assert platform.get(url, token=a["token"]) == (200, ws)
-    assert platform.get("/workspaces", token=a["token"]) == (200, {"workspaces": [ws]})
+    assert platform.get("/workspaces", token=a["token"]) == (200, {"workspaces": [ws], "next_cursor": None})
     # Tenant B sees nothing of A's.
     assert platform.get(url, token=b["token"])[0] == 404
-    assert platform.get("/workspaces", token=b["token"]) == (200, {"workspaces": []})
+    assert platform.get("/workspaces", token=b["token"]) == (200, {"workspaces": [], "next_cursor": None})
     assert http("DELETE", platform.url + url, token=b["token"])[0] == 404
     assert platform.post(url + "/heartbeat", token=b["token"])[0] == 404
     # Heartbeat sets the liveness key with its TTL.

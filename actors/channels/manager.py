@@ -5,7 +5,8 @@ disabled, re-enabled) and beats. A Telegram channel's poller is its own RecoverL
 the subsystem's loops: its failures back off that channel alone and show in the channel's
 `status`, never in the manager's health. Pollers and the Slack webhook only append to the
 channel's inbox (store.channels); relaying runs apart, in ChatQueues: in order per chat,
-at most RELAY_SLOTS at once, each call to a workspace with a deadline.
+at most RELAY_SLOTS at once and at most the tenant's `relays_in_flight` (TENANT_RELAYS_IN_FLIGHT)
+over all its channels, each call to a workspace with a deadline.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from actors.egress import egress_for
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import LoopState, RecoverLoop
 from settings import Settings
-from store import channels, events, workspaces
+from store import channels, events, quotas, workspaces
 from store.channels import Channel, Inbound
 from store.client import connect
 from store.secrets import SecretBox
@@ -85,6 +86,9 @@ class ChannelManager(Subsystem):
         self.runs: dict[str, Run] = {}
         self._parsed: dict[str, tuple[bytes, Channel]] = {}
         self._slots = asyncio.Semaphore(RELAY_SLOTS)
+        # Each tenant's calls in flight, over all its channels, inside the global slots: a
+        # tenant whose workspace hangs holds at most its `relays_in_flight` of them.
+        self._tenant_slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._session: aiohttp.ClientSession | None = None
         self.egress = self.own(egress_for(settings, limit=RELAY_SLOTS))
         self._closed = False
@@ -160,7 +164,28 @@ class ChannelManager(Subsystem):
         self._parsed = {c: p for c, p in self._parsed.items() if c in wanted}
         self._quarantined = {c: r for c, r in self._quarantined.items() if c in self._parsed}
         self.watched, self._quarantined_count = len(ids), quarantined
+        await self._size_tenant_slots()
         await self._load_all()
+
+    async def _size_tenant_slots(self) -> None:
+        """Each running channel's tenant's relay slots, sized by its `relays_in_flight` as set now.
+
+        A changed quota gets a new semaphore: calls holding the old one finish on it.
+        """
+        tenant_ids = sorted({run.channel.tenant_id for run in self.runs.values()})
+        found = await quotas.shares(self.redis, self.settings.quotas(), tenant_ids)
+        sized = {}
+        for tenant_id, share in found.items():
+            limit = int(share["relays_in_flight"])
+            current = self._tenant_slots.get(tenant_id)
+            sized[tenant_id] = current if current and current[0] == limit else (limit, asyncio.Semaphore(limit))
+        self._tenant_slots = sized
+
+    def _tenant_slot(self, tenant_id: str) -> asyncio.Semaphore:
+        if tenant_id not in self._tenant_slots:  # a run started since the last tick: the default until then
+            limit = int(self.settings.tenant_relays_in_flight)
+            self._tenant_slots[tenant_id] = (limit, asyncio.Semaphore(limit))
+        return self._tenant_slots[tenant_id][1]
 
     async def _parse(self, channel_id: str, raw: Any, version: bytes) -> Channel:
         """The channel as stored (parsed again only when it changed); raises if the record is corrupt."""
@@ -335,7 +360,7 @@ class ChannelManager(Subsystem):
             return  # the run is being retired; the message stays in the inbox for the next one
         entry_id, inbound = item
         channel = run.channel
-        async with run.slots, self._slots:
+        async with run.slots, self._tenant_slot(channel.tenant_id), self._slots:
             self.in_flight += 1
             try:
                 outcome = await self._ask(channel, inbound)
@@ -392,7 +417,7 @@ class ChannelManager(Subsystem):
         for part in chat_api.split(text):
             for attempt in range(POST_ATTEMPTS):
                 try:
-                    async with run.slots, self._slots:
+                    async with run.slots, self._tenant_slot(channel.tenant_id), self._slots:
                         await post(self.session, base, channel.secrets["bot_token"], inbound, part, POST_TIMEOUT_S)
                     break
                 except ChatApiError as exc:
