@@ -102,7 +102,7 @@ class Deployment:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.redis_url is None:
-            self.redis = EmbeddedRedis(settings.data_dir)
+            self.redis = EmbeddedRedis(settings.data_dir, maxmemory=settings.redis_maxmemory)
             settings = self.settings = dataclasses.replace(settings, redis_url=self.redis.start())
         self.token, self.token_path = admin_token(settings)
         settings = self.settings = dataclasses.replace(settings, channel_secret_key=channel_secret_key(settings))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -9,15 +13,24 @@ from api.auth import require_admin
 from api.backend import FAULTS, FaultRefused, Unavailable, UnknownSubsystem
 from api.context import context
 from api.errors import ApiError, read_json
+from store.client import memory
+
+STORE_DEADLINE_S = 1.0
 
 
 async def liveness(request: Request) -> Response:
     require_admin(request)
+    ctx = context(request)
     try:
-        body = await context(request).backend.liveness()
+        body = await ctx.backend.liveness()
     except Unavailable as exc:
         raise ApiError(503, str(exc)) from None
-    return Response(body, media_type="application/json")
+    try:
+        store: dict[str, object] = await asyncio.wait_for(memory(ctx.redis), STORE_DEADLINE_S)
+    except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+        store = {"reachable": False, "error": type(exc).__name__}
+    # The registry's snapshot is shared, encoded once, by every request: the store's state goes in front.
+    return Response(b'{"store":' + json.dumps(store).encode() + b"," + body[1:], media_type="application/json")
 
 
 async def faults(request: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from api.backend import Unavailable
 from store.quotas import QuotaExceeded
+from store.scripts import translated
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ async def on_storage_down(request: Request, exc: Exception) -> JSONResponse:
     return error(503, "storage unavailable, try again")
 
 
+async def on_store_full(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("store full on %s %s: %s", request.method, request.url.path, exc)
+    return error(503, "store full")
+
+
 async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return error(503, str(exc))
 
@@ -85,6 +91,8 @@ async def on_quota_exceeded(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(translated(exc), redis.exceptions.OutOfMemoryError):  # wrapped by a pipeline's script
+        return await on_store_full(request, exc)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error(500, "internal error")
 
@@ -94,6 +102,7 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_exception,
     redis.exceptions.ConnectionError: on_storage_down,
     redis.exceptions.TimeoutError: on_storage_down,
+    redis.exceptions.OutOfMemoryError: on_store_full,
     Unavailable: on_unavailable,
     QuotaExceeded: on_quota_exceeded,
     Exception: on_unexpected,

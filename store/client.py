@@ -30,3 +30,10 @@ def connect(url: str, *, timeout_s: float = 2.0) -> aioredis.Redis:
         health_check_interval=10,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+async def memory(redis: aioredis.Redis) -> dict[str, object]:
+    """The server's memory as operators need it: used, its `maxmemory` (0: none) and whether it is full."""
+    info = await redis.info("memory")
+    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    return {"used_bytes": used, "max_bytes": limit, "full": bool(limit) and used >= limit}

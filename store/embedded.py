@@ -47,6 +47,11 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def default_maxmemory() -> int:
+    """A quarter of this machine's memory: the embedded Redis's `maxmemory` unless REDIS_MAXMEMORY says."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by this user only (0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +78,9 @@ def answers(url: str, timeout_s: float = 0.5) -> bool:
 
 
 class EmbeddedRedis:
-    """A redis-server on 127.0.0.1 persisting under `data_dir`: a password, AOF, expired-key events.
+    """A redis-server on 127.0.0.1 persisting under `data_dir`: a password, AOF, expired-key events,
+    and a `maxmemory` (a quarter of the machine's memory by default) with `noeviction`: a write
+    past it is refused, never a key dropped.
 
     Its port is kept in `data_dir/redis.port`, so a restart comes back on the same URL and
     detached actors holding that URL reconnect. Its password is generated into
@@ -84,10 +91,13 @@ class EmbeddedRedis:
     password is never used.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, databases: int = 16) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, databases: int = 16, maxmemory: int | None = None
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.databases = databases
+        self.maxmemory = maxmemory if maxmemory is not None else default_maxmemory()
         self.process: subprocess.Popen[bytes] | None = None
         self.adopted_pid: int | None = None
         self._password: str | None = None
@@ -150,6 +160,8 @@ class EmbeddedRedis:
             "--save", "",
             "--protected-mode", "yes",
             "--databases", str(self.databases),
+            "--maxmemory", str(self.maxmemory),
+            "--maxmemory-policy", "noeviction",
             "--logfile", str(self.data_dir / "redis.log"),
             "--pidfile", str(self.data_dir / "redis.pid"),
         ]  # fmt: skip

@@ -38,7 +38,7 @@ from store.records import (
     read_owned,
     to_hash,
 )
-from store.scripts import Lua
+from store.scripts import Lua, translated
 
 STATUSES = ("ok", "error", "skipped", "quarantined")
 
@@ -456,7 +456,10 @@ async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
                 keys.SCHEDULES_DUE_TENANTS,
             ]
             await _CLAIM(redis, claim_keys, args, pipe=pipe)
-        return [bool(won) for won in await pipe.execute()]
+        try:
+            return [bool(won) for won in await pipe.execute()]
+        except ResponseError as exc:
+            raise translated(exc) from None
 
 
 # KEYS: schedule hash, inflight, events stream. ARGV: member, last_run_at, status, error,
@@ -512,7 +515,7 @@ async def complete_many(redis: aioredis.Redis, done: Sequence[Completion], *, ma
             script_keys = [keys.schedule(c.schedule_id), keys.SCHEDULES_INFLIGHT, keys.events(c.tenant_id)]
             await _COMPLETE(redis, script_keys, args, pipe=pipe)
         found = await pipe.execute(raise_on_error=False)
-    return [r if isinstance(r, Exception) else bool(r) for r in found]
+    return [translated(r) if isinstance(r, Exception) else bool(r) for r in found]
 
 
 async def complete(

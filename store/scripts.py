@@ -8,6 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 
 class Lua:
@@ -28,4 +29,23 @@ class Lua:
         script = self._bound.get(redis)
         if script is None:
             script = self._bound[redis] = redis.register_script(self.source)
-        return await script(keys=list(keys), args=list(args), client=pipe)
+        try:
+            return await script(keys=list(keys), args=list(args), client=pipe)
+        except ResponseError as exc:
+            raise translated(exc) from None
+
+
+def translated(exc: Exception) -> Exception:
+    """A script's error as redis-py would name it had the command been sent alone.
+
+    Redis refuses a script at its first write when the store is full (maxmemory), before it
+    has written anything, but wraps the OOM in "Error running script": it is an
+    OutOfMemoryError all the same, so callers see one kind of "store full".
+    """
+    if (
+        isinstance(exc, ResponseError)
+        and not isinstance(exc, OutOfMemoryError)
+        and "OOM command not allowed" in str(exc)
+    ):
+        return OutOfMemoryError(str(exc))
+    return exc

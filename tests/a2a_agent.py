@@ -111,7 +111,7 @@ class A2AAgent:
             body = b"".join(chunks)
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
             with self.lock:
-                self.requests.append({"headers": headers, "body": json.loads(body)})
+                self.requests.append({"headers": headers, "body": json.loads(body), "at": time.time()})
             replayed = False
 
             async def replay() -> dict:
@@ -148,7 +148,11 @@ class A2AAgent:
 
 
 class BlackHole:
-    """A TCP server that accepts connections and never answers (a wedged workspace)."""
+    """A TCP server that accepts connections and never answers (a wedged workspace).
+
+    `connections` counts every one accepted, `open` those the client has not closed, and
+    `peak` the most open at once.
+    """
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -156,10 +160,19 @@ class BlackHole:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.connections = 0
+        self.open = 0
+        self.peak = 0
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        await asyncio.Event().wait()
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            while await reader.read(65536):  # until the client closes
+                pass
+        finally:
+            self.open -= 1
+            writer.close()
 
     def start(self) -> BlackHole:
         self.thread.start()

@@ -263,6 +263,36 @@ def test_the_relay_holds_at_most_its_global_slots_across_every_channel(
         hanging.stop()
 
 
+def test_one_tenants_hung_channels_hold_only_its_own_relay_slots(
+    relay: Platform, apis: ChatApis, agents: list[A2AAgent]
+) -> None:
+    """Acceptance b: 16 channels of one tenant hung in 16 chats each would fill every global slot;
+    they hold TENANT_RELAYS_IN_FLIGHT, and another tenant's message is answered meanwhile."""
+    hanging = A2AAgent(hold_prefix="hang").start()
+    try:
+        noisy = relay.new_tenant("noisy-relay")
+        tokens = []
+        for n in range(16):
+            token = new_token()
+            apis.bot(token)
+            channel = bind(relay, noisy, hanging, token)
+            wait_for(lambda c=channel: running(relay, noisy, c["id"]), 30, what=f"noisy channel {n} running")
+            tokens.append(token)
+        for token in tokens:
+            for chat in range(CHANNEL_SLOTS):
+                apis.send(token, 5000 + chat, "hang here")
+        limit = relay.settings.tenant_relays_in_flight
+        wait_for(lambda: len(hanging.bodies_for("channel-telegram-")) >= limit, 60, what="its slots full")
+        _, quiet_token, _ = new_bot(relay, apis, agents[0], "quiet-relay")
+        asked = apis.send(quiet_token, 5100, "hello")
+        wait_for(lambda: replied(apis, quiet_token, 5100, [asked]), 30, what="the quiet tenant answered")
+        assert len(hanging.bodies_for("channel-telegram-")) == limit  # 256 wanted, its 16 held
+        assert relay.subsystem("channel-manager")["progress"]["backlog"] >= 16 * CHANNEL_SLOTS
+    finally:
+        hanging.released.set()
+        hanging.stop()
+
+
 def test_chats_outside_allowed_chats_are_ignored(relay: Platform, apis: ChatApis, agents: list[A2AAgent]) -> None:
     tenant, token, channel = new_bot(relay, apis, agents[2], "allowed", allowed_chats=[91])
     assert channel["allowed_chats"] == ["91"]

@@ -53,11 +53,47 @@ def test_api_node_is_the_head_an_address_or_a_node_id(value: str, node: str) -> 
         ("SLACK_API_BASE", "ftp://slack.com/api"),
         ("TELEGRAM_POLL_TIMEOUT_S", "-1"),
         ("CHANNEL_REPLY_TIMEOUT_S", "0"),
+        ("SCHEDULER_FIRES_IN_FLIGHT", "0"),
+        ("TENANT_FIRES_IN_FLIGHT", "many"),
+        ("TENANT_RELAYS_IN_FLIGHT", "1.5"),
+        ("TENANT_MAX_WORKSPACES", "-1"),
+        ("TENANT_MAX_SCHEDULES", "1e3"),
+        ("TENANT_MAX_CHANNELS", "x"),
+        ("TENANT_MAX_WS_CONNECTIONS", "0"),
+        ("TENANT_EVENTS_PER_S", "0"),
+        ("REDIS_MAXMEMORY", "lots"),
+        ("REDIS_MAXMEMORY", "512kb"),
+        ("REDIS_MAXMEMORY", "2tb"),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: str) -> None:
     with pytest.raises(ValueError, match=key):
         Settings.from_env({key: value})
+
+
+def test_quotas_and_maxmemory_are_read() -> None:
+    s = Settings.from_env(
+        {
+            "TENANT_MAX_WORKSPACES": "7",
+            "TENANT_EVENTS_PER_S": "2.5",
+            "TENANT_FIRES_IN_FLIGHT": "4",
+            "SCHEDULER_FIRES_IN_FLIGHT": "64",
+            "REDIS_MAXMEMORY": "512mib",
+        }
+    )
+    assert s.quotas() == {
+        "workspaces": 7,
+        "schedules": 10_000,
+        "channels": 100,
+        "ws_connections": 100,
+        "events_per_s": 2.5,
+        "fires_in_flight": 4,
+        "relays_in_flight": 16,
+    }
+    assert (s.scheduler_fires_in_flight, s.redis_maxmemory) == (64, 512 * 1024**2)
+    assert Settings.from_env({"REDIS_MAXMEMORY": "2gb"}).redis_maxmemory == 2 * 1000**3
+    assert Settings.from_env({"REDIS_MAXMEMORY": "1048576"}).redis_maxmemory == 1024**2
+    assert Settings.from_env({}).redis_maxmemory is None  # the embedded Redis takes a quarter of the memory
 
 
 def test_values_are_read() -> None:

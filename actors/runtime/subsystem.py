@@ -29,6 +29,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    redis.exceptions.OutOfMemoryError,  # the store is full: back off until there is room, drop nothing
 )
 # Which state a subsystem reports when its loops disagree: the worst one.
 SEVERITY = {"RUNNING": 0, "STARTING": 1, "BACKOFF": 2, "FAILED": 3}
