@@ -30,7 +30,9 @@ from driver import SUBSYSTEMS
 from store import keys, schedules
 from store.client import connect
 from store.embedded import free_port
-from tests.support import wait_for
+from tests.support import ADMIN_TOKEN, Platform, http, wait_for
+
+BASELINE_IN_FLIGHT = 64
 
 
 def serve_agent(port: int) -> None:
@@ -77,7 +79,7 @@ async def create_all(redis_url: str, tenant_id: str, workspace_id: str, cron: st
 
 async def baseline(url: str, count: int) -> float:
     """Same client, same concurrency, same request shape: no Ray, no Redis."""
-    limit = asyncio.Semaphore(64)
+    limit = asyncio.Semaphore(BASELINE_IN_FLIGHT)
     async with aiohttp.ClientSession() as session:
 
         async def one(i: int) -> None:
@@ -94,10 +96,18 @@ def lateness(seen: dict[str, float], prefix: str = "cron-") -> list[float]:
     return [at - int(mid.rsplit("-", 1)[1]) for mid, at in seen.items() if mid.startswith(prefix)]
 
 
+def as_many_in_flight_as_the_baseline(platform: Platform, tenant: dict) -> None:
+    """One tenant's fires in flight: 64, as the baseline's (its default quota is 16)."""
+    path = f"{platform.url}/admin/tenants/{tenant['id']}"
+    status, body = http("PATCH", path, {"quotas": {"fires_in_flight": BASELINE_IN_FLIGHT}}, token=ADMIN_TOKEN)
+    assert status == 200, body
+
+
 def burst(url: str, count: int, lead_s: int, **overrides: object) -> list[float]:
     """`count` schedules due in one second on a platform of their own; each delivery's lateness."""
     with harness.platform(subsystems=SUBSYSTEMS, **overrides) as platform:
         tenant = platform.new_tenant("bench")
+        as_many_in_flight_as_the_baseline(platform, tenant)
         _, ws = platform.tenant_post(tenant, "/workspaces", {"name": "w", "url": url})
         slot = int(time.time()) + lead_s
         cron = f"{slot % 60} {slot // 60 % 60} * * * *"
@@ -145,6 +155,7 @@ def main() -> None:
         with harness.platform(subsystems=SUBSYSTEMS) as platform:
             redis_url = platform.settings.redis_url
             tenant = platform.new_tenant("bench")
+            as_many_in_flight_as_the_baseline(platform, tenant)
             _, ws = platform.tenant_post(tenant, "/workspaces", {"name": "w", "url": url})
 
             # 1. Burst: every schedule due in one second, about 40 s from now (creation takes a while).
@@ -168,7 +179,8 @@ def main() -> None:
 
             # Clear the burst schedules out of the way.
             client = harness.sync_redis(redis_url)
-            client.delete(keys.SCHEDULES_DUE)
+            client.delete(keys.tenant_due(tenant["id"]))
+            client.zrem(keys.SCHEDULES_DUE_TENANTS, tenant["id"])
             urllib.request.urlopen(url + "reset", timeout=30).read()
 
             # 2. Steady state.

@@ -69,6 +69,27 @@ def new_bot(
     return tenant, token, channel
 
 
+Bound = tuple[dict[str, Any], str, str]  # (tenant, bot token, channel id)
+
+
+def new_bots(relay: Platform, apis: ChatApis, agent: A2AAgent, name: str, count: int) -> list[Bound]:
+    """A new tenant with `count` new bots bound to workspaces served by `agent` (not yet awaited)."""
+    tenant = relay.new_tenant(name)
+    made = []
+    for _ in range(count):
+        token = new_token()
+        apis.bot(token)
+        made.append((tenant, token, bind(relay, tenant, agent, token)["id"]))
+    return made
+
+
+def wait_running(relay: Platform, bound: list[Bound]) -> list[str]:
+    """Wait until every one of the channels runs (together: each would wait for a reconcile of
+    its own otherwise); their bots' tokens."""
+    wait_for(lambda: all(running(relay, t, c) for t, _, c in bound), 60, what=f"{len(bound)} channels running")
+    return [token for _, token, _ in bound]
+
+
 def channel_of(platform: Platform, tenant: dict, channel_id: str) -> dict[str, Any]:
     status, channel = platform.tenant_get(tenant, f"/channels/{channel_id}")
     assert status == 200, channel
@@ -243,7 +264,8 @@ def test_the_relay_holds_at_most_its_global_slots_across_every_channel(
     """17 channels, each hung in 16 chats: 272 calls wanted, RELAY_SLOTS (256) made, the rest wait."""
     hanging = A2AAgent(hold_prefix="hang").start()
     try:
-        bots = [new_bot(relay, apis, hanging, f"wide-{n}")[1] for n in range(RELAY_SLOTS // CHANNEL_SLOTS + 1)]
+        count = RELAY_SLOTS // CHANNEL_SLOTS + 1
+        bots = wait_running(relay, [b for n in range(count) for b in new_bots(relay, apis, hanging, f"wide-{n}", 1)])
         for token in bots:
             for chat in range(CHANNEL_SLOTS):
                 apis.send(token, 3000 + chat, "hang here")
@@ -270,14 +292,7 @@ def test_one_tenants_hung_channels_hold_only_its_own_relay_slots(
     they hold TENANT_RELAYS_IN_FLIGHT, and another tenant's message is answered meanwhile."""
     hanging = A2AAgent(hold_prefix="hang").start()
     try:
-        noisy = relay.new_tenant("noisy-relay")
-        tokens = []
-        for n in range(16):
-            token = new_token()
-            apis.bot(token)
-            channel = bind(relay, noisy, hanging, token)
-            wait_for(lambda c=channel: running(relay, noisy, c["id"]), 30, what=f"noisy channel {n} running")
-            tokens.append(token)
+        tokens = wait_running(relay, new_bots(relay, apis, hanging, "noisy-relay", 16))
         for token in tokens:
             for chat in range(CHANNEL_SLOTS):
                 apis.send(token, 5000 + chat, "hang here")
