@@ -31,7 +31,6 @@ READ_COUNT = 1000  # per tenant per read, and at most a quarter of a client's qu
 DELIVER_MAX = 5000  # events per call to the API actor
 DELIVER_TIMEOUT_S = 2.0
 RETRY_PAUSE_S = 0.5  # between attempts while the API actor does not take deliveries
-LAG_COUNT_CAP = 10_000  # lag_events counts up to this many per tenant
 LAG_MEASURE_S = 2.0
 TENANTS_REFRESH_S = 1.0  # new tenants are picked up within this (their streams are read from the start)
 SAVE_EVERY_S = 0.2  # positions are written at most this often: a crash re-delivers at most this much
@@ -57,6 +56,10 @@ class Broadcaster(Subsystem):
         self.lag_events = 0
         self.lag_s = 0.0
         self._lag_measured_at = 0.0
+        # Per tenant: its count of appended events when it was last seen at its head, and the
+        # entries read since. The lag in events is the difference of counts: nothing is read.
+        self._base: dict[str, tuple[int, int]] = {}
+        self._read: dict[str, int] = {}
         self._tenant_list: list[str] = []
         self._tenants_read_at = 0.0
         self._unsaved: dict[str, str] = {}
@@ -115,10 +118,11 @@ class Broadcaster(Subsystem):
             await self._screen(tenants)  # one tenant's bad key must not stop everyone's events
             return True
         batch, newest, oldest_ms, full = self._decode(reply)
+        self._read = {tenant_id: len(entries) for tenant_id, entries in reply}
         delivered = await self._deliver(batch, newest)
         if self._unsaved and (not reply or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
             await self._save()
-        await self._measure_lag(list(newest) if full or not delivered else [], oldest_ms)
+        await self._measure_lag(list(newest) if full or not delivered else [], oldest_ms, positions)
         self._pause = 0.0 if delivered else RETRY_PAUSE_S
         return delivered and full
 
@@ -167,6 +171,10 @@ class Broadcaster(Subsystem):
             advanced = {t: newest[t] for t in chunk}
             self.positions.update(advanced)
             self._unsaved.update(advanced)
+            for t in chunk:
+                if t in self._base:
+                    base, read = self._base[t]
+                    self._base[t] = (base, read + self._read.get(t, 0))
             self.delivered += sum(len(batch[t]) for t in chunk)
         return True
 
@@ -187,19 +195,35 @@ class Broadcaster(Subsystem):
             except Exception as exc:  # the positions saved before are still valid: events are re-delivered
                 log.warning("could not save broadcast positions: %s", exc)
 
-    async def _measure_lag(self, behind: list[str], oldest_ms: float | None) -> None:
-        """Events and seconds from the positions of the tenants `behind` to their heads (counts every LAG_MEASURE_S)."""
-        if not behind:
-            self.lag_events, self.lag_s = 0, 0.0
-            return
+    async def _measure_lag(self, behind: list[str], oldest_ms: float | None, positions: dict[str, str]) -> None:
+        """Seconds (from the stream ids) and events (from each stream's count of appends) from the
+        positions of the tenants `behind` to their heads; the counts are read every LAG_MEASURE_S.
+
+        A tenant's count at its position is learned whenever it is at its head (or, read from the
+        start, from what its stream holds), then moved by what is read: so the lag of a tenant
+        that was behind a saved position since this process started is not counted until it has
+        caught up once (`lag_s` still shows it).
+        """
         now = time.time()
-        if oldest_ms is not None:
-            self.lag_s = max(0.0, now - oldest_ms / 1000)
+        self.lag_s = max(0.0, now - oldest_ms / 1000) if behind and oldest_ms is not None else 0.0
         if now - self._lag_measured_at < LAG_MEASURE_S:
+            if not behind:
+                self.lag_events = 0
             return
         self._lag_measured_at = now
-        positions = {t: self.positions.get(t, "0-0") for t in behind}
-        self.lag_events = await events.count_after(self.redis, positions, LAG_COUNT_CAP)
+        counts = await events.counts(self.redis, list(positions))
+        lag = 0
+        for tenant_id, (added, held) in counts.items():
+            if tenant_id not in behind:
+                self._base[tenant_id] = (added, 0)
+                continue
+            if tenant_id not in self._base and positions[tenant_id] == "0-0":
+                self._base[tenant_id] = (added - held, 0)  # nothing delivered yet: all it holds is ahead
+            if tenant_id in self._base:
+                base, read = self._base[tenant_id]
+                lag += max(0, added - base - read)
+        self._base = {t: b for t, b in self._base.items() if t in counts}
+        self.lag_events = lag
 
     async def _screen(self, tenants: list[str]) -> None:
         """Find tenants whose events key holds something other than a stream; leave them out."""

@@ -29,7 +29,8 @@ from store.quotas import QuotaExceeded
 log = logging.getLogger(__name__)
 
 PARAMETERS = ("token", "last_event_id")
-REPLAY_PAGE = 500
+REPLAY_PAGE = 500  # entries of a replay page at most ...
+REPLAY_PAGE_BYTES = 1024 * 1024  # ... and about this many bytes, from the stream's mean entry
 BAD_REQUEST, UNAUTHORIZED, OVER_QUOTA, TRY_AGAIN, INTERNAL = 4400, 4401, 4429, 1013, 1011
 STORAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 MAX_REASON_BYTES = 123  # the WebSocket limit for a close frame's reason
@@ -201,8 +202,9 @@ async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
     next page reads them.
     """
     ctx = context(websocket)
+    count = await events.page_size(ctx.redis, client.tenant_id, REPLAY_PAGE_BYTES, REPLAY_PAGE)
     while True:
-        page = await events.after(ctx.redis, client.tenant_id, cursor.id, REPLAY_PAGE)
+        page = await events.after(ctx.redis, client.tenant_id, cursor.id, count)
         for stream_id, fields in page:
             key = events.parse_id(stream_id)
             if key is None or not cursor.advance(key):
@@ -211,7 +213,7 @@ async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
             text = events.envelope(client.tenant_id, stream_id, fields)
             if text is not None:
                 await websocket.send_text(text)
-        if len(page) < REPLAY_PAGE:
+        if len(page) < count:
             if not client.overflowed:
                 return
             ctx.hub.readmit(client)

@@ -414,12 +414,8 @@ async def accept_batch(
                 for message in kept:
                     pipe.xadd(keys.channel_inbox(channel.id), message.fields())
                     payload = {"chat_id": message.chat_id, "message_id": message.message_id, "text": message.text}
-                    pipe.xadd(
-                        keys.events(channel.tenant_id),
-                        message_event(channel, "in", {**payload, "sender": message.sender}),
-                        maxlen=max_len,
-                        approximate=True,
-                    )
+                    event = message_event(channel, "in", {**payload, "sender": message.sender})
+                    await events.append_in(redis, pipe, channel.tenant_id, event, max_len)
                 if kept:
                     pipe.hincrby(key, "message_count", len(kept))
                     pipe.hset(key, "last_message_at", now_rfc3339(now))
@@ -431,10 +427,12 @@ async def accept_batch(
     raise Conflict(f"channel {channel.id} kept changing while its batch was recorded")
 
 
-# KEYS: channel hash, inbox, events, seen(event id), seen(message). ARGV: seen ttl, inbox max,
-# events maxlen, last_message_at, n, then n inbox field/value items, then the event's.
-# Returns 1 accepted, 0 a duplicate, -1 no such channel, -2 inbox full.
-_ACCEPT_ONCE = Lua("""
+# KEYS: channel hash, inbox, events, seen(event id), seen(message), the events' size key.
+# ARGV: seen ttl, inbox max, events maxlen, last_message_at, n, then n inbox field/value
+# items, then the event's. Returns 1 accepted, 0 a duplicate, -1 no such channel, -2 inbox full.
+_ACCEPT_ONCE = Lua(
+    events.APPEND_FN
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then return -2 end
@@ -442,11 +440,12 @@ redis.call('SET', KEYS[4], '1', 'EX', ARGV[1])
 redis.call('SET', KEYS[5], '1', 'EX', ARGV[1])
 local n = tonumber(ARGV[5])
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6, 5 + n))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6 + n))
+append_event(KEYS[3], KEYS[6], tonumber(ARGV[3]), 6 + n)
 redis.call('HINCRBY', KEYS[1], 'message_count', 1)
 redis.call('HSET', KEYS[1], 'last_message_at', ARGV[4])
 return 1
-""")
+"""
+)
 
 
 async def accept_once(
@@ -462,18 +461,23 @@ async def accept_once(
         keys.events(channel.tenant_id),
         keys.channel_seen(channel.id, f"event:{event_id}"),
         keys.channel_seen(channel.id, f"message:{message.chat_id}:{message.message_id}"),
+        keys.events_size(channel.tenant_id),
     ]
     args = [SEEN_TTL_S, INBOX_MAX, max_len, now_rfc3339(now), len(inbox), *inbox, *event]
     return int(await _ACCEPT_ONCE(redis, accept_keys, args))
 
 
-# KEYS: inbox, events. ARGV: entry id, events maxlen, then the event's field/value items.
-# The entry is answered once: a second finish (a re-delivery after a crash) writes nothing.
-_FINISH = Lua("""
+# KEYS: inbox, events, the events' size key. ARGV: entry id, events maxlen, then the event's
+# field/value items. The entry is answered once: a second finish (a re-delivery after a
+# crash) writes nothing.
+_FINISH = Lua(
+    events.APPEND_FN
+    + """
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+append_event(KEYS[2], KEYS[3], tonumber(ARGV[2]), 3)
 return 1
-""")
+"""
+)
 
 
 async def finish(
@@ -481,22 +485,25 @@ async def finish(
 ) -> bool:
     """Mark an inbox entry answered, with its CHANNEL_MESSAGE (out) event; once (a re-delivery writes nothing)."""
     event = message_event(channel, "out", payload)
-    finish_keys = [keys.channel_inbox(channel.id), keys.events(channel.tenant_id)]
+    finish_keys = [keys.channel_inbox(channel.id), keys.events(channel.tenant_id), keys.events_size(channel.tenant_id)]
     return bool(await _FINISH(redis, finish_keys, [entry_id, max_len, *events.flat(event)]))
 
 
-# KEYS: channel hash, and the events stream when there is an event. ARGV: revision, status,
+# KEYS: channel hash, and the events stream and its size key when there is an event. ARGV: revision, status,
 # last_error, events maxlen, then the event's field/value items. Writes only if the channel
 # is still at `revision` and not quarantined: a PATCH meanwhile wins, and only a PATCH (a
 # new revision) lifts a quarantine, which is announced once.
-_SET_STATUS = Lua("""
+_SET_STATUS = Lua(
+    events.APPEND_FN
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if (redis.call('HGET', KEYS[1], 'revision') or '') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'quarantined' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'last_error', ARGV[3])
-if #KEYS > 1 then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5)) end
+if #KEYS > 1 then append_event(KEYS[2], KEYS[3], tonumber(ARGV[4]), 5) end
 return 1
-""")
+"""
+)
 
 
 async def set_status(redis: aioredis.Redis, channel_id: str, revision: str, status: str, error: str) -> bool:
@@ -510,7 +517,7 @@ async def quarantine(redis: aioredis.Redis, channel: Channel, error: str, *, max
     A quarantined Telegram channel lets go of its bot, so the bot's owner can bind it anew.
     """
     event = quarantine_event(channel.id, channel.tenant_id, channel.workspace_id, channel.type, error)
-    quarantine_keys = [keys.channel(channel.id), keys.events(channel.tenant_id)]
+    quarantine_keys = [keys.channel(channel.id), keys.events(channel.tenant_id), keys.events_size(channel.tenant_id)]
     args = [channel.revision, "quarantined", error, max_len, *events.flat(event)]
     marked = bool(await _SET_STATUS(redis, quarantine_keys, args))
     if bot := bot_of(channel.type, channel.secrets):
@@ -533,7 +540,7 @@ async def quarantine_record(redis: aioredis.Redis, channel_id: str, error: str, 
     args: list[Any] = [fields.get("revision", ""), "quarantined", error, max_len]
     if is_id(tenant_id):
         event = quarantine_event(channel_id, tenant_id, fields.get("workspace_id", ""), fields.get("type", ""), error)
-        quarantine_keys.append(keys.events(tenant_id))
+        quarantine_keys += [keys.events(tenant_id), keys.events_size(tenant_id)]
         args += events.flat(event)
     marked = bool(await _SET_STATUS(redis, quarantine_keys, args))
     if fields.get("bot_id"):

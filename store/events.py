@@ -34,17 +34,62 @@ def flat(fields: Mapping[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
-# KEYS: the stream, the tenant's rate bucket. ARGV: rate, burst, maxlen, the entry's fields.
-# Time is Redis's own, so every API process shares one clock and one bucket per tenant.
+MAX_STREAM_BYTES = 100 * 1024 * 1024  # a tenant's stream, its fields and values counted
+
+# append_event(stream, size key, max entries, first): XADD ARGV[first..] to the stream, then
+# trim the oldest entries, exactly, until it holds at most `max_len` entries and
+# MAX_STREAM_BYTES bytes. Its size is kept in the size key (bytes, added), so knowing it
+# reads no entry; an entry is read once, when it is trimmed, to take its size off. Every
+# script and transaction that appends an event goes through it.
+APPEND_FN = """
+local function append_event(stream, size, max_len, first)
+  local added = 0
+  for i = first, #ARGV do added = added + #ARGV[i] end
+  local id = redis.call('XADD', stream, '*', unpack(ARGV, first))
+  redis.call('HINCRBY', size, 'added', 1)
+  local bytes = redis.call('HINCRBY', size, 'bytes', added)
+  local len = redis.call('XLEN', stream)
+  while len > max_len or bytes > MAX_BYTES do
+    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 100)
+    local last = nil
+    for _, entry in ipairs(oldest) do
+      if len <= max_len and bytes <= MAX_BYTES then break end
+      for _, v in ipairs(entry[2]) do bytes = bytes - #v end
+      len = len - 1
+      last = entry[1]
+    end
+    if last == nil then break end
+    local ms, seq = string.match(last, '(%d+)-(%d+)')
+    redis.call('XTRIM', stream, 'MINID', ms .. '-' .. string.format('%d', tonumber(seq) + 1))
+  end
+  if bytes < 0 then bytes = 0 end
+  redis.call('HSET', size, 'bytes', bytes)
+  return id
+end
+""".replace("MAX_BYTES", str(MAX_STREAM_BYTES))
+
+# KEYS: the stream, its size key. ARGV: max entries, the entry's fields. For transactions.
+APPEND = Lua(APPEND_FN + "return append_event(KEYS[1], KEYS[2], tonumber(ARGV[1]), 2)")
+
+# KEYS: the stream, the tenant's rate bucket, the stream's size key. ARGV: rate, burst, max
+# entries, the entry's fields. Time is Redis's own, so every API process shares one clock and
+# one bucket per tenant.
 _APPEND = Lua(
     TOKEN_BUCKET
+    + APPEND_FN
     + """
 local t = redis.call('TIME')
 local wait = take(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(t[1]) + tonumber(t[2]) / 1e6, 1)
 if wait ~= 0 then return {0, wait} end
-return {1, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))}
+return {1, append_event(KEYS[1], KEYS[3], tonumber(ARGV[3]), 4)}
 """
 )
+
+
+async def append_in(redis: aioredis.Redis, pipe: Any, tenant_id: str, fields: Mapping[str, str], max_len: int) -> None:
+    """Queue, on a pipeline or transaction of `redis`, the append of one event (see APPEND_FN)."""
+    await APPEND(redis, [keys.events(tenant_id), keys.events_size(tenant_id)], [max_len, *flat(fields)], pipe=pipe)
+
 
 BURST_SECONDS = 10  # a tenant may post this many seconds' worth of its rate at once
 
@@ -63,7 +108,7 @@ async def append(
     capped near `max_len` (the oldest are dropped). QuotaExceeded, with the seconds to wait,
     when the tenant is over its rate: nothing is stored."""
     fields = entry(event, tenant_id, workspace_id, payload)
-    script_keys = [keys.events(tenant_id), keys.tenant_event_rate(tenant_id)]
+    script_keys = [keys.events(tenant_id), keys.tenant_event_rate(tenant_id), keys.events_size(tenant_id)]
     taken, found = await _APPEND(redis, script_keys, [per_s, per_s * BURST_SECONDS, max_len, *flat(fields)])
     if not taken:
         raise QuotaExceeded("events_per_s", per_s, retry_after_s=float(found))
@@ -156,13 +201,34 @@ async def kinds(redis: aioredis.Redis, tenant_ids: Sequence[str]) -> dict[str, s
     return {t: raw.decode() if isinstance(raw, bytes) else str(raw) for t, raw in zip(tenant_ids, types, strict=True)}
 
 
-async def count_after(redis: aioredis.Redis, positions: Mapping[str, str], cap: int) -> int:
-    """Events after each tenant's position, counted up to `cap` per tenant, in one round trip."""
+async def counts(redis: aioredis.Redis, tenant_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Each tenant's (events ever appended, events held now), from its size key and XLEN, in one
+    round trip: lag is a difference of counts, and no entry is read to know it."""
     async with redis.pipeline(transaction=False) as pipe:
-        for tenant_id, position in positions.items():
-            pipe.xrange(keys.events(tenant_id), min=f"({position}", count=cap)
-        counts = await pipe.execute(raise_on_error=False)
-    return sum(len(c) for c in counts if isinstance(c, list))
+        for tenant_id in tenant_ids:
+            pipe.hget(keys.events_size(tenant_id), "added")
+            pipe.xlen(keys.events(tenant_id))
+        found = await pipe.execute(raise_on_error=False)
+    out = {}
+    for i, tenant_id in enumerate(tenant_ids):
+        added, held = found[2 * i], found[2 * i + 1]
+        out[tenant_id] = (
+            int(added) if isinstance(added, bytes) and added.isdigit() else 0,
+            held if isinstance(held, int) else 0,
+        )
+    return out
+
+
+async def page_size(redis: aioredis.Redis, tenant_id: str, budget: int, most: int) -> int:
+    """How many entries of the tenant's stream make about `budget` bytes (its size key over its
+    length: the mean entry), between 1 and `most`; read once per replay, no entry read."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.events_size(tenant_id), "bytes")
+        pipe.xlen(keys.events(tenant_id))
+        size, held = await pipe.execute(raise_on_error=False)
+    if not isinstance(size, bytes) or not size.isdigit() or not isinstance(held, int) or held <= 0:
+        return most
+    return max(1, min(most, budget * held // max(int(size), 1)))
 
 
 def stream_name(tenant_id: str) -> str:

@@ -21,6 +21,7 @@ schedules:due                zset  (before per-tenant due indexes) schedule id -
 schedules:inflight           zset  "{id}:{slot}" -> lease expiry (unix seconds)
 schedules:quarantined        set   ids of quarantined schedules (out of the due index)
 tenant:{id}:channels         set   the tenant's channel ids
+tenant:{id}:events_size      hash  bytes, added: the size of the tenant's event stream, kept by every append
 tenant:{id}:event_rate       hash with a TTL  tokens, at: the tenant's POST /events token bucket
 channels                     set   every channel id (the channel manager reconciles them)
 channel:{id}                 hash  id, tenant_id, workspace_id, type, config (Fernet-encrypted JSON), status, ...
@@ -86,6 +87,10 @@ def workspace_restart_debounce(workspace_id: str) -> str:
 
 def tenant_due(tenant_id: str) -> str:
     return f"tenant:{tenant_id}:due"
+
+
+def events_size(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}:events_size"
 
 
 def tenant_event_rate(tenant_id: str) -> str:

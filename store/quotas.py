@@ -120,13 +120,15 @@ async def set_overrides(
 
 
 async def within(pipe: Any, set_key: str, limit: float | None, name: str) -> None:
-    """WATCH `set_key` on the pipeline; QuotaExceeded if it already holds `limit` members.
+    """WATCH `set_key` on the pipeline; QuotaExceeded if it already holds `limit` members (None: no quota).
 
     Called before `pipe.multi()`: a concurrent create changes the set and retries the
     transaction, so a tenant never ends up past its quota.
     """
+    if limit is None:
+        return  # no quota: nothing to watch (a WATCH would make concurrent creates retry)
     await pipe.watch(set_key)
-    if limit is not None and await pipe.scard(set_key) >= limit:
+    if await pipe.scard(set_key) >= limit:
         raise QuotaExceeded(name, limit)
 
 

@@ -462,10 +462,12 @@ async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
             raise translated(exc) from None
 
 
-# KEYS: schedule hash, inflight, events stream. ARGV: member, last_run_at, status, error,
-# maxlen, then the event's field/value pairs (store.events.entry). Completes a slot once;
-# never recreates a schedule deleted meanwhile.
-_COMPLETE = Lua("""
+# KEYS: schedule hash, inflight, events stream, its size key. ARGV: member, last_run_at,
+# status, error, maxlen, then the event's field/value pairs (store.events.entry). Completes
+# a slot once; never recreates a schedule deleted meanwhile.
+_COMPLETE = Lua(
+    events.APPEND_FN
+    + """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'last_run_at', ARGV[2], 'last_status', ARGV[3], 'last_error', ARGV[4])
@@ -475,9 +477,10 @@ if ARGV[3] == 'ok' then
 else
   redis.call('HINCRBY', KEYS[1], 'consecutive_failures', 1)
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
+append_event(KEYS[3], KEYS[4], tonumber(ARGV[5]), 6)
 return 1
-""")
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -512,7 +515,8 @@ async def complete_many(redis: aioredis.Redis, done: Sequence[Completion], *, ma
             event = events.entry("SCHEDULE_FIRED", c.tenant_id, c.workspace_id, payload)
             member = Lease(c.schedule_id, c.slot, 0).member
             args = [member, now_rfc3339(), status, c.error or "", max_len, *events.flat(event)]
-            script_keys = [keys.schedule(c.schedule_id), keys.SCHEDULES_INFLIGHT, keys.events(c.tenant_id)]
+            stream = keys.events(c.tenant_id)
+            script_keys = [keys.schedule(c.schedule_id), keys.SCHEDULES_INFLIGHT, stream, keys.events_size(c.tenant_id)]
             await _COMPLETE(redis, script_keys, args, pipe=pipe)
         found = await pipe.execute(raise_on_error=False)
     return [translated(r) if isinstance(r, Exception) else bool(r) for r in found]
@@ -619,7 +623,7 @@ async def quarantine(
         if is_id(owner):
             payload = {"schedule_id": schedule_id, "error": error}
             entry = events.entry("SCHEDULE_QUARANTINED", owner, fields.get("workspace_id", ""), payload)
-            pipe.xadd(keys.events(owner), entry, maxlen=max_len, approximate=True)
+            await events.append_in(redis, pipe, owner, entry, max_len)
 
     if await _if_unchanged(redis, schedule_id, read_as, write) is not None:
         return True

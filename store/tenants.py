@@ -64,15 +64,23 @@ async def get(redis: aioredis.Redis, tenant_id: str) -> dict[str, Any] | None:
 
 
 async def usage(redis: aioredis.Redis, tenant_id: str) -> dict[str, int]:
-    """What the tenant holds now, in the quotas' names (and its stream's length in events)."""
+    """What the tenant holds now, in the quotas' names (and its stream's length in events and bytes)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.scard(keys.tenant_workspaces(tenant_id))
         pipe.scard(keys.tenant_schedules(tenant_id))
         pipe.scard(keys.tenant_channels(tenant_id))
         pipe.xlen(keys.events(tenant_id))
+        pipe.hget(keys.events_size(tenant_id), "bytes")
         found = await pipe.execute(raise_on_error=False)
-    names = ("workspaces", "schedules", "channels", "events")
-    return {name: value if isinstance(value, int) else 0 for name, value in zip(names, found, strict=True)}
+    names = ("workspaces", "schedules", "channels", "events", "events_bytes")
+    return {name: _count(value) for name, value in zip(names, found, strict=True)}
+
+
+def _count(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
 
 
 async def list_all(
@@ -165,6 +173,7 @@ async def delete(redis: aioredis.Redis, tenant_id: str, namespace: str) -> bool:
         pipe.delete(
             keys.tenant_due(tenant_id),
             keys.tenant_event_rate(tenant_id),
+            keys.events_size(tenant_id),
             keys.events(tenant_id),
             keys.tenant_workspaces(tenant_id),
             keys.tenant_schedules(tenant_id),

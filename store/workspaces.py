@@ -31,11 +31,13 @@ from store.secrets import SecretBox
 A2A_VERSIONS = ("1.0", "0.3")
 ONLINE, OFFLINE, UNKNOWN = "online", "offline", "unknown"
 
-# KEYS: workspace hash, liveness key, online set, events stream, deadlines. ARGV: id, ttl ms,
+# KEYS: workspace hash, liveness key, online set, events stream, deadlines, the stream's size key. ARGV: id, ttl ms,
 # now, stream maxlen, the key's expiry (unix seconds), then the WORKSPACE_ONLINE event's
 # field/value pairs (store.events.entry). Sets the liveness key and its deadline; the
 # transition to online happens once and emits one event.
-_HEARTBEAT = Lua("""
+_HEARTBEAT = Lua(
+    events.APPEND_FN
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'last_heartbeat_at', ARGV[3])
@@ -43,16 +45,20 @@ redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 if redis.call('HGET', KEYS[1], 'status') == 'online' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'online', 'online_at', ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 6))
+append_event(KEYS[4], KEYS[6], tonumber(ARGV[4]), 6)
 return 1
-""")
+"""
+)
 
-# KEYS: workspace hash, liveness key, online set, restart queue, events stream, deadlines. ARGV: id,
+# KEYS: workspace hash, liveness key, online set, restart queue, events stream, deadlines,
+# the stream's size key. ARGV: id,
 # tenant id, now, now unix seconds, stream maxlen, "1" if the liveness key must be gone,
 # then the WORKSPACE_OFFLINE event's field/value pairs. A compare-and-set: only an online
 # workspace goes offline, so each transition happens once, emits one event and queues one
 # restart request, however many watchers see it.
-_MARK_OFFLINE = Lua("""
+_MARK_OFFLINE = Lua(
+    events.APPEND_FN
+    + """
 if redis.call('HGET', KEYS[1], 'tenant_id') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'online' then
   redis.call('SREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[6], ARGV[1])
@@ -64,9 +70,10 @@ redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[1])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 7))
+append_event(KEYS[5], KEYS[7], tonumber(ARGV[5]), 7)
 return 1
-""")
+"""
+)
 
 
 EDITABLE = ("name", "url", "a2a_version", "restart_url", "auth_token")
@@ -181,6 +188,7 @@ async def heartbeat(redis: aioredis.Redis, tenant_id: str, workspace_id: str, tt
         keys.WORKSPACES_ONLINE,
         keys.events(tenant_id),
         keys.WORKSPACES_DEADLINES,
+        keys.events_size(tenant_id),
     ]
     args = [workspace_id, int(ttl_s * 1000), now_rfc3339(now), max_len, now + ttl_s, *events.flat(entry)]
     return await _HEARTBEAT(redis, heartbeat_keys, args) == 1
@@ -213,6 +221,7 @@ async def mark_offline(
         keys.WORKSPACES_RESTARTS,
         keys.events(tenant_id),
         keys.WORKSPACES_DEADLINES,
+        keys.events_size(tenant_id),
     ]
     args = [workspace_id, tenant_id, now_rfc3339(now), int(now), max_len, int(require_expired), *events.flat(entry)]
     return bool(await _MARK_OFFLINE(redis, offline_keys, args))
@@ -394,10 +403,6 @@ async def restart_requested(
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(keys.workspace(workspace_id), "restart_attempt")
         pipe.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
-        pipe.xadd(
-            keys.events(tenant_id),
-            events.entry("WORKSPACE_RESTART_REQUESTED", tenant_id, workspace_id, payload),
-            maxlen=max_len,
-            approximate=True,
-        )
+        entry = events.entry("WORKSPACE_RESTART_REQUESTED", tenant_id, workspace_id, payload)
+        await events.append_in(redis, pipe, tenant_id, entry, max_len)
         await pipe.execute()

@@ -70,11 +70,15 @@ def test_each_quota_refuses_at_its_limit_and_stores_nothing(quota: Platform) -> 
 
     status, own = quota.tenant_get(tenant, "/tenant")
     assert status == 200 and own["id"] == tenant["id"]
+    stream_bytes = sum(
+        len(k) + len(v) for _, entry in client.xrange(keys.events(tenant["id"])) for k, v in entry.items()
+    )
     assert own["usage"] == {
         "workspaces": 3,
         "schedules": 3,
         "channels": 2,
         "events": posted.count(202),
+        "events_bytes": stream_bytes,
         "ws_connections": 0,
     }
     assert own["quotas"]["workspaces"] == 3 and own["quotas"]["ws_connections"] == 100

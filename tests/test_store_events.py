@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,8 +21,7 @@ async def test_append_then_read_after_heads_and_counts(store: aioredis.Redis) ->
     heads = await events.heads(store, [a, b, empty])
     assert heads[a] == ids[-1] and heads[empty] == "0-0"
     assert [i for i, _ in await events.after(store, a, ids[0], 10)] == ids[1:]
-    assert await events.count_after(store, {a: ids[0], b: "0-0", empty: "0-0"}, cap=10) == 3
-    assert await events.count_after(store, {a: "0-0"}, cap=2) == 2
+    assert await events.counts(store, [a, b, empty]) == {a: (3, 3), b: (1, 1), empty: (0, 0)}
     read = dict(await events.read_new(store, {a: ids[1], b: heads[b], empty: "0-0"}, count=10, block_ms=10))
     assert list(read) == [a] and [e[0].decode() for e in read[a]] == [ids[2]]
     assert await events.read_new(store, {}, count=10, block_ms=10) == []
@@ -100,3 +100,45 @@ async def test_a_tenant_over_its_event_rate_is_refused_with_the_wait_and_nothing
     await asyncio.sleep(refused.value.retry_after_s + 0.05)
     await events.append(store, "E", tenant_id, None, {"n": 20}, max_len=100, per_s=2)  # refilled at its rate
     assert await store.xlen(keys.events(tenant_id)) == 21
+
+
+def stream_bytes(entries: list) -> int:
+    return sum(len(k) + len(v) for _, fields in entries for k, v in fields.items())
+
+
+async def test_a_stream_is_bounded_in_entries_and_its_size_is_kept_exactly(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    for n in range(30):
+        await events.append(store, "E", tenant_id, None, {"n": n, "pad": "x" * n}, max_len=10, per_s=1000)
+    entries = await store.xrange(keys.events(tenant_id))
+    assert [json.loads(f[b"payload"])["n"] for _, f in entries] == list(range(20, 30))  # exactly the newest 10
+    size = await store.hgetall(keys.events_size(tenant_id))
+    assert (int(size[b"bytes"]), int(size[b"added"])) == (stream_bytes(entries), 30)
+
+
+async def test_a_stream_is_bounded_in_bytes_whatever_its_entries_cap(store: aioredis.Redis) -> None:
+    """1,700 events of 64 KiB (106 MiB) into a stream allowed 100,000 entries: the oldest go."""
+    tenant_id = new_id()
+    payload = "x" * (64 * 1024 - 16)
+    for start in range(0, 1700, 100):
+        async with store.pipeline(transaction=False) as pipe:
+            for n in range(start, start + 100):
+                fields = events.entry("BIG", tenant_id, None, {"n": n, "pad": payload})
+                await events.append_in(store, pipe, tenant_id, fields, 100_000)
+            await pipe.execute()
+    entries = await store.xrange(keys.events(tenant_id))
+    held = stream_bytes(entries)
+    assert events.MAX_STREAM_BYTES - 70 * 1024 < held <= events.MAX_STREAM_BYTES
+    assert int(await store.hget(keys.events_size(tenant_id), "bytes")) == held
+    numbers = [json.loads(f[b"payload"])["n"] for _, f in entries]
+    assert numbers == list(range(1700 - len(numbers), 1700))  # the newest kept, in order, no gap
+
+
+async def test_a_replay_page_holds_about_its_budget_of_the_streams_mean_entry(store: aioredis.Redis) -> None:
+    small, big, empty = new_id(), new_id(), new_id()
+    for n in range(20):
+        await events.append(store, "E", small, None, {"n": n}, max_len=100, per_s=1000)
+        await events.append(store, "E", big, None, {"pad": "x" * 60_000}, max_len=100, per_s=1000)
+    assert await events.page_size(store, small, 1024 * 1024, 500) == 500  # small entries: the entry cap
+    assert await events.page_size(store, big, 1024 * 1024, 500) == 17  # 60 kB entries: 1 MiB of them
+    assert await events.page_size(store, empty, 1024 * 1024, 500) == 500

@@ -105,11 +105,15 @@ async def refused(
     raise AssertionError("unreachable")
 
 
+MAX_LEN = 100_000  # the platform's default EVENTS_MAX_PER_TENANT
+
+
 class Writer:
     """Appends events straight to tenant streams (as the platform's writers do), pipelined."""
 
     def __init__(self, redis_url: str) -> None:
         self.redis = redis.Redis.from_url(redis_url)
+        self.append = self.redis.register_script(events.APPEND.source)
 
     def write(self, tenant_id: str, count: int, *, start: int = 0, pad: int = 0) -> list[str]:
         return self.write_all([tenant_id], count, start=start, pad=pad)
@@ -120,7 +124,9 @@ class Writer:
             for n in range(start, start + count):
                 payload = {"n": n, "pad": "x" * pad} if pad else {"n": n}
                 for tenant_id in tenant_ids:
-                    pipe.xadd(keys.events(tenant_id), events.entry("TEST_EVENT", tenant_id, None, payload))
+                    fields = events.flat(events.entry("TEST_EVENT", tenant_id, None, payload))
+                    stream_keys = [keys.events(tenant_id), keys.events_size(tenant_id)]
+                    self.append(keys=stream_keys, args=[MAX_LEN, *fields], client=pipe)
             return [raw.decode() for raw in pipe.execute()]
 
     async def paced(self, tenant_ids: list[str], total: int, batch: int, pause_s: float, **kw: Any) -> list[list[str]]:
