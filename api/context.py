@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -13,6 +14,9 @@ from api.hub import Hub
 from settings import Settings
 from store.quotas import Share, shares
 from store.secrets import SecretBox
+
+SHARE_TTL_S = 1.0
+SHARE_CACHE_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -29,10 +33,24 @@ class ApiContext:
     workspace_ttl_s: float
     events_max_per_tenant: int
     quotas: Mapping[str, float]  # every tenant's, unless overridden (store.quotas)
+    # tenant id -> (when read, its share): read at most once a second per tenant on the hot paths
+    _shares: dict[str, tuple[float, Share]] = field(default_factory=dict, compare=False, repr=False)
 
     async def share(self, tenant_id: str) -> Share:
-        """The tenant's effective quotas and weight, read now."""
-        return (await shares(self.redis, self.quotas, [tenant_id]))[tenant_id]
+        """The tenant's effective quotas and weight, as read within the last SHARE_TTL_S."""
+        now = time.monotonic()
+        cached = self._shares.get(tenant_id)
+        if cached is not None and now - cached[0] < SHARE_TTL_S:
+            return cached[1]
+        if len(self._shares) >= SHARE_CACHE_MAX:
+            self._shares.clear()
+        found = (await shares(self.redis, self.quotas, [tenant_id]))[tenant_id]
+        self._shares[tenant_id] = (now, found)
+        return found
+
+    def forget_share(self, tenant_id: str) -> None:
+        """An override changed here: the next request reads it (other API processes within SHARE_TTL_S)."""
+        self._shares.pop(tenant_id, None)
 
     @classmethod
     def build(cls, settings: Settings, *, backend: Backend, redis: Any, admin_token: str) -> ApiContext:

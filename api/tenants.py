@@ -92,8 +92,10 @@ async def patch(request: Request) -> JSONResponse:
         not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= quotas.MAX_WEIGHT
     ):
         raise ApiError(422, f"weight: a whole number from 1 to {quotas.MAX_WEIGHT}")
-    if not await quotas.set_overrides(context(request).redis, tenant_id, changes, weight):
+    ctx = context(request)
+    if not await quotas.set_overrides(ctx.redis, tenant_id, changes, weight):
         raise ApiError(404, "tenant not found")
+    ctx.forget_share(tenant_id)
     return JSONResponse(await _described(request, tenant_id))
 
 

@@ -26,6 +26,7 @@ from settings import Settings
 from store.client import connect
 from store.embedded import free_port
 from tests.support import ADMIN_TOKEN, wait_for
+from tests.support import http as http_request
 
 REQUESTS = 300  # per endpoint, per round
 ROUNDS = 3
@@ -82,6 +83,11 @@ def main() -> None:
     endpoints = {"GET /livez": ("GET", "/livez", None), "POST /events": ("POST", "/events", event)}
     with harness.platform() as platform:
         tenant = platform.new_tenant("keepalive")
+        # 900 POST /events in a row on each side: past the default rate quota (100/s), on purpose
+        unlimited = {"quotas": {"events_per_s": 1_000_000}}
+        path = f"{platform.url}/admin/tenants/{tenant['id']}"
+        status, body = http_request("PATCH", path, unlimited, token=ADMIN_TOKEN)
+        assert status == 200, body
         port = free_port()
         baseline = multiprocessing.get_context("spawn").Process(
             target=serve_baseline, args=(port, platform.deployment.settings)

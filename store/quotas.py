@@ -8,7 +8,7 @@ changed default applies at once to every tenant that has no override of its own.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,30 @@ async def within(pipe: Any, set_key: str, limit: float | None, name: str) -> Non
     await pipe.watch(set_key)
     if await pipe.scard(set_key) >= limit:
         raise QuotaExceeded(name, limit)
+
+
+async def create_within(
+    redis: aioredis.Redis, set_key: str, limit: float | None, name: str, write: Callable[[Any], Awaitable[None]]
+) -> None:
+    """Queue `write(pipe)` in a transaction and run it, unless the tenant's set at `set_key`
+    already holds `limit` members: then QuotaExceeded, and nothing is written. A create that
+    lands meanwhile makes the check run again."""
+    over: QuotaExceeded | None = None
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await within(pipe, set_key, limit, name)
+                pipe.multi()
+                await write(pipe)
+                await pipe.execute()
+                return
+            except WatchError:
+                continue
+            except QuotaExceeded as exc:
+                over = exc  # raised outside the pipeline, whose cleanup would mask it
+                break
+    assert over is not None
+    raise over
 
 
 # KEYS: the bucket hash. ARGV: rate per second, burst, now (seconds, float), cost.

@@ -26,7 +26,7 @@ from croniter import croniter
 from redis.exceptions import ResponseError, WatchError
 
 from store import events, keys
-from store.quotas import QuotaExceeded, within
+from store.quotas import create_within
 from store.records import (
     decode_lenient,
     is_id,
@@ -201,26 +201,15 @@ async def create(
         "consecutive_failures": 0,
     }
     fields = to_hash(record)
-    over: QuotaExceeded | None = None
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await within(pipe, keys.tenant_schedules(tenant_id), limit, "schedules")
-                pipe.multi()
-                pipe.hset(keys.schedule(schedule_id), mapping=fields)
-                pipe.sadd(keys.tenant_schedules(tenant_id), schedule_id)
-                if body["enabled"]:
-                    pipe.zadd(keys.tenant_due(tenant_id), {schedule_id: slot})
-                    await _reindex(redis, pipe, tenant_id)
-                await pipe.execute()
-                break
-            except WatchError:
-                continue
-            except QuotaExceeded as exc:
-                over = exc  # raised outside the pipeline, whose cleanup would mask it
-                break
-    if over is not None:
-        raise over
+
+    async def write(pipe: Any) -> None:
+        pipe.hset(keys.schedule(schedule_id), mapping=fields)
+        pipe.sadd(keys.tenant_schedules(tenant_id), schedule_id)
+        if body["enabled"]:
+            pipe.zadd(keys.tenant_due(tenant_id), {schedule_id: slot})
+            await _reindex(redis, pipe, tenant_id)
+
+    await create_within(redis, keys.tenant_schedules(tenant_id), limit, "schedules", write)
     return public(fields)
 
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from store import events, keys
-from store.quotas import QuotaExceeded, within
+from store.quotas import create_within
 from store.records import (
     decode_lenient,
     is_id,
@@ -111,23 +111,12 @@ async def create(
     workspace_id = new_id()
     record = {"id": workspace_id, "tenant_id": tenant_id, "created_at": now_rfc3339(), **_sealed(box, body)}
     fields = to_hash(record)
-    over: QuotaExceeded | None = None
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await within(pipe, keys.tenant_workspaces(tenant_id), limit, "workspaces")
-                pipe.multi()
-                pipe.hset(keys.workspace(workspace_id), mapping=fields)
-                pipe.sadd(keys.tenant_workspaces(tenant_id), workspace_id)
-                await pipe.execute()
-                break
-            except WatchError:
-                continue
-            except QuotaExceeded as exc:
-                over = exc  # raised outside the pipeline, whose cleanup would mask it
-                break
-    if over is not None:
-        raise over
+
+    async def write(pipe: Any) -> None:
+        pipe.hset(keys.workspace(workspace_id), mapping=fields)
+        pipe.sadd(keys.tenant_workspaces(tenant_id), workspace_id)
+
+    await create_within(redis, keys.tenant_workspaces(tenant_id), limit, "workspaces", write)
     return public(fields)
 
 

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 
 from store import keys, workspaces
+from store.quotas import QuotaExceeded
 from store.records import new_id
 from store.secrets import SecretBox
 
@@ -136,3 +137,15 @@ async def test_expired_liveness_keys_are_announced_and_others_are_not(store: aio
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     assert heard == [watched]
+
+
+async def test_concurrent_creates_never_pass_the_quota(store: aioredis.Redis) -> None:
+    tenant_id, box = new_id(), SecretBox(Fernet.generate_key().decode())
+    body = {"name": "w", "url": "http://127.0.0.1:9/", "a2a_version": "1.0", "restart_url": None, "auth_token": None}
+    results = await asyncio.gather(
+        *(workspaces.create(store, box, tenant_id, body, limit=5) for _ in range(20)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(refused) == 15 and str(refused[0]) == "quota exceeded: workspaces (limit 5)"
+    assert await store.scard(keys.tenant_workspaces(tenant_id)) == 5
+    assert len([k async for k in store.scan_iter(match="workspace:*", _type="HASH")]) == 5  # nothing half-written
