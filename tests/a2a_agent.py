@@ -172,7 +172,7 @@ class BlackHole:
                 pass
         finally:
             self.open -= 1
-            writer.close()
+        writer.close()  # the client closed first (not when the test's loop is stopped under it)
 
     def start(self) -> BlackHole:
         self.thread.start()
