@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -14,13 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
+
 from actors.runtime.handles import HEALTH_ACTOR, NamedActor, deploy
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import RestartPolicy
 from driver import Deployment
 from settings import Settings
 from store.client import connect
-from store.embedded import free_port
+from store.embedded import free_port, redis_binary
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 LOOPBACK = ("127.0.0.0/8",)
@@ -238,3 +241,23 @@ def start_platform(
     platform = Platform(settings, deployment)
     wait_for(lambda: platform.get("/readyz")[0] == 200, 30, what="readyz 200")
     return platform
+
+
+@contextlib.contextmanager
+def stranger_redis(data_dir: Path) -> Iterator[Any]:
+    """A plain redis-server (no password: not the platform's) on the port recorded in
+    `data_dir/redis.port`, as someone else's server left where ours was; a client of it."""
+    port = free_port()
+    (data_dir / "redis.port").write_text(f"{port}\n")
+    server = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        plain = redis.Redis(port=port)
+        wait_for(lambda: plain.ping(), 10, what="the stranger answers")
+        yield plain
+    finally:
+        server.terminate()
+        server.wait(10)

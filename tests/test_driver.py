@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import ray
-import redis
 
 from driver import SUBSYSTEMS
-from store.embedded import EmbeddedRedis, answers, free_port, redis_binary
-from tests.support import http, wait_for
+from store.embedded import EmbeddedRedis, answers, free_port
+from tests.support import http, stranger_redis, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,16 +157,7 @@ def test_down_removes_a_deployment_whose_driver_died(ray_session: dict, tmp_path
 
 
 def test_a_redis_without_the_password_on_the_recorded_port_stops_the_driver(tmp_path: Path) -> None:
-    port = free_port()
-    (tmp_path / "redis.port").write_text(f"{port}\n")
-    stranger = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        plain = redis.Redis(port=port)
-        wait_for(lambda: plain.ping(), 10, what="the stranger answers")
+    with stranger_redis(tmp_path) as plain:
         result = subprocess.run(
             [sys.executable, "driver.py"],
             cwd=ROOT,
@@ -179,6 +169,3 @@ def test_a_redis_without_the_password_on_the_recorded_port_stops_the_driver(tmp_
         assert result.returncode == 1, result.stderr[-2000:]
         assert "start error:" in result.stderr and "does not accept this platform's Redis password" in result.stderr
         assert plain.dbsize() == 0
-    finally:
-        stranger.terminate()
-        stranger.wait(10)

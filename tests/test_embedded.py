@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import stat
-import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
 
-from store.embedded import EmbeddedRedis, answers, free_port, redis_binary
-from tests.support import wait_for
+from store.embedded import EmbeddedRedis, answers
+from tests.support import stranger_redis, wait_for
 
 
 def test_settings_port_reuse_and_adoption(tmp_path: Path) -> None:
@@ -55,16 +54,7 @@ def test_it_requires_its_password_kept_0600_and_never_on_its_command_line(tmp_pa
 
 def test_a_server_on_the_recorded_port_without_the_password_is_never_used(tmp_path: Path) -> None:
     """Someone else's redis-server, plain, where ours was: a clear start error, and nothing written to it."""
-    port = free_port()
-    (tmp_path / "redis.port").write_text(f"{port}\n")
-    stranger = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        plain = redis.Redis(port=port)
-        wait_for(lambda: plain.ping(), 10, what="the stranger answers")
+    with stranger_redis(tmp_path) as plain:
         with pytest.raises(RuntimeError, match="does not accept this platform's Redis password"):
             EmbeddedRedis(tmp_path).start()
         assert plain.dbsize() == 0
@@ -77,6 +67,3 @@ def test_a_server_on_the_recorded_port_without_the_password_is_never_used(tmp_pa
             "dbsize",
             "client",
         }
-    finally:
-        stranger.terminate()
-        stranger.wait(10)
