@@ -87,11 +87,6 @@ async def shares(redis: aioredis.Redis, defaults: Mapping[str, float], tenant_id
     }
 
 
-async def overrides(redis: aioredis.Redis, tenant_id: str) -> tuple[dict[str, float], int]:
-    quotas_raw, weight_raw = await redis.hmget(keys.tenant(tenant_id), "quotas", "weight")
-    return _overrides(quotas_raw), _weight(weight_raw)
-
-
 async def set_overrides(
     redis: aioredis.Redis, tenant_id: str, changes: Mapping[str, float | None], weight: int | None
 ) -> bool:
