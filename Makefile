@@ -25,7 +25,15 @@ run: $(VENV)/.runtime
 down: $(VENV)/.runtime
 	$(BIN)/python driver.py down
 
-test: $(VENV)/.test
+# Debian packages the tests drive: Chromium (the status page in a real browser) and
+# promtool (the alert rules), from the `chromium` and `prometheus` packages.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+/usr/bin/chromium /usr/bin/promtool:
+	@command -v apt-get >/dev/null || { echo "the tests need Chromium and promtool: install Debian's chromium and prometheus packages"; exit 1; }
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium prometheus
+
+test: $(VENV)/.test /usr/bin/chromium /usr/bin/promtool
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

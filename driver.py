@@ -2,6 +2,7 @@
 
     python driver.py          run in the foreground; Ctrl-C or SIGTERM drains and stops
     python driver.py down     remove a detached deployment left running
+    python driver.py status   print a running deployment's liveness; exit 0 ready, 1 not
 It runs unchanged as `ray job submit --working-dir . -- python driver.py`.
 """
 
@@ -26,7 +27,17 @@ from actors.broadcaster import Broadcaster
 from actors.channels.manager import ChannelManager
 from actors.health_sweep import HealthSweep
 from actors.liveness_monitor import LivenessMonitor
-from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor, alive_node, connect_ray, deploy, ray_connected
+from actors.runtime.handles import (
+    ACTOR_UNAVAILABLE,
+    API_ACTOR,
+    HEALTH_ACTOR,
+    NamedActor,
+    alive_node,
+    attach_ray,
+    connect_ray,
+    deploy,
+    ray_connected,
+)
 from actors.runtime.health import HealthActor
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.scheduler import Scheduler
@@ -192,6 +203,48 @@ def down(settings: Settings) -> None:
     print(f"removed the deployment in namespace {settings.ray_namespace!r}")
 
 
+STATUS_TIMEOUT_S = 5.0
+
+
+def status(settings: Settings) -> int:
+    """Print every expected subsystem of the deployment in RAY_ADDRESS (else the Ray running on this
+    machine) and RAY_NAMESPACE; 0 if all are healthy, 1 if not (naming them) or if none answers."""
+    try:
+        attach_ray(settings)
+    except ConnectionError as exc:
+        print(f"not ready: no running Ray to ask (set RAY_ADDRESS): {exc}", file=sys.stderr)
+        return 1
+    health = NamedActor(HEALTH_ACTOR, settings.ray_namespace)
+    try:
+        snapshot = health.call_sync("snapshot", timeout_s=STATUS_TIMEOUT_S)
+    except ACTOR_UNAVAILABLE as exc:
+        print(f"not ready: no health registry in namespace {settings.ray_namespace!r} ({type(exc).__name__})")
+        return 1
+    print(liveness_table(snapshot))
+    if not snapshot.get("loaded"):
+        print("not ready: the health registry is still loading")
+        return 1
+    unhealthy = [f"{name} ({s['state']})" for name, s in snapshot["subsystems"].items() if not s["healthy"]]
+    if unhealthy:
+        print(f"not ready: {', '.join(unhealthy)}")
+        return 1
+    print(f"ready: {len(snapshot['subsystems'])} subsystems healthy")
+    return 0
+
+
+def liveness_table(snapshot: dict[str, Any]) -> str:
+    """The registry's snapshot as a fixed-width table, one subsystem per line."""
+    header = ("SUBSYSTEM", "STATE", "LAST TICK", "RESTARTS e/p/s", "QUARANTINED", "PID", "LAST ERROR")
+    rows = [header]
+    for name, s in snapshot["subsystems"].items():
+        ago = "never" if s["seconds_ago"] is None else f"{s['seconds_ago']:.1f} s ago"
+        restarts = "/".join(str(s["restarts"][r]) for r in ("exception", "process", "stalled"))
+        error = (s["last_error"] or "")[:60]
+        rows.append((name, s["state"], ago, restarts, str(s["quarantined"]), str(s["pid"] or "-"), error))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -202,8 +255,10 @@ def main(argv: list[str]) -> int:
     if argv[1:] == ["down"]:
         down(settings)
         return 0
+    if argv[1:] == ["status"]:
+        return status(settings)
     if argv[1:]:
-        print(f"usage: {argv[0]} [down]", file=sys.stderr)
+        print(f"usage: {argv[0]} [down|status]", file=sys.stderr)
         return 2
     deployment = Deployment(settings, SUBSYSTEMS)
     try:

@@ -10,20 +10,30 @@ import time
 from typing import Any
 
 import aiohttp
+import redis.exceptions
 import uvicorn
 
 from actors.channels import telegram
 from actors.channels.chat import ChatApiError
 from actors.egress import egress_for
+from actors.runtime import metrics
 from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, HEALTH_ACTOR, NamedActor, RemoteError
 from actors.runtime.health import HEALTH_KILL_AFTER_S
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from api.app import create_app
-from api.backend import LIVENESS_DEADLINE_S, FaultRefused, Unavailable, UnknownSubsystem
+from api.backend import (
+    LIVENESS_DEADLINE_S,
+    Encoded,
+    FaultRefused,
+    NotQuarantined,
+    Unavailable,
+    UnknownSubsystem,
+)
 from api.context import ApiContext
 from api.listener import listening_socket, tcp_options
+from api.recent import Recent
 from settings import Settings
-from store.client import connect
+from store.client import connect, memory
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,10 @@ API_SPEC = SubsystemSpec("api", interval_s=2.0, actor=API_ACTOR)
 SELF_PROBE_TIMEOUT_S = 2.0
 WS_MAX_FRAME_BYTES = 64 * 1024  # clients only send control frames
 HEALTH_WATCH_INTERVAL_S = 1.0
+# /admin/liveness: fetched at most this often; never served older than LIVENESS_MAX_AGE_S.
+LIVENESS_FRESH_S = 0.25
+LIVENESS_MAX_AGE_S = 1.0
+STORE_DEADLINE_S = 1.0
 
 
 class PlatformBackend:
@@ -42,7 +56,9 @@ class PlatformBackend:
         self.health = NamedActor(HEALTH_ACTOR, settings.ray_namespace)
         self.egress = egress_for(settings)
         self._api = api
-        self._liveness: asyncio.Future[bytes] | None = None
+        # The liveness body is built and encoded at most every LIVENESS_FRESH_S, however many poll it.
+        self._liveness = Recent(self._fetch_liveness, fresh_s=LIVENESS_FRESH_S, max_age_s=LIVENESS_MAX_AGE_S)
+        self._quarantine = Recent(self._fetch_quarantine, fresh_s=LIVENESS_MAX_AGE_S, max_age_s=2 * LIVENESS_MAX_AGE_S)
 
     async def refuse_url(self, url: str) -> str | None:
         return await self.egress.check_url(url)
@@ -68,21 +84,68 @@ class PlatformBackend:
         except ACTOR_UNAVAILABLE as exc:
             raise Unavailable(f"health registry did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
 
-    async def liveness(self) -> bytes:
-        """Concurrent requests share one registry call and one encoded body (single flight)."""
-        if self._liveness is None or self._liveness.done():
-            self._liveness = asyncio.ensure_future(self._fetch_liveness())
-        return await asyncio.shield(self._liveness)
+    async def liveness(self) -> Encoded:
+        """The encoded /admin/liveness body, at most LIVENESS_MAX_AGE_S old (its `checked_at` says when)."""
+        return await self._liveness.get()
 
-    async def _fetch_liveness(self) -> bytes:
-        snapshot = await self._health("snapshot")
-        if not snapshot.pop("loaded", False):
+    async def _fetch_liveness(self) -> Encoded:
+        # The HealthActor encodes its snapshot: this process, which serves every request, only splices.
+        snapshot, store = await asyncio.gather(self._health("snapshot_json"), self._store())
+        if snapshot is None:
             # An empty, unloaded registry must not read as "nothing expected".
             raise Unavailable("health registry is still loading its state from Redis")
-        return json.dumps(snapshot, separators=(",", ":")).encode()
+        head = json.dumps({"store": store, "draining": self.draining}, separators=(",", ":")).encode()
+        return Encoded.of(head[:-1] + b"," + snapshot[1:])
+
+    async def _store(self) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(memory(self._api.redis), STORE_DEADLINE_S)
+        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            return {"reachable": False, "error": type(exc).__name__}
 
     async def readiness(self) -> dict[str, Any]:
         return await self._health("readiness")
+
+    async def quarantine(self) -> dict[str, Any]:
+        return await self._quarantine.get()
+
+    async def _fetch_quarantine(self) -> dict[str, Any]:
+        """Ask each subsystem that reports quarantined items for them, all at once, each with a deadline."""
+        holders = await self._health("quarantine_holders")
+
+        async def items_of(holder: dict[str, Any]) -> list[dict[str, Any]]:
+            if holder["name"] == self._api.name:
+                return await self._api.quarantine_items()
+            target = NamedActor(holder["actor"], holder.get("namespace") or self.settings.ray_namespace)
+            return await target.call("quarantine_items", timeout_s=LIVENESS_DEADLINE_S)
+
+        answers = await asyncio.gather(*(items_of(h) for h in holders), return_exceptions=True)
+        items, unreachable = [], []
+        for holder, answer in zip(holders, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.warning("quarantine of %s not read: %s", holder["name"], answer)
+                unreachable.append(holder["name"])
+                continue
+            items += [{"subsystem": holder["name"], **item} for item in answer]
+        return {"items": items, "unreachable": unreachable}
+
+    async def release(self, subsystem: str, key: str) -> None:
+        if subsystem == self._api.name:
+            released = await self._api.release_item(key)
+        else:
+            expectation = await self._health("expectation", subsystem)
+            if expectation is None or not expectation.get("actor"):
+                raise UnknownSubsystem(subsystem)
+            target = NamedActor(expectation["actor"], expectation.get("namespace") or self.settings.ray_namespace)
+            try:
+                released = await target.call("release_item", key, timeout_s=LIVENESS_DEADLINE_S)
+            except RemoteError as exc:
+                raise FaultRefused(str(exc.cause) or "refused") from None
+            except ACTOR_UNAVAILABLE as exc:
+                raise Unavailable(f"subsystem {subsystem} did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
+        self._quarantine.forget()
+        if not released:
+            raise NotQuarantined(key)
 
     async def inject_fault(self, subsystem: str, fault: str, seconds: float | None) -> None:
         if subsystem == self._api.name:
@@ -124,6 +187,7 @@ class ApiActor(Subsystem):
         self.hub = context.hub
         self.base_url = settings.api_url
         self.health_kills = 0
+        self._exported = metrics.Exported()
         self._session: aiohttp.ClientSession | None = None
         self.chat_session: aiohttp.ClientSession | None = None
         self._server: uvicorn.Server | None = None
@@ -181,6 +245,16 @@ class ApiActor(Subsystem):
         async with self._session.get(f"{self.base_url}/livez") as response:
             if response.status != 200:
                 raise RuntimeError(f"self-probe GET /livez answered {response.status}")
+        self._export_metrics()
+
+    def _export_metrics(self) -> None:
+        """The HTTP layer counts in plain numbers; its metrics go out from here, every tick."""
+        work, tags, hub = metrics.work(), {"subsystem": self.name}, self.hub
+        work.websocket_clients.set(float(hub.clients), tags=tags)
+        if grown := self._exported.increase("delivered", hub.delivered):
+            work.events_delivered.inc(grown, tags=tags)
+        if grown := self._exported.increase("appended", hub.appended):
+            work.events_appended.inc(grown, tags=tags)
 
     def progress(self) -> dict[str, Any]:
         return {

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.exceptions
 
+from actors.runtime import metrics
 from actors.runtime.handles import ACTOR_UNAVAILABLE, API_ACTOR, NamedActor
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from settings import Settings
@@ -77,6 +78,14 @@ class Broadcaster(Subsystem):
             "malformed": self.malformed,
         }
 
+    def _export_lag(self) -> None:
+        tags = {"subsystem": self.name}
+        metrics.work().broadcaster_lag_events.set(float(self.lag_events), tags=tags)
+        metrics.work().broadcaster_lag_seconds.set(self.lag_s, tags=tags)
+
+    def item_tenant(self, key: str) -> str | None:
+        return key  # its items are tenants' streams
+
     def pause_s(self) -> float:
         return self._pause  # a tick already waits in XREAD; it pauses only to retry a delivery
 
@@ -123,6 +132,7 @@ class Broadcaster(Subsystem):
         if self._unsaved and (not reply or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
             await self._save()
         await self._measure_lag(list(newest) if full or not delivered else [], oldest_ms, positions)
+        self._export_lag()
         self._pause = 0.0 if delivered else RETRY_PAUSE_S
         return delivered and full
 

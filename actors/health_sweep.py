@@ -19,6 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from actors.egress import EgressError, egress_for
+from actors.runtime import metrics
 from actors.runtime.subsystem import Every, Subsystem, SubsystemSpec
 from settings import Settings
 from store import workspaces
@@ -115,6 +116,7 @@ class HealthSweep(Subsystem):
         )
         if outcome.ok and outcome.value:
             self.offline_transitions += 1
+            metrics.work().offline_transitions.inc(tags={"subsystem": self.name})
 
     async def _probe_once(self, workspace_id: str, raw: dict[bytes, bytes], lane: asyncio.Semaphore) -> bool:
         if not raw:

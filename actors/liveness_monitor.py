@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from actors.egress import EgressError, egress_for, public_url
+from actors.runtime import metrics
 from actors.runtime.subsystem import Every, Subsystem, SubsystemSpec
 from settings import Settings
 from store import workspaces
@@ -92,6 +93,7 @@ class LivenessMonitor(Subsystem):
         )
         if outcome.ok and outcome.value:
             self.offline_transitions += 1
+            metrics.work().offline_transitions.inc(tags={"subsystem": self.name})
 
     async def _transition(self, workspace_id: str, raw: dict[bytes, bytes], reason: str) -> bool:
         changed = await workspaces.mark_offline(

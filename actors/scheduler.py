@@ -13,6 +13,7 @@ from typing import Any
 from actors.a2a_client import Outcome, send
 from actors.egress import egress_for
 from actors.fair import FairQueue
+from actors.runtime import metrics
 from actors.runtime.batch import Batch
 from actors.runtime.subsystem import TRANSIENT_ERRORS, Every, Subsystem, SubsystemSpec
 from settings import Settings
@@ -238,6 +239,7 @@ class Scheduler(Subsystem):
         )
 
     def _start(self, fire: Fire, slot: int) -> None:
+        metrics.work().lateness.observe(max(0.0, time.time() - slot), tags={"subsystem": self.name})
         task = asyncio.get_running_loop().create_task(self._fire(fire, slot))
         self._fires.add(task)
         tenant_id = fire.tenant_id
@@ -286,6 +288,7 @@ class Scheduler(Subsystem):
                 pass
             return
         self.fired += 1
+        metrics.work().fires.inc(tags={"subsystem": self.name, "status": "ok" if outcome.ok else "error"})
 
     async def _record_error(self, schedule_id: str, error: str | None, now: float) -> None:
         """Record the failure and let the others go first: the next try is a second later."""
@@ -310,3 +313,15 @@ class Scheduler(Subsystem):
 
     def quarantined(self) -> int:
         return self._quarantined
+
+    async def quarantine_items(self) -> list[dict[str, Any]]:
+        return await schedules.quarantined(self.redis)
+
+    async def release_item(self, key: str) -> bool:
+        """Put a quarantined schedule back in its tenant's due index, its failures forgotten."""
+        self.items.release(key)
+        released = await schedules.release(self.redis, key, time.time())
+        if released:
+            log.warning("scheduler: schedule %s released by an operator", key)
+            self._quarantined = await schedules.quarantined_count(self.redis)
+        return released

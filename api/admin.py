@@ -1,36 +1,31 @@
-"""Admin routes: /admin/liveness (the registry's view) and /admin/faults (game days)."""
+"""Admin routes: /admin/liveness (the registry's view), /admin/faults (game days), /admin/quarantine."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-
-import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.auth import require_admin
-from api.backend import FAULTS, FaultRefused, Unavailable, UnknownSubsystem
+from api.backend import FAULTS, Encoded, FaultRefused, NotQuarantined, Unavailable, UnknownSubsystem
 from api.context import context
 from api.errors import ApiError, read_json
-from store.client import memory
-
-STORE_DEADLINE_S = 1.0
 
 
 async def liveness(request: Request) -> Response:
     require_admin(request)
-    ctx = context(request)
     try:
-        body = await ctx.backend.liveness()
+        body = await context(request).backend.liveness()
     except Unavailable as exc:
         raise ApiError(503, str(exc)) from None
-    try:
-        store: dict[str, object] = await asyncio.wait_for(memory(ctx.redis), STORE_DEADLINE_S)
-    except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
-        store = {"reachable": False, "error": type(exc).__name__}
-    # The registry's snapshot is shared, encoded once, by every request: the store's state goes in front.
-    return Response(b'{"store":' + json.dumps(store).encode() + b"," + body[1:], media_type="application/json")
+    return encoded_response(request, body)
+
+
+def encoded_response(request: Request, body: Encoded) -> Response:
+    """The body gzipped if the client takes it (browsers and most HTTP clients do), else as is."""
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        return Response(body.gzip, media_type="application/json", headers=headers)
+    return Response(body.json, media_type="application/json", headers={"Vary": "Accept-Encoding"})
 
 
 async def faults(request: Request) -> JSONResponse:
@@ -61,3 +56,37 @@ async def faults(request: Request) -> JSONResponse:
     except Unavailable as exc:
         raise ApiError(503, str(exc)) from None
     return JSONResponse({"subsystem": subsystem, "fault": fault, "seconds": seconds}, status_code=202)
+
+
+async def quarantine(request: Request) -> JSONResponse:
+    """Every item a subsystem holds in quarantine; `unreachable` names subsystems that did not answer."""
+    require_admin(request)
+    try:
+        return JSONResponse(await context(request).backend.quarantine())
+    except Unavailable as exc:
+        raise ApiError(503, str(exc)) from None
+
+
+async def release(request: Request) -> JSONResponse:
+    """Release one quarantined item: its subsystem works it again from its next tick."""
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "body must be a JSON object")
+    unknown = set(body) - {"subsystem", "key"}
+    if unknown:
+        raise ApiError(422, f"unknown field(s): {', '.join(sorted(unknown))}")
+    subsystem, key = body.get("subsystem"), body.get("key")
+    for name, value in (("subsystem", subsystem), ("key", key)):
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise ApiError(422, f"{name}: required, a string of 1 to 256 characters")
+    assert isinstance(subsystem, str) and isinstance(key, str)
+    try:
+        await context(request).backend.release(subsystem, key)
+    except (UnknownSubsystem, NotQuarantined):
+        raise ApiError(404, f"{subsystem!r} holds no quarantined item {key!r}") from None
+    except FaultRefused as exc:
+        raise ApiError(409, f"{subsystem!r} could not release {key!r}: {exc}") from None
+    except Unavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return JSONResponse({"subsystem": subsystem, "key": key, "released": True})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from api import admin, channels, events, probes, schedules, stream, tenants, webhooks, workspaces
+from api import admin, channels, events, probes, schedules, status, stream, tenants, webhooks, workspaces
 from api.context import ApiContext
 from api.errors import EXCEPTION_HANDLERS
 
@@ -15,8 +15,11 @@ def create_app(context: ApiContext) -> Starlette:
     routes = [
         Route("/livez", probes.livez, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
+        Route("/status", status.page, methods=["GET"]),
         Route("/admin/liveness", admin.liveness, methods=["GET"]),
         Route("/admin/faults", admin.faults, methods=["POST"]),
+        Route("/admin/quarantine", admin.quarantine, methods=["GET"]),
+        Route("/admin/quarantine/release", admin.release, methods=["POST"]),
         Route("/admin/tenants", tenants.create, methods=["POST"]),
         Route("/admin/tenants", tenants.list_all, methods=["GET"]),
         Route("/admin/tenants/{tenant_id}", tenants.get, methods=["GET"]),

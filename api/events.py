@@ -40,4 +40,5 @@ async def publish(request: Request) -> JSONResponse:
     stream_id = await events.append(
         ctx.redis, name, tenant_id, workspace_id, body["payload"], max_len=ctx.events_max_per_tenant, per_s=per_s
     )
+    ctx.hub.appended += 1
     return JSONResponse({"id": stream_id}, status_code=202)

@@ -61,6 +61,8 @@ class Hub:
         self.queue_size = queue_size
         self._tenants: dict[str, set[Client]] = {}
         self.overflows = 0
+        self.delivered = 0  # events sent to clients (one per client), for the API actor's metrics
+        self.appended = 0  # events appended through POST /events
         self.connections = 0  # open WebSocket handlers, registered or not
         self.admitted: Counter[str] = Counter()  # open connections per tenant, counted against its quota
 

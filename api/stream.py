@@ -184,6 +184,7 @@ async def _until_disconnect(websocket: WebSocket) -> None:
 
 async def _send(websocket: WebSocket, client: Client, cursor: Cursor) -> tuple[int, str]:
     await _replay(websocket, client, cursor)
+    hub = context(websocket).hub
     while True:
         await client.ready.wait()
         if client.revoked is not None:
@@ -193,6 +194,7 @@ async def _send(websocket: WebSocket, client: Client, cursor: Cursor) -> tuple[i
         for key, text in client.take():
             if cursor.advance(key):
                 await websocket.send_text(text)
+                hub.delivered += 1
 
 
 async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
@@ -213,6 +215,7 @@ async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
             text = events.envelope(client.tenant_id, stream_id, fields)
             if text is not None:
                 await websocket.send_text(text)
+                ctx.hub.delivered += 1
         if len(page) < count:
             if not client.overflowed:
                 return

@@ -500,6 +500,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if (redis.call('HGET', KEYS[1], 'revision') or '') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'quarantined' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'last_error', ARGV[3])
+if ARGV[2] == 'quarantined' then redis.call('HSET', KEYS[1], 'quarantined_at', redis.call('TIME')[1]) end
 if #KEYS > 1 then append_event(KEYS[2], KEYS[3], tonumber(ARGV[4]), 5) end
 return 1
 """
@@ -546,6 +547,38 @@ async def quarantine_record(redis: aioredis.Redis, channel_id: str, error: str, 
     if fields.get("bot_id"):
         await _release_bot(redis, fields["bot_id"], channel_id)
     return marked
+
+
+async def quarantined(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every quarantined channel as operators see it: key (its id), tenant_id, error, since, failures."""
+    channel_ids = await ids(redis)
+    items = []
+    for channel_id, raw in zip(channel_ids, await read(redis, channel_ids), strict=True):
+        fields = decode_lenient(raw) if raw and not isinstance(raw, Exception) else {}
+        if fields.get("status") != "quarantined":
+            continue
+        since = fields.get("quarantined_at", "")
+        items.append(
+            {
+                "key": channel_id,
+                "tenant_id": fields.get("tenant_id") or None,
+                "error": fields.get("last_error") or None,
+                "since": now_rfc3339(int(since)) if since.isdigit() else None,
+                "failures": None,  # a channel is quarantined at its first refusal (a revoked token)
+            }
+        )
+    return items
+
+
+async def release(redis: aioredis.Redis, box: SecretBox, channel_id: str, now: float) -> bool:
+    """An operator's release of a quarantined channel: as a PATCH that changes nothing (a new
+    revision, its status cleared, its bot bound again unless another channel took it: BotTaken).
+    False if it is not quarantined."""
+    raw = await read_one(redis, channel_id)
+    fields = decode_lenient(raw) if raw else {}
+    if fields.get("status") != "quarantined":
+        return False
+    return await patch(redis, box, fields.get("tenant_id", ""), channel_id, {}, now) is not None
 
 
 # -- what the channel manager reads ----------------------------------------------------------

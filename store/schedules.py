@@ -539,6 +539,64 @@ async def quarantined_count(redis: aioredis.Redis) -> int:
     return int(await redis.scard(keys.SCHEDULES_QUARANTINED))
 
 
+async def quarantined(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Every quarantined schedule as operators see it: key (its id), tenant_id, error, since, failures."""
+    ids = sorted(m.decode() for m in await redis.smembers(keys.SCHEDULES_QUARANTINED))
+    items = []
+    for schedule_id, raw in zip(ids, await read(redis, ids), strict=True):
+        unreadable = isinstance(raw, Exception)
+        fields = decode_lenient(raw) if raw and not unreadable else {}
+        failures = fields.get("consecutive_failures", "")
+        items.append(
+            {
+                "key": schedule_id,
+                "tenant_id": fields.get("tenant_id") or None,
+                "error": fields.get("last_error") or (f"record unreadable: {raw}" if unreadable else None),
+                "since": fields.get("quarantined_at") or None,
+                "failures": int(failures) if failures.isdigit() else None,
+            }
+        )
+    return items
+
+
+async def release(redis: aioredis.Redis, schedule_id: str, now: float) -> bool:
+    """An operator's release of a quarantined schedule; False if it is not quarantined.
+
+    Its failures are forgotten and it is due again: at its next slot, or at once if its
+    cron cannot be read (the scheduler tries it and records why). A record with no tenant
+    is only taken off the quarantine list: there is no due index to put it in.
+    """
+    key = keys.schedule(schedule_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(keys.SCHEDULES_QUARANTINED, key)
+                if not await pipe.sismember(keys.SCHEDULES_QUARANTINED, schedule_id):
+                    return False
+                try:
+                    fields = decode_lenient(await pipe.hgetall(key))
+                except ResponseError:  # not a hash
+                    fields = {}
+                tenant_id = fields.get("tenant_id", "")
+                try:
+                    slot = validate_cron(fields.get("cron", ""), fields.get("timezone", ""), now)
+                except ValueError:
+                    slot = int(now)
+                pipe.multi()
+                pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
+                if fields and is_id(tenant_id):
+                    cleared = {"last_status": "", "last_error": "", "consecutive_failures": "0", "quarantined_at": ""}
+                    pipe.hset(key, mapping=cleared)
+                    if fields.get("enabled") == "true":
+                        pipe.hset(key, "next_run_at", now_rfc3339(slot))
+                        pipe.zadd(keys.tenant_due(tenant_id), {schedule_id: slot})
+                        await _reindex(redis, pipe, tenant_id)
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue
+
+
 async def _if_unchanged(
     redis: aioredis.Redis,
     schedule_id: str,
@@ -605,7 +663,7 @@ async def quarantine(
         if stuck:
             pipe.zrem(keys.SCHEDULES_INFLIGHT, *stuck)
         pipe.sadd(keys.SCHEDULES_QUARANTINED, schedule_id)
-        pipe.hset(key, mapping={"last_status": "quarantined", "last_error": error})
+        pipe.hset(key, mapping={"last_status": "quarantined", "last_error": error, "quarantined_at": now_rfc3339()})
         pipe.hincrby(key, "consecutive_failures", 1)
         fields = decode_lenient(raw)
         owner = fields.get("tenant_id", "")

@@ -25,6 +25,7 @@ from actors.channels import slack, telegram
 from actors.channels.chat import ChatApiError
 from actors.channels.relay import ChatQueues
 from actors.egress import egress_for
+from actors.runtime import metrics
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import LoopState, RecoverLoop
 from settings import Settings
@@ -262,6 +263,22 @@ class ChannelManager(Subsystem):
         if await channels.quarantine_record(self.redis, channel_id, error, max_len=self.settings.events_max_per_tenant):
             self.quarantines += 1
 
+    async def quarantine_items(self) -> list[dict[str, Any]]:
+        """Quarantined channels, from Redis; and records quarantined here that Redis could not mark."""
+        found = {item["key"]: item for item in await super().quarantine_items()}
+        found.update((item["key"], item) for item in await channels.quarantined(self.redis))
+        return [found[key] for key in sorted(found)]
+
+    async def release_item(self, key: str) -> bool:
+        """Try a quarantined channel again, as a PATCH that changes nothing would (BotTaken if its bot
+        is another channel's now)."""
+        guarded = self.items.release(key)
+        self._quarantined.pop(key, None)
+        released = await channels.release(self.redis, self.box, key, time.time())
+        if released or guarded:
+            log.warning("channel-manager: channel %s released by an operator; it runs from the next reconcile", key)
+        return released or guarded
+
     # -- inbound ---------------------------------------------------------------------------
 
     async def _poll(self, run: Run) -> None:
@@ -360,6 +377,8 @@ class ChannelManager(Subsystem):
             return  # the run is being retired; the message stays in the inbox for the next one
         entry_id, inbound = item
         channel = run.channel
+        work = metrics.work()
+        work.channel_messages.inc(tags={"subsystem": self.name, "direction": "in"})
         async with run.slots, self._tenant_slot(channel.tenant_id), self._slots:
             self.in_flight += 1
             try:
@@ -372,6 +391,7 @@ class ChannelManager(Subsystem):
         try:
             if text:
                 await self._post(run, inbound, text)
+                work.channel_messages.inc(tags={"subsystem": self.name, "direction": "out"})
         except ChatApiError as exc:
             if exc.revoked:
                 await self._quarantine(run, f"{channel.type} refused the bot token ({exc})")

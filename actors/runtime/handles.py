@@ -100,6 +100,12 @@ def connect_ray(settings: Settings) -> None:
         ray.init(address="local", **options)
 
 
+def attach_ray(settings: Settings) -> None:
+    """Attach to RAY_ADDRESS, or else to the Ray running on this machine; ConnectionError if there is none."""
+    options: dict[str, Any] = {"namespace": settings.ray_namespace, "logging_level": logging.WARNING}
+    ray.init(address=settings.ray_address or "auto", **options)
+
+
 def ray_connected() -> bool:
     return ray.is_initialized()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -111,6 +112,9 @@ class HealthActor:
         self._restarts = Gauge(
             "subsystem_restarts", "Restarts of the subsystem by reason", tag_keys=("subsystem", "reason")
         )
+        self._quarantined = Gauge(
+            "subsystem_quarantined_items", "Items the subsystem holds in quarantine", tag_keys=("subsystem",)
+        )
         self._loops = [
             RecoverLoop("health.persist", self._persist_forever, PERSIST_POLICY),
             RecoverLoop("health.sweep", self._sweep_forever),
@@ -142,6 +146,7 @@ class HealthActor:
             last = registry.last_tick(name)
             self._age.set(-1.0 if last is None else max(0.0, now - last), tags={"subsystem": name})
             record = registry.records.get(name)
+            self._quarantined.set(float(record.quarantined if record else 0), tags={"subsystem": name})
             for reason in RESTART_REASONS:
                 count = record.restarts[reason] if record else 0
                 self._restarts.set(float(count), tags={"subsystem": name, "reason": reason})
@@ -195,6 +200,22 @@ class HealthActor:
         if not snapshot["loaded"]:
             snapshot["healthy"] = False
         return snapshot
+
+    async def snapshot_json(self) -> bytes | None:
+        """The snapshot encoded here, so its reader only passes the bytes on; None until loaded."""
+        if not self.service.loaded.is_set():
+            return None
+        return json.dumps(self.service.registry.snapshot(time.time()), separators=(",", ":")).encode()
+
+    async def quarantine_holders(self) -> list[dict[str, Any]]:
+        """The expected subsystems that last reported quarantined items: name, actor, namespace."""
+        await self._until_loaded()
+        registry = self.service.registry
+        return [
+            {"name": name, "actor": e.actor, "namespace": e.namespace}
+            for name, e in sorted(registry.expected.items())
+            if e.actor and (record := registry.records.get(name)) is not None and record.quarantined > 0
+        ]
 
     async def readiness(self) -> dict[str, Any]:
         if not self.service.loaded.is_set():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.runtime.supervised import Clock, describe
+from store.records import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,14 @@ class ItemGuard:
 
     def record(self, key: Hashable) -> ItemRecord | None:
         return self._items.get(key)
+
+    def quarantined_items(self) -> list[dict[str, Any]]:
+        """Each quarantined item as operators see it: key, error, since (when it was quarantined), failures."""
+        return [
+            {"key": str(key), "error": r.last_error, "since": rfc3339(r.last_error_at), "failures": r.failures}
+            for key, r in self._items.items()
+            if r.quarantined
+        ]
 
     def release(self, key: Hashable) -> bool:
         """Operator release: forget the item's failures. Returns whether it was quarantined."""

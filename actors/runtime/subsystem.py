@@ -283,8 +283,18 @@ class Subsystem:
             loop.call_soon(os._exit, 1)
         return True
 
+    async def quarantine_items(self) -> list[dict[str, Any]]:
+        """The items quarantined here (GET /admin/quarantine): `{"key", "tenant_id", "error", "since",
+        "failures"}` each; a subsystem that keeps its quarantine in Redis lists it from there."""
+        return [{**item, "tenant_id": self.item_tenant(item["key"])} for item in self.items.quarantined_items()]
+
+    def item_tenant(self, key: str) -> str | None:
+        """The tenant an item of `self.items` belongs to, if its key says (by default it does not)."""
+        return None
+
     async def release_item(self, key: str) -> bool:
-        """Operator release of a quarantined item; returns whether it was quarantined."""
+        """Operator release of a quarantined item (POST /admin/quarantine/release): it is worked
+        again from the next tick; returns whether it was quarantined."""
         released = self.items.release(key)
         if released:
             log.warning("%s: item %s released by an operator", self.name, key)
