@@ -11,12 +11,14 @@ BENCHES = [
     "beat_cost.py",
     "ingestion.py",
     "liveness_latency.py",
+    "status_page.py",
     "keepalive.py",
     "detection.py",
     "scheduler_burst.py",
     "broadcaster.py",
     "workspace_liveness.py",
     "channels.py",
+    "noisy_neighbours.py",
     "memory.py",
 ]
 

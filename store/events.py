@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -186,6 +187,8 @@ async def read_new(
     Raises redis ResponseError (WRONGTYPE) if one tenant's key is not a stream: `kinds` finds which.
     """
     if not positions:
+        # Nothing to read: wait as XREAD would, so a caller's loop never spins (no tenant yet).
+        await asyncio.sleep(block_ms / 1000)
         return []
     streams = {keys.events(t): position for t, position in positions.items()}
     reply = await redis.xread(streams, count=count, block=block_ms)

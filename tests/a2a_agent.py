@@ -34,6 +34,8 @@ class _Recorder(AgentExecutor):
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         if self.agent.delay_s:
             await asyncio.sleep(self.agent.delay_s)
+        if (outage_s := self.agent.outage_until - time.time()) > 0:
+            await asyncio.sleep(outage_s)  # down for a while: no answer until it is over
         message = context.message
         text = get_message_text(message)
         if self.agent.hold_prefix is not None and text.startswith(self.agent.hold_prefix):
@@ -56,6 +58,7 @@ class A2AAgent:
         as an agent card's bearer security scheme asks; others get 401 and are counted in `refused`.
         """
         self.delay_s = delay_s
+        self.outage_until = 0.0  # until then (a time.time()), every message waits for its answer
         self.hold_prefix = hold_prefix
         self.token = token
         self.refused = 0

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from store.client import connect
 from store.embedded import EmbeddedRedis, free_port
+from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
 from tests.support import Platform, start_platform
 
@@ -88,6 +89,14 @@ def platform(
     )
     yield deployed
     deployed.close()
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[A2AAgent]:
+    """An a2a-sdk agent on loopback for a module's workspaces (modules that need another kind define their own)."""
+    server = A2AAgent().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

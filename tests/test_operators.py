@@ -26,7 +26,7 @@ from tests.support import ADMIN_TOKEN, Platform, http, start_platform, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "status-page"
 CHROMIUM = "/usr/bin/chromium"
-# As root in a container, with nothing to reach outside loopback (see the README's test notes).
+# Root in a container (no sandbox) and nothing to reach beyond loopback (no background networking).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -39,13 +39,6 @@ CHROMIUM_ARGS = [
 NAMES = [cls.spec.name for cls in SUBSYSTEMS] + ["api"]
 STALLED_RED = "rgb(207, 34, 46)"  # .state-STALLED in api/status.html
 RUNNING_GREEN = "rgb(26, 127, 55)"
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[A2AAgent]:
-    server = A2AAgent().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,6 @@ from tests.support import Platform, http, start_platform, wait_for
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[A2AAgent]:
-    server = A2AAgent().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def scheduler_platform(ray_session: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """Its own redis-server: the scheduler's due index is global to a Redis."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("sched-redis"), port=free_port())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,6 +26,13 @@ async def test_append_then_read_after_heads_and_counts(store: aioredis.Redis) ->
     read = dict(await events.read_new(store, {a: ids[1], b: heads[b], empty: "0-0"}, count=10, block_ms=10))
     assert list(read) == [a] and [e[0].decode() for e in read[a]] == [ids[2]]
     assert await events.read_new(store, {}, count=10, block_ms=10) == []
+
+
+async def test_a_read_of_no_stream_blocks_like_xread(store: aioredis.Redis) -> None:
+    """No tenant yet: the broadcaster's loop must wait, not spin (it once called the API nonstop)."""
+    started = time.monotonic()
+    assert await events.read_new(store, {}, count=10, block_ms=200) == []
+    assert time.monotonic() - started >= 0.2
 
 
 async def test_a_key_that_is_no_stream_is_found_by_its_kind(store: aioredis.Redis) -> None:

@@ -41,13 +41,6 @@ def total(series: list[tuple[str, dict[str, str], float]], name: str, **labels: 
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[A2AAgent]:
-    server = A2AAgent().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def worked(
     ray_session: dict, redis_url: str, apis: ChatApis, agent: A2AAgent, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
