@@ -190,8 +190,16 @@ class Load:
         self.loop.call_soon_threadsafe(self.stopping.set)
 
     def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
+        """Cancel every load task and wait for them (sockets closed) before the loop stops."""
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(15)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -359,6 +367,11 @@ def windows(landed: list[tuple[Fault, float, str]], kinds: set[str], targets: se
 ACTOR_FAULTS = {"kill", "block", "hang", "raise"}
 
 
+def scheduler_away(landed: list[tuple[Fault, float, str]]) -> list[tuple[float, float]]:
+    """When the scheduler could not fire on time: its own faults and Redis restarts."""
+    return windows(landed, ACTOR_FAULTS, {"scheduler"}) + windows(landed, {"redis-restart"}, {"redis"})
+
+
 def account_schedules(
     account: Account, tenants: list[Tenant], landed: list[tuple[Fault, float, str]], first: float, last: float
 ) -> dict[str, list[float]]:
@@ -374,8 +387,7 @@ def account_schedules(
             if message_id.startswith("cron-"):
                 schedule_id, _, slot = message_id[5:].rpartition("-")
                 receipts[(schedule_id, int(slot))].append(request["at"])
-    scheduler_down = windows(landed, ACTOR_FAULTS, {"scheduler"}) + windows(landed, {"redis-restart"}, {"redis"})
-    scheduler_down += windows(landed, {"kill"}, {"health"})
+    scheduler_down = scheduler_away(landed)
     slots = [s for s in range(int(first) + 1, int(last)) if s % PERIOD_S == 0]
     fired_at = {s: any((sid, s) in receipts for t in tenants for sid in t.schedules) for s in slots}
     lateness: dict[str, list[float]] = {}
@@ -405,18 +417,29 @@ def account_schedules(
     return lateness
 
 
-def account_events(account: Account, tenants: list[Tenant]) -> None:
+def id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def account_events(account: Account, tenants: list[Tenant], started: float) -> None:
     posted = received = 0
     for tenant in tenants:
         posted += len(tenant.posted)
         for n, ids in enumerate(tenant.received):
-            keys = [tuple(int(p) for p in i.split("-")) for i in ids]
+            keys = [id_key(i) for i in ids]
             disorder = sum(1 for a, b in itertools.pairwise(keys) if b <= a)
             if disorder:
                 account.fail(f"t{tenant.index} subscriber {n}: {disorder} events out of order or repeated")
             missing = set(tenant.posted) - set(ids)
             for stream_id in sorted(missing)[:5]:
-                account.fail(f"event lost: t{tenant.index} subscriber {n} never got {stream_id}")
+                k = tenant.posted.index(stream_id)
+                later = sum(1 for i in ids if id_key(i) > id_key(stream_id))
+                account.fail(
+                    f"event lost: t{tenant.index} subscriber {n} never got {stream_id} "
+                    f"(posted {k + 1} of {len(tenant.posted)}, {id_key(stream_id)[0] / 1000 - started:.1f} s into "
+                    f"the run; it got {later} events after it, reconnected {tenant.reconnects[n]} times)"
+                )
             if len(missing) > 5:
                 account.fail(f"... and {len(missing) - 5} more events lost for t{tenant.index} subscriber {n}")
             received += len(set(tenant.posted) & set(ids))
@@ -455,6 +478,7 @@ def account_workspaces(
     monitor_away = windows(landed, ACTOR_FAULTS, {"liveness-monitor"}) + windows(landed, {"redis-restart"}, {"redis"})
     gaps_total = offline_total = excused = 0
     for tenant in tenants:
+        beats = tenant.beats
         transitions = []
         for stream_id, fields in client.xrange(f"events:{tenant.record['id']}"):
             name = fields.get(b"event", b"").decode()
@@ -462,8 +486,9 @@ def account_workspaces(
                 b"payload", b""
             ):
                 transitions.append((int(stream_id.decode().split("-")[0]) / 1000, name))
-        beats = tenant.beats
-        offline = [at for at, name in transitions if name == "WORKSPACE_OFFLINE"]
+        # Once the load stops, the heartbeats stop too: what happens after the last one is not counted.
+        last = beats[-1] if beats else 0.0
+        offline = [at for at, name in transitions if name == "WORKSPACE_OFFLINE" and at < last]
         offline_total += len(offline)
         # Transitions alternate: online, offline, online, ...
         names = [name for _, name in transitions]
@@ -551,7 +576,7 @@ def run(platform: Platform, redis_server: EmbeddedRedis, apis: ChatApis, seed: i
         counts = Counter(f.kind for f, _, _ in injector.landed)
         account.say(f"seed {seed}, {seconds:.0f} s of load, faults landed: {dict(sorted(counts.items()))}")
         lateness = account_schedules(account, tenants, injector.landed, started + 2, stopped - 2 * PERIOD_S)
-        account_events(account, tenants)
+        account_events(account, tenants, started)
         account_chats(account, tenants, apis)
         client = redis.Redis.from_url(platform.settings.redis_url)
         account_workspaces(account, tenants, injector.landed, client)
@@ -576,18 +601,14 @@ def account_isolation(
     started: float,
 ) -> None:
     """Lateness per tenant, and: while one tenant's agent was down, the others stayed within their
-    no-fault figures (slots under a fault of the platform itself are left out: they delay everyone)."""
+    no-fault figures (slots while the scheduler itself was away are left out: that delays everyone)."""
     account.say("lateness per tenant (first receipt - slot):")
     for name, values in lateness.items():
         account.say(
             f"    {name}: p50 {pct(values, 50):.3f} s, p99 {pct(values, 99):.3f} s, max {max(values, default=0):.3f} s"
         )
     calm: list[float] = []
-    platform_faults = [
-        (at, at + (f.seconds or 0.0) + RECOVERY_S.get(f.kind, 5.0))
-        for f, at, _ in landed
-        if f.kind in ACTOR_FAULTS | {"redis-restart"}
-    ]
+    platform_faults = scheduler_away(landed)
     receipts = {}
     for tenant in tenants:
         with tenant.agent.lock:
