@@ -118,7 +118,10 @@ def plan(seed: int, seconds: float) -> list[Fault]:
                 continue
             target = rng.choice(free)
             busy[target] = at + RECOVERY_S[kind]
-            faults.append(Fault(round(at, 1), kind, target))
+            # A block is forever (the watchdog restarts the actor) or shorter than any kill_after_s
+            # (the actor comes back by itself; the API's callers time out meanwhile).
+            seconds = round(rng.uniform(2.5, 4.5), 1) if kind == "block" and rng.random() < 0.5 else None
+            faults.append(Fault(round(at, 1), kind, target, seconds))
         elif kind == "redis-restart":
             if max(busy.values(), default=0.0) > at:
                 continue  # one restart at a time, and not under a subsystem still recovering
@@ -150,6 +153,8 @@ class Tenant:
     posted: list[str] = field(default_factory=list)  # stream ids of events answered 202
     received: list[list[str]] = field(default_factory=list)  # per subscriber, every event id in order
     reconnects: list[int] = field(default_factory=list)
+    opened: set[int] = field(default_factory=set)  # subscribers whose first connection is open
+    all_open: asyncio.Event = field(default_factory=asyncio.Event)
     sent: list[tuple[int, float]] = field(default_factory=list)  # chat message ids and when
     beats: list[float] = field(default_factory=list)  # when each heartbeat was answered 204
     beats_paused_until: float = 0.0
@@ -207,6 +212,8 @@ class Load:
         headers = {"Authorization": f"Bearer {tenant.token}"}
         timeout = aiohttp.ClientTimeout(total=3)
         n = 0
+        # The contract covers what is appended after a client sees its connection open.
+        await tenant.all_open.wait()
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not self.stopping.is_set():
                 n += 1
@@ -228,6 +235,9 @@ class Load:
                     additional_headers={"Authorization": f"Bearer {tenant.token}"},
                     open_timeout=5,
                 ) as connection:
+                    tenant.opened.add(n)
+                    if len(tenant.opened) == SUBSCRIBERS_PER_TENANT:
+                        tenant.all_open.set()
                     async for frame in connection:
                         received.append(json.loads(frame)["id"])
             except (OSError, websockets.WebSocketException, TimeoutError):
@@ -285,9 +295,10 @@ class Injector:
             os.kill(pid, signal.SIGKILL)
             return f"pid {pid} killed"
         if fault.kind in ("block", "hang", "raise"):
-            status, _body = self.platform.post(
-                "/admin/faults", {"subsystem": fault.target, "fault": fault.kind}, timeout_s=10
-            )
+            request: dict[str, Any] = {"subsystem": fault.target, "fault": fault.kind}
+            if fault.seconds is not None:
+                request["seconds"] = fault.seconds
+            status, _ = self.platform.post("/admin/faults", request, timeout_s=10)
             return f"{status}"
         if fault.kind == "redis-restart":
             self.redis_server.stop()
@@ -527,6 +538,8 @@ def account_restarts(
     for fault, _, outcome in landed:
         if fault.kind not in ACTOR_FAULTS or fault.target == "health" or outcome.startswith("not landed"):
             continue
+        if fault.kind == "block" and fault.seconds is not None:
+            continue  # over before its kill_after_s: no restart
         reason = {"kill": "process", "block": "stalled", "hang": "stalled", "raise": "exception"}[fault.kind]
         injected[fault.target][reason] += 1
     rows = []
