@@ -56,6 +56,7 @@ class PlatformBackend:
         self.health = NamedActor(HEALTH_ACTOR, settings.ray_namespace)
         self.egress = egress_for(settings)
         self._api = api
+        self._actors: dict[tuple[str, str], NamedActor] = {}
         # The liveness body is built and encoded at most every LIVENESS_FRESH_S, however many poll it.
         self._liveness = Recent(self._fetch_liveness, fresh_s=LIVENESS_FRESH_S, max_age_s=LIVENESS_MAX_AGE_S)
         self._quarantine = Recent(self._fetch_quarantine, fresh_s=LIVENESS_MAX_AGE_S, max_age_s=2 * LIVENESS_MAX_AGE_S)
@@ -83,6 +84,15 @@ class PlatformBackend:
             return await self.health.call(method, *args, timeout_s=LIVENESS_DEADLINE_S)
         except ACTOR_UNAVAILABLE as exc:
             raise Unavailable(f"health registry did not answer within {LIVENESS_DEADLINE_S:g} s") from exc
+        except RemoteError as exc:  # for example, still loading its state from Redis
+            raise Unavailable(f"health registry: {exc.cause}") from None
+
+    def _actor(self, name: str, namespace: str | None) -> NamedActor:
+        """One handle per actor, kept: looking a name up asks Ray's control service, synchronously."""
+        key = (name, namespace or self.settings.ray_namespace)
+        if key not in self._actors:
+            self._actors[key] = NamedActor(*key)
+        return self._actors[key]
 
     async def liveness(self) -> Encoded:
         """The encoded /admin/liveness body, at most LIVENESS_MAX_AGE_S old (its `checked_at` says when)."""
@@ -116,7 +126,7 @@ class PlatformBackend:
         async def items_of(holder: dict[str, Any]) -> list[dict[str, Any]]:
             if holder["name"] == self._api.name:
                 return await self._api.quarantine_items()
-            target = NamedActor(holder["actor"], holder.get("namespace") or self.settings.ray_namespace)
+            target = self._actor(holder["actor"], holder.get("namespace"))
             return await target.call("quarantine_items", timeout_s=LIVENESS_DEADLINE_S)
 
         answers = await asyncio.gather(*(items_of(h) for h in holders), return_exceptions=True)
@@ -136,7 +146,7 @@ class PlatformBackend:
             expectation = await self._health("expectation", subsystem)
             if expectation is None or not expectation.get("actor"):
                 raise UnknownSubsystem(subsystem)
-            target = NamedActor(expectation["actor"], expectation.get("namespace") or self.settings.ray_namespace)
+            target = self._actor(expectation["actor"], expectation.get("namespace"))
             try:
                 released = await target.call("release_item", key, timeout_s=LIVENESS_DEADLINE_S)
             except RemoteError as exc:
@@ -157,7 +167,7 @@ class PlatformBackend:
         expectation = await self._health("expectation", subsystem)
         if expectation is None or not expectation.get("actor"):
             raise UnknownSubsystem(subsystem)
-        target = NamedActor(expectation["actor"], expectation.get("namespace") or self.settings.ray_namespace)
+        target = self._actor(expectation["actor"], expectation.get("namespace"))
         try:
             # A `block` or `exit` fault may take the target down before it answers.
             await target.call("inject_fault", fault, seconds, timeout_s=LIVENESS_DEADLINE_S)

@@ -319,9 +319,9 @@ class Scheduler(Subsystem):
 
     async def release_item(self, key: str) -> bool:
         """Put a quarantined schedule back in its tenant's due index, its failures forgotten."""
-        self.items.release(key)
         released = await schedules.release(self.redis, key, time.time())
         if released:
+            self.items.release(key)
             log.warning("scheduler: schedule %s released by an operator", key)
             self._quarantined = await schedules.quarantined_count(self.redis)
         return released

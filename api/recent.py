@@ -18,8 +18,9 @@ class Recent(Generic[T]):
     A result younger than `fresh_s` is served as is. One younger than `max_age_s` is served
     too, while one fetch in the background replaces it. Older than that (or none yet), the
     caller waits for a fetch, shared with every caller waiting at the same time (single
-    flight), and its error is theirs. So a page many operators poll costs one fetch per
-    `fresh_s` at most, and no answer is ever older than `max_age_s`.
+    flight), and its error is theirs; a failed fetch is not tried again for `fresh_s`, so a
+    source that is down is not asked by every request. So a page many operators poll costs
+    one fetch per `fresh_s` at most, and no answer is ever older than `max_age_s`.
     """
 
     def __init__(
@@ -38,32 +39,47 @@ class Recent(Generic[T]):
         self._clock = clock
         self._value: T | None = None
         self._at = float("-inf")
+        self._error: BaseException | None = None
+        self._failed_at = float("-inf")
         self._flight: asyncio.Future[T] | None = None
+        self._generation = 0  # bumped by forget(): a fetch started before it is not kept
 
     async def get(self) -> T:
-        age = self._clock() - self._at
-        if self._value is not None and age <= self.max_age_s:
-            if age > self.fresh_s:
-                self._start().add_done_callback(_log_failure)
+        now = self._clock()
+        if self._value is not None and now - self._at <= self.max_age_s:
+            if now - self._at > self.fresh_s:
+                self._start()
             return self._value
+        if self._error is not None and now - self._failed_at <= self.fresh_s:
+            raise self._error
         return await asyncio.shield(self._start())
 
     def forget(self) -> None:
-        """The value is known to be out of date: the next `get` waits for a new one."""
-        self._value, self._at = None, float("-inf")
+        """The value is known to be out of date: the next `get` waits for a fetch started after now."""
+        self._value, self._at, self._error = None, float("-inf"), None
+        self._generation += 1
+        self._flight = None
 
     def _start(self) -> asyncio.Future[T]:
         if self._flight is None or self._flight.done():
-            self._flight = asyncio.ensure_future(self._refresh())
+            self._flight = asyncio.ensure_future(self._refresh(self._generation))
+            self._flight.add_done_callback(_observe)
         return self._flight
 
-    async def _refresh(self) -> T:
+    async def _refresh(self, generation: int) -> T:
         started = self._clock()
-        value = await self._fetch()
-        self._value, self._at = value, started  # its age counts from before the fetch
+        try:
+            value = await self._fetch()
+        except Exception as exc:
+            if generation == self._generation:
+                self._error, self._failed_at = exc, self._clock()
+            raise
+        if generation == self._generation:
+            self._value, self._at, self._error = value, started, None  # its age counts from before the fetch
         return value
 
 
-def _log_failure(flight: asyncio.Future[object]) -> None:
+def _observe(flight: asyncio.Future[object]) -> None:
+    """Log a failed fetch once (callers that waited for it got the error too)."""
     if not flight.cancelled() and (exc := flight.exception()) is not None:
-        log.warning("background refresh failed: %s", exc)
+        log.warning("refresh failed: %s", exc)

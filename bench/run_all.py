@@ -19,6 +19,7 @@ BENCHES = [
     "workspace_liveness.py",
     "channels.py",
     "noisy_neighbours.py",
+    "game_day.py",
     "memory.py",
 ]
 

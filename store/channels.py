@@ -578,7 +578,21 @@ async def release(redis: aioredis.Redis, box: SecretBox, channel_id: str, now: f
     fields = decode_lenient(raw) if raw else {}
     if fields.get("status") != "quarantined":
         return False
-    return await patch(redis, box, fields.get("tenant_id", ""), channel_id, {}, now) is not None
+    if is_id(fields.get("tenant_id", "")) and fields.get("revision", "").isdigit():
+        return await patch(redis, box, fields["tenant_id"], channel_id, {}, now) is not None
+    # A record too damaged for a PATCH (no tenant, no revision): tried again as it is.
+    key = keys.channel(channel_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(key)
+            if (await pipe.hget(key, "status")) != b"quarantined":
+                return False
+            pipe.multi()
+            pipe.hset(key, mapping={"status": "starting", "last_error": ""})
+            await pipe.execute()
+        except WatchError:
+            return False
+    return True
 
 
 # -- what the channel manager reads ----------------------------------------------------------

@@ -20,11 +20,12 @@ class Source:
 
     async def fetch(self) -> int:
         self.fetches += 1
+        number = self.fetches
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
-        return self.fetches
+        return number
 
 
 def recent(source: Source, clock: FakeClock) -> Recent[int]:
@@ -62,7 +63,7 @@ async def test_an_aging_value_is_served_while_one_fetch_replaces_it() -> None:
     assert await cache.get() == 2
 
 
-async def test_past_max_age_a_reader_waits_and_sees_the_error() -> None:
+async def test_past_max_age_a_reader_waits_and_sees_the_error_which_is_kept_while_fresh() -> None:
     source, clock = Source(), FakeClock()
     cache = recent(source, clock)
     await cache.get()
@@ -74,6 +75,10 @@ async def test_past_max_age_a_reader_waits_and_sees_the_error() -> None:
     with pytest.raises(RuntimeError, match="did not answer"):
         await cache.get()
     source.fail = None
+    with pytest.raises(RuntimeError, match="did not answer"):  # a source that is down is not asked by every request
+        await cache.get()
+    assert source.fetches == 3
+    clock.advance(0.3)
     assert await cache.get() == 4
 
 
@@ -88,3 +93,18 @@ async def test_forget_makes_the_next_reader_wait_for_a_new_value() -> None:
 def test_fresh_must_not_exceed_max_age() -> None:
     with pytest.raises(ValueError, match="fresh_s"):
         Recent(Source().fetch, fresh_s=2.0, max_age_s=1.0)
+
+
+async def test_a_fetch_started_before_forget_is_not_kept() -> None:
+    """A release makes the quarantine list out of date: a list read before it must not come back."""
+    source, clock = Source(), FakeClock()
+    source.gate = asyncio.Event()
+    cache = recent(source, clock)
+    before = asyncio.ensure_future(cache.get())
+    await asyncio.sleep(0)
+    cache.forget()
+    after = asyncio.ensure_future(cache.get())
+    await asyncio.sleep(0)
+    source.gate.set()
+    assert await before == 1 and await after == 2
+    assert await cache.get() == 2

@@ -184,3 +184,22 @@ async def test_a_quarantined_channel_lets_go_of_its_bot_and_a_patch_takes_it_bac
     await store.hset(keys.channel(other.id), "config", "garbage")
     await channels.quarantine_record(store, other.id, "config cannot be decrypted", max_len=10)
     assert await store.hget(keys.TELEGRAM_BOTS, "222") is None
+
+
+async def test_an_operator_lists_and_releases_quarantined_channels(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    revoked, damaged, running = [await created(store, tenant_id, bot) for bot in (311, 312, 313)]
+    assert await channels.quarantine(store, revoked, "token revoked", max_len=10)
+    await store.hset(keys.channel(damaged.id), mapping={"tenant_id": "", "revision": "x"})
+    assert await channels.quarantine_record(store, damaged.id, "bad ids", max_len=10)
+    items = {item["key"]: item for item in await channels.quarantined(store)}
+    assert set(items) == {revoked.id, damaged.id}
+    assert items[revoked.id]["tenant_id"] == tenant_id and items[revoked.id]["error"] == "token revoked"
+    assert items[revoked.id]["since"].endswith("Z") and items[damaged.id]["tenant_id"] is None
+    assert await channels.release(store, BOX, running.id, NOW) is False  # not quarantined
+    assert await channels.release(store, BOX, revoked.id, NOW) is True
+    raw = await channels.read_one(store, revoked.id)
+    assert raw is not None and (raw[b"status"], raw[b"revision"]) == (b"starting", b"2")  # as after a PATCH
+    assert await store.hget(keys.TELEGRAM_BOTS, "311") == revoked.id.encode()  # its bot bound again
+    assert await channels.release(store, BOX, damaged.id, NOW) is True  # tried again as it is
+    assert await channels.quarantined(store) == []

@@ -217,3 +217,42 @@ async def test_a_due_index_from_before_tenants_had_theirs_is_moved_whole(store: 
     assert await schedules.due_tenants(store, NOW + 60, 10) == [tenant_id]
     assert await store.sismember(keys.SCHEDULES_QUARANTINED, corrupt)  # nothing could fire it
     assert await schedules.move_legacy_due(store) == 0
+
+
+async def test_an_operator_lists_and_releases_a_quarantined_schedule(store: aioredis.Redis) -> None:
+    tenant_id = new_id()
+    schedule_id = await stored(store, tenant_id)
+    await store.hset(keys.schedule(schedule_id), "consecutive_failures", "2")
+    (raw,) = await schedules.read(store, [schedule_id])
+    assert await schedules.quarantine(store, tenant_id, schedule_id, schedules.version(raw), "3 failures", max_len=10)
+    (item,) = await schedules.quarantined(store)
+    assert {k: item[k] for k in ("key", "tenant_id", "error", "failures")} == {
+        "key": schedule_id,
+        "tenant_id": tenant_id,
+        "error": "3 failures",
+        "failures": 3,
+    }
+    assert item["since"].endswith("Z")
+    assert await schedules.release(store, "not-quarantined", NOW) is False
+    assert await schedules.release(store, schedule_id, NOW) is True
+    assert await schedules.release(store, schedule_id, NOW) is False  # once
+    assert await schedules.quarantined(store) == []
+    record = await fields_of(store, schedule_id)
+    assert (record["last_status"], record["consecutive_failures"], record["quarantined_at"]) == ("", "0", "")
+    assert await due_at(store, NOW + 60) == [(schedule_id, 1_800_000_060)]  # due again at its next slot
+
+
+async def test_a_released_schedule_whose_cron_is_broken_is_due_at_once_and_one_with_no_tenant_is_dropped(
+    store: aioredis.Redis,
+) -> None:
+    tenant_id = new_id()
+    broken, orphan = await stored(store, tenant_id), await stored(store, tenant_id)
+    for schedule_id in (broken, orphan):
+        (raw,) = await schedules.read(store, [schedule_id])
+        assert await schedules.quarantine(store, tenant_id, schedule_id, schedules.version(raw), "bad", max_len=10)
+    await store.hset(keys.schedule(broken), "cron", "every day at noon")
+    await store.hset(keys.schedule(orphan), "tenant_id", "")
+    assert await schedules.release(store, broken, NOW) is True
+    assert await schedules.release(store, orphan, NOW) is True
+    assert await due_at(store, NOW) == [(broken, int(NOW))]  # the scheduler tries it, and says why it fails
+    assert await schedules.quarantined(store) == []

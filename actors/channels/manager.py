@@ -266,18 +266,27 @@ class ChannelManager(Subsystem):
     async def quarantine_items(self) -> list[dict[str, Any]]:
         """Quarantined channels, from Redis; and records quarantined here that Redis could not mark."""
         found = {item["key"]: item for item in await super().quarantine_items()}
+        for channel_id in self._quarantined:  # stopped here, though Redis could not be told
+            found[channel_id] = {
+                "key": channel_id,
+                "tenant_id": None,
+                "error": "quarantined by this channel manager; not recorded in Redis",
+                "since": None,
+                "failures": None,
+            }
         found.update((item["key"], item) for item in await channels.quarantined(self.redis))
         return [found[key] for key in sorted(found)]
 
     async def release_item(self, key: str) -> bool:
         """Try a quarantined channel again, as a PATCH that changes nothing would (BotTaken if its bot
         is another channel's now)."""
-        guarded = self.items.release(key)
-        self._quarantined.pop(key, None)
         released = await channels.release(self.redis, self.box, key, time.time())
-        if released or guarded:
+        record = self.items.record(key)
+        guarded = record is not None and record.quarantined and self.items.release(key)
+        stopped = self._quarantined.pop(key, None) is not None
+        if released or guarded or stopped:
             log.warning("channel-manager: channel %s released by an operator; it runs from the next reconcile", key)
-        return released or guarded
+        return released or guarded or stopped
 
     # -- inbound ---------------------------------------------------------------------------
 

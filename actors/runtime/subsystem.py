@@ -295,10 +295,12 @@ class Subsystem:
     async def release_item(self, key: str) -> bool:
         """Operator release of a quarantined item (POST /admin/quarantine/release): it is worked
         again from the next tick; returns whether it was quarantined."""
-        released = self.items.release(key)
-        if released:
-            log.warning("%s: item %s released by an operator", self.name, key)
-        return released
+        record = self.items.record(key)
+        if record is None or not record.quarantined:
+            return False  # not quarantined: its failures so far still count
+        self.items.release(key)
+        log.warning("%s: item %s released by an operator", self.name, key)
+        return True
 
     async def stop(self) -> None:
         """Cancel every loop and wait for them, `close()`, close what it owns, then report the final
