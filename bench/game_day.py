@@ -78,10 +78,12 @@ class Fault:
     target: str  # an actor, a subsystem, a tenant index ("t0"), or "redis"
     seconds: float | None = None
 
-    def window(self, started: float) -> tuple[float, float]:
-        """When (absolute) the fault may affect its target: from its start to its recovery."""
-        begin = started + self.at_s
-        return begin, begin + (self.seconds or 0.0) + RECOVERY_S.get(self.kind, 5.0)
+    @property
+    def lasts_s(self) -> float:
+        """From its start until its target has surely recovered: a short block is over when it ends."""
+        if self.kind == "block" and self.seconds is not None:
+            return self.seconds + 5.0
+        return (self.seconds or 0.0) + RECOVERY_S.get(self.kind, 5.0)
 
     def __str__(self) -> str:
         extra = "" if self.seconds is None else f" {self.seconds:.1f} s"
@@ -283,11 +285,12 @@ class Injector:
             delay = started + fault.at_s - time.time()
             if delay > 0:
                 time.sleep(delay)
+            begun = time.time()  # its window opens when landing starts (a Redis restart takes a second or two)
             try:
                 outcome = self.land(fault)
             except Exception as exc:  # a fault that could not land is reported, not fatal
                 outcome = f"not landed: {type(exc).__name__}: {exc}"
-            self.landed.append((fault, time.time(), outcome))
+            self.landed.append((fault, begun, outcome))
             print(f"  {fault}  -> {outcome}", flush=True)
 
     def land(self, fault: Fault) -> str:
@@ -373,7 +376,7 @@ def windows(landed: list[tuple[Fault, float, str]], kinds: set[str], targets: se
     found = []
     for fault, at, outcome in landed:
         if fault.kind in kinds and fault.target in targets and not outcome.startswith("not landed"):
-            found.append((at, at + (fault.seconds or 0.0) + RECOVERY_S.get(fault.kind, 5.0)))
+            found.append((at, at + fault.lasts_s))
     return found
 
 
@@ -416,7 +419,10 @@ def account_schedules(
                         # a kill): the contract then fires the latest slot only.
                         excused += 1
                     else:
-                        account.fail(f"slot lost: schedule {schedule_id} (t{tenant.index}) slot {slot}")
+                        account.fail(
+                            f"slot lost: schedule {schedule_id} (t{tenant.index}) slot {slot}, "
+                            f"{slot - first + 2:.0f} s into the run"
+                        )
                     continue
                 delivered += 1
                 late.append(got[0] - slot)
