@@ -158,6 +158,7 @@ class Tenant:
     received: list[list[str]] = field(default_factory=list)  # per subscriber, every event id in order
     reconnects: list[int] = field(default_factory=list)
     opened: set[int] = field(default_factory=set)  # subscribers whose first connection is open
+    first_open: dict[int, float] = field(default_factory=dict)  # when each subscriber first saw its connection open
     all_open: asyncio.Event = field(default_factory=asyncio.Event)
     sent: list[tuple[int, float]] = field(default_factory=list)  # chat message ids and when
     beats: list[float] = field(default_factory=list)  # when each heartbeat was answered 204
@@ -240,6 +241,7 @@ class Load:
                     open_timeout=5,
                 ) as connection:
                     tenant.opened.add(n)
+                    tenant.first_open.setdefault(n, time.time())
                     if len(tenant.opened) == SUBSCRIBERS_PER_TENANT:
                         tenant.all_open.set()
                     async for frame in connection:
@@ -442,31 +444,42 @@ def id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def account_events(account: Account, tenants: list[Tenant], started: float) -> None:
-    posted = received = 0
-    for tenant in tenants:
+def owed(client: redis.Redis, tenant: Tenant, n: int, until: float) -> dict[str, str]:
+    """The events subscriber `n` must get: every one appended to the tenant's stream after its
+    first connection opened (the contract), up to `until`; id -> event name."""
+    after, upto = int(tenant.first_open[n] * 1000) + 1, int(until * 1000)
+    entries = client.xrange(f"events:{tenant.record['id']}", min=f"{after}-0", max=f"{upto}-0")
+    return {stream_id.decode(): fields.get(b"event", b"").decode() for stream_id, fields in entries}
+
+
+def account_events(account: Account, tenants: list[Tenant], started: float, owing: list[list[dict[str, str]]]) -> None:
+    """Every event of the tenant's stream, its own and the platform's, reaches each client once, in order."""
+    posted = received = appended = 0
+    for tenant, owed_to in zip(tenants, owing, strict=True):
         posted += len(tenant.posted)
         for n, ids in enumerate(tenant.received):
             keys = [id_key(i) for i in ids]
             disorder = sum(1 for a, b in itertools.pairwise(keys) if b <= a)
             if disorder:
                 account.fail(f"t{tenant.index} subscriber {n}: {disorder} events out of order or repeated")
-            missing = set(tenant.posted) - set(ids)
-            for stream_id in sorted(missing)[:5]:
-                k = tenant.posted.index(stream_id)
+            expected = owed_to[n]
+            appended = max(appended, len(expected))
+            missing = set(expected) - set(ids)
+            for stream_id in sorted(missing, key=id_key)[:5]:
                 later = sum(1 for i in ids if id_key(i) > id_key(stream_id))
                 account.fail(
-                    f"event lost: t{tenant.index} subscriber {n} never got {stream_id} "
-                    f"(posted {k + 1} of {len(tenant.posted)}, {id_key(stream_id)[0] / 1000 - started:.1f} s into "
-                    f"the run; it got {later} events after it, reconnected {tenant.reconnects[n]} times)"
+                    f"event lost: t{tenant.index} subscriber {n} never got {stream_id} ({expected[stream_id]}, "
+                    f"{id_key(stream_id)[0] / 1000 - started:.1f} s into the run; it got {later} events after it, "
+                    f"reconnected {tenant.reconnects[n]} times)"
                 )
             if len(missing) > 5:
                 account.fail(f"... and {len(missing) - 5} more events lost for t{tenant.index} subscriber {n}")
-            received += len(set(tenant.posted) & set(ids))
+            received += len(set(expected) & set(ids))
     reconnects = sum(sum(t.reconnects) for t in tenants)
     account.say(
-        f"events: {posted} posted (202), {received} receipts of them by {TENANTS * SUBSCRIBERS_PER_TENANT} "
-        f"WebSocket clients (every one in order, once), {reconnects} reconnects"
+        f"events: {posted} posted (202) among the tenants' streams; {received} receipts by "
+        f"{TENANTS * SUBSCRIBERS_PER_TENANT} WebSocket clients of every event appended after each one first "
+        f"connected (its tenant's and the platform's; every one in order, once), {reconnects} reconnects"
     )
 
 
@@ -611,12 +624,15 @@ def run(platform: Platform, redis_server: EmbeddedRedis, apis: ChatApis, seed: i
         stopped = time.time()
         load.stop_writing()
 
+        client = redis.Redis.from_url(platform.settings.redis_url)
+        owing = [[owed(client, t, n, stopped) for n in range(SUBSCRIBERS_PER_TENANT)] for t in tenants]
+
         # Everything written must arrive: answers, events, the last heartbeats' fate.
         def drained() -> bool:
             answered = all(
                 {r["reply_to"] for r in apis.replies(t.bot_token, t.chat_id)} >= {m for m, _ in t.sent} for t in tenants
             )
-            delivered = all(set(t.posted) <= set(ids) for t in tenants for ids in t.received)
+            delivered = all(set(owing[t.index][n]) <= set(ids) for t in tenants for n, ids in enumerate(t.received))
             return answered and delivered
 
         with contextlib.suppress(AssertionError):
@@ -625,10 +641,9 @@ def run(platform: Platform, redis_server: EmbeddedRedis, apis: ChatApis, seed: i
         counts = Counter(f.kind for f, _, _ in injector.landed)
         account.say(f"seed {seed}, {seconds:.0f} s of load, faults landed: {dict(sorted(counts.items()))}")
         lateness = account_schedules(account, tenants, injector.landed, started + 2, stopped - 2 * PERIOD_S)
-        account_events(account, tenants, started)
+        account_events(account, tenants, started, owing)
         account_chats(account, tenants, apis, injector.landed)
         account_activity(account, tenants)
-        client = redis.Redis.from_url(platform.settings.redis_url)
         account_workspaces(account, tenants, injector.landed, client)
         account_isolation(account, tenants, injector.landed, lateness, started)
         account_restarts(account, platform, injector.landed, before)
