@@ -228,6 +228,10 @@ def status(settings: Settings) -> int:
     if unhealthy:
         print(f"not ready: {', '.join(unhealthy)}")
         return 1
+    api = snapshot["subsystems"].get("api") or {}
+    if (api.get("progress") or {}).get("draining"):
+        print("not ready: draining (the API answers /readyz 503 until it stops)")
+        return 1
     print(f"ready: {len(snapshot['subsystems'])} subsystems healthy")
     return 0
 

@@ -19,6 +19,7 @@ import pytest
 import redis
 from playwright.sync_api import Page, sync_playwright
 
+from actors.runtime.handles import API_ACTOR, NamedActor
 from driver import SUBSYSTEMS
 from tests.a2a_agent import A2AAgent
 from tests.support import ADMIN_TOKEN, Platform, http, start_platform, wait_for
@@ -252,6 +253,17 @@ def test_driver_status_exits_0_when_ready_and_1_naming_a_stalled_subsystem(
     for name in NAMES:
         assert any(line.split()[:2] == [name, "RUNNING"] for line in lines), (name, ready.stdout)
     assert lines[-1].startswith("ready:")
+
+    # Draining: every subsystem healthy, but not ready (as /readyz says), from the API's next beat.
+    api = NamedActor(API_ACTOR, platform.settings.ray_namespace)
+    api.call_sync("set_draining", True, timeout_s=5)
+    try:
+        wait_for(lambda: platform.subsystem("api")["progress"]["draining"], 15, what="the API's beat says draining")
+        draining = driver_status(platform, ray_session)
+    finally:
+        api.call_sync("set_draining", False, timeout_s=5)
+    assert draining.returncode == 1 and "not ready: draining" in draining.stdout, draining.stdout
+    wait_for(lambda: not platform.subsystem("api")["progress"]["draining"], 15, what="the API's beat says serving")
 
     platform.fault("health-sweep", "block", 30)
     wait_for(lambda: platform.get("/readyz", token=None)[0] == 503, 30, what="readyz 503")
