@@ -21,6 +21,7 @@ SEED = 568  # its 150 s plan has every kind of fault, the API killed and blocked
 SECONDS = 150.0
 
 
+@pytest.mark.timeout(600)  # 150 s of load, then up to 60 s of drain and 120 s for every subsystem to be RUNNING
 def test_the_short_game_day_accounts_for_every_item(
     ray_session: dict, apis: ChatApis, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
