@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+import harness  # noqa: E402
 import redis  # noqa: E402
 import websockets  # noqa: E402
 
@@ -364,10 +365,20 @@ class Account:
 
 
 def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+    return harness.percentile(values, p) if values else float("nan")
+
+
+def cron_receipts(tenant: Tenant) -> list[tuple[str, int, float]]:
+    """Every fire the tenant's agent received: (schedule id, slot, when), in arrival order."""
+    with tenant.agent.lock:
+        requests = list(tenant.agent.requests)
+    found = []
+    for request in requests:
+        message_id = request["body"].get("params", {}).get("message", {}).get("messageId", "")
+        if message_id.startswith("cron-"):
+            schedule_id, _, slot = message_id[5:].rpartition("-")
+            found.append((schedule_id, int(slot), request["at"]))
+    return found
 
 
 def in_windows(moment: float, windows: list[tuple[float, float]]) -> bool:
@@ -398,13 +409,8 @@ def account_schedules(
     latest missed slot); duplicates only across a scheduler restart. Returns lateness by tenant."""
     receipts: dict[tuple[str, int], list[float]] = defaultdict(list)
     for tenant in tenants:
-        with tenant.agent.lock:
-            requests = list(tenant.agent.requests)
-        for request in requests:
-            message_id = request["body"].get("params", {}).get("message", {}).get("messageId", "")
-            if message_id.startswith("cron-"):
-                schedule_id, _, slot = message_id[5:].rpartition("-")
-                receipts[(schedule_id, int(slot))].append(request["at"])
+        for schedule_id, slot, at in cron_receipts(tenant):
+            receipts[(schedule_id, slot)].append(at)
     scheduler_down = scheduler_away(landed)
     slots = [s for s in range(int(first) + 1, int(last)) if s % PERIOD_S == 0]
     lateness: dict[str, list[float]] = {}
@@ -518,10 +524,8 @@ def account_chats(
 def account_activity(account: Account, tenants: list[Tenant]) -> None:
     """A run where a tenant did nothing proves nothing: each must have worked in every way."""
     for tenant in tenants:
-        with tenant.agent.lock:
-            fired = sum(1 for r in tenant.agent.requests if "cron-" in json.dumps(r["body"]))
         for what, count in (
-            ("slots delivered", fired),
+            ("slots delivered", len(cron_receipts(tenant))),
             ("events posted", len(tenant.posted)),
             ("chat messages sent", len(tenant.sent)),
             ("heartbeats answered", len(tenant.beats)),
@@ -674,15 +678,11 @@ def account_isolation(
         )
     calm: list[float] = []
     platform_faults = scheduler_away(landed)
-    receipts = {}
+    receipts: dict[tuple[int, str], tuple[int, float]] = {}  # the first receipt of each slot
     for tenant in tenants:
-        with tenant.agent.lock:
-            for request in tenant.agent.requests:
-                message_id = request["body"].get("params", {}).get("message", {}).get("messageId", "")
-                if message_id.startswith("cron-"):
-                    slot = int(message_id.rpartition("-")[2])
-                    receipts.setdefault((tenant.index, message_id), (slot, request["at"]))
-    for (_, _), (slot, at) in receipts.items():
+        for schedule_id, slot, at in cron_receipts(tenant):
+            receipts.setdefault((tenant.index, f"cron-{schedule_id}-{slot}"), (slot, at))
+    for slot, at in receipts.values():
         if slot < started + CALM_S:
             calm.append(at - slot)
     limit = max(1.0, 3 * pct(calm, 99))
@@ -721,8 +721,6 @@ def game_platform(redis_server: EmbeddedRedis, data_dir: Path, apis: ChatApis) -
 
 
 def main() -> None:
-    import harness  # a local Ray of its own (the test suite brings its own)
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seconds", type=float)

@@ -140,3 +140,17 @@ async def test_run_on_a_record_that_could_not_be_read_fails_the_item_only() -> N
     assert (ok.ok, ok.value) == (True, "alpha") and seen == [{"name": "alpha"}]
     assert not unreadable.ok and unreadable.error == "TypeError: WRONGTYPE"
     assert guard.record("b").failures == 1  # type: ignore[union-attr]
+
+
+async def test_an_operator_lift_leaves_an_item_that_is_only_failing_alone() -> None:
+    guard = ItemGuard(max_failures=2)
+
+    async def bad():
+        raise RuntimeError("x")
+
+    await guard.run("k", bad)
+    assert guard.lift("k") is False  # failing once is not quarantine: the count stays
+    record = guard.record("k")
+    assert record is not None and record.failures == 1
+    await guard.run("k", bad)
+    assert guard.quarantined == 1 and guard.lift("k") is True and guard.record("k") is None

@@ -281,8 +281,7 @@ class ChannelManager(Subsystem):
         """Try a quarantined channel again, as a PATCH that changes nothing would (BotTaken if its bot
         is another channel's now)."""
         released = await channels.release(self.redis, self.box, key, time.time())
-        record = self.items.record(key)
-        guarded = record is not None and record.quarantined and self.items.release(key)
+        guarded = self.items.lift(key)
         stopped = self._quarantined.pop(key, None) is not None
         if released or guarded or stopped:
             log.warning("channel-manager: channel %s released by an operator; it runs from the next reconcile", key)

@@ -85,6 +85,14 @@ class ItemGuard:
             if r.quarantined
         ]
 
+    def lift(self, key: Hashable) -> bool:
+        """Release `key` only if it is quarantined (an item still failing keeps its count); whether it was."""
+        record = self._items.get(key)
+        if record is None or not record.quarantined:
+            return False
+        del self._items[key]
+        return True
+
     def release(self, key: Hashable) -> bool:
         """Operator release: forget the item's failures. Returns whether it was quarantined."""
         record = self._items.pop(key, None)

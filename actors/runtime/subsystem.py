@@ -295,10 +295,8 @@ class Subsystem:
     async def release_item(self, key: str) -> bool:
         """Operator release of a quarantined item (POST /admin/quarantine/release): it is worked
         again from the next tick; returns whether it was quarantined."""
-        record = self.items.record(key)
-        if record is None or not record.quarantined:
+        if not self.items.lift(key):
             return False  # not quarantined: its failures so far still count
-        self.items.release(key)
         log.warning("%s: item %s released by an operator", self.name, key)
         return True
 
