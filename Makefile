@@ -33,9 +33,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium prometheus
 
+# Then the scheduler's, broadcaster's and liveness monitor's platform tests again, on a local
+# 3-primary Redis Cluster (the store's tests run on both in the first pass).
+CLUSTER_TESTS := tests/test_scheduler.py tests/test_broadcaster.py tests/test_liveness_monitor.py
+
 test: $(VENV)/.test /usr/bin/chromium /usr/bin/promtool
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --redis-cluster $(CLUSTER_TESTS)
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/run_all.py

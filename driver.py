@@ -8,6 +8,8 @@ It runs unchanged as `ray job submit --working-dir . -- python driver.py`.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
+from redis.exceptions import RedisClusterException
 
 from actors.api import ApiActor
 from actors.broadcaster import Broadcaster
@@ -42,6 +45,8 @@ from actors.runtime.health import HealthActor
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.scheduler import Scheduler
 from settings import Settings, is_fernet_key
+from store import layout
+from store.client import connect
 from store.embedded import EmbeddedRedis
 
 log = logging.getLogger("driver")
@@ -53,6 +58,21 @@ DRAIN_GRACE_S = 0.5
 # The platform's subsystems, in start order. The API actor is started after them and
 # stopped before them; it is registered like the others.
 SUBSYSTEMS: list[type[Subsystem]] = [Scheduler, Broadcaster, LivenessMonitor, HealthSweep, ChannelManager]
+
+
+async def prepare_store(url: str) -> int:
+    """Check that REDIS_URL reaches the kind of Redis it names, and bring its key layout up to date
+    (store.layout) before any actor uses it; how many keys moved."""
+    try:
+        redis = connect(url)
+    except ValueError as exc:
+        raise ValueError(f"REDIS_URL: {exc}") from None
+    try:
+        return await layout.prepare(redis)
+    except RedisClusterException as exc:
+        raise ValueError(f"REDIS_URL names a Redis Cluster but reaches no cluster node: {exc}") from None
+    finally:
+        await redis.aclose()
 
 
 def admin_token(settings: Settings) -> tuple[str, Path | None]:
@@ -115,6 +135,11 @@ class Deployment:
         if settings.redis_url is None:
             self.redis = EmbeddedRedis(settings.data_dir, maxmemory=settings.redis_maxmemory)
             settings = self.settings = dataclasses.replace(settings, redis_url=self.redis.start())
+        # In a thread of its own: `up` may be called from a running event loop (tests, notebooks).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            moved = pool.submit(asyncio.run, prepare_store(settings.redis_url)).result()
+        if moved:
+            say(f"moved {moved} keys of the store into its sharded key layout")
         self.token, self.token_path = admin_token(settings)
         settings = self.settings = dataclasses.replace(settings, channel_secret_key=channel_secret_key(settings))
         connect_ray(settings)

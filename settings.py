@@ -211,8 +211,9 @@ class Settings:
         env = os.environ if environ is None else environ
         d = cls()  # the defaults, written once: in the fields above
         redis_url = _text(env, "REDIS_URL")
-        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+        schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        if redis_url is not None and not redis_url.startswith(schemes):
+            raise ValueError(f"REDIS_URL must start with one of {', '.join(schemes)}, got {redis_url!r}")
         namespace = _text(env, "RAY_NAMESPACE") or d.ray_namespace
         if not namespace.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"RAY_NAMESPACE must be letters, digits, '-' or '_', got {namespace!r}")

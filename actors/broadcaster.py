@@ -43,6 +43,7 @@ class Broadcaster(Subsystem):
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
         self.redis = self.own(connect(settings.redis_url, timeout_s=BLOCK_S + 2.0))
+        self.reader = events.StreamReader(self.redis)
         self.api = NamedActor(API_ACTOR, settings.ray_namespace)
         self.positions: dict[str, str] = {}
         # One delivery never fills more than a quarter of a client's queue, so a burst alone
@@ -120,7 +121,7 @@ class Broadcaster(Subsystem):
             await self._screen(sorted(self.bad_streams))
         positions = {t: self.positions.get(t, "0-0") for t in tenants if t not in self.bad_streams}
         try:
-            reply = await events.read_new(self.redis, positions, count=self.read_count, block_ms=int(BLOCK_S * 1000))
+            reply = await self.reader.read(positions, count=self.read_count, block_ms=int(BLOCK_S * 1000))
         except redis.exceptions.ResponseError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
@@ -199,6 +200,7 @@ class Broadcaster(Subsystem):
         self._saved_at = time.monotonic()
 
     async def close(self) -> None:
+        self.reader.cancel()
         if self._unsaved:
             try:
                 await self._save()

@@ -63,7 +63,7 @@ def serve_baseline(port: int, redis_url: str, tenant_ids: list[str]) -> None:
             reply = await redis.xread(positions, count=1000, block=1000)
             for raw_key, entries in reply:
                 key = raw_key.decode()
-                tenant_id = key.removeprefix(keys.EVENTS_PREFIX)
+                tenant_id = keys.events_tenant(key)
                 for raw_id, fields in entries:
                     text = events.envelope(tenant_id, raw_id.decode(), fields)
                     for websocket in list(clients[tenant_id]):

@@ -43,6 +43,7 @@ import websockets  # noqa: E402
 
 from actors.runtime.handles import NamedActor  # noqa: E402
 from driver import SUBSYSTEMS  # noqa: E402
+from store import keys  # noqa: E402
 from store.embedded import EmbeddedRedis  # noqa: E402
 from tests.a2a_agent import A2AAgent  # noqa: E402
 from tests.chat_apis import ChatApis  # noqa: E402
@@ -454,7 +455,7 @@ def owed(client: redis.Redis, tenant: Tenant, n: int, until: float) -> dict[str,
     """The events subscriber `n` must get: every one appended to the tenant's stream after its
     first connection opened (the contract), up to `until`; id -> event name."""
     after, upto = int(tenant.first_open[n] * 1000) + 1, int(until * 1000)
-    entries = client.xrange(f"events:{tenant.record['id']}", min=f"{after}-0", max=f"{upto}-0")
+    entries = client.xrange(keys.events(tenant.record["id"]), min=f"{after}-0", max=f"{upto}-0")
     return {stream_id.decode(): fields.get(b"event", b"").decode() for stream_id, fields in entries}
 
 
@@ -544,7 +545,7 @@ def account_workspaces(
     for tenant in tenants:
         beats = tenant.beats
         transitions = []
-        for stream_id, fields in client.xrange(f"events:{tenant.record['id']}"):
+        for stream_id, fields in client.xrange(keys.events(tenant.record["id"])):
             name = fields.get(b"event", b"").decode()
             if name in ("WORKSPACE_OFFLINE", "WORKSPACE_ONLINE") and tenant.beats_ws.encode() in fields.get(
                 b"payload", b""

@@ -180,7 +180,7 @@ def main() -> None:
             # Clear the burst schedules out of the way.
             client = harness.sync_redis(redis_url)
             client.delete(keys.tenant_due(tenant["id"]))
-            client.zrem(keys.SCHEDULES_DUE_TENANTS, tenant["id"])
+            client.zrem(keys.schedules_due_tenants(keys.shard_of(tenant["id"])), tenant["id"])
             urllib.request.urlopen(url + "reset", timeout=30).read()
 
             # 2. Steady state.

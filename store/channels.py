@@ -18,7 +18,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
-from store import events, keys
+from store import client, events, keys
+from store.keys import ALL_SHARDS, shard_of
 from store.quotas import QuotaExceeded, within
 from store.records import (
     decode,
@@ -175,7 +176,7 @@ async def create(
     Raises BotTaken if its Telegram bot is already another channel's, and QuotaExceeded
     (nothing stored) if the tenant has `limit` channels already.
     """
-    channel_id = new_id()
+    channel_id = new_id(shard_of(tenant_id))
     bot = bot_of(body["type"], body["config"])
     stamp = now_rfc3339(now)
     record = to_hash(
@@ -197,33 +198,28 @@ async def create(
             "updated_at": stamp,
         }
     )
-    taken = False
+    if bot and not await bind_bot(redis, bot, channel_id):
+        raise BotTaken("config.bot_token: this bot is already bound to another channel")
     over: QuotaExceeded | None = None
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await within(pipe, keys.tenant_channels(tenant_id), limit, "channels")
-                if bot:  # the binding and the record in one transaction: two POSTs cannot both get the bot
-                    await pipe.watch(keys.TELEGRAM_BOTS)
-                    if taken := await _held_by_another(pipe, bot, channel_id):
-                        break
                 pipe.multi()
-                if bot:
-                    pipe.hset(keys.TELEGRAM_BOTS, bot, channel_id)
                 pipe.hset(keys.channel(channel_id), mapping=record)
                 pipe.sadd(keys.tenant_channels(tenant_id), channel_id)
-                pipe.sadd(keys.CHANNELS, channel_id)
+                pipe.sadd(keys.channels(shard_of(channel_id)), channel_id)
                 await pipe.execute()
                 break
             except WatchError:
                 continue
             except QuotaExceeded as exc:
-                over = exc
+                over = exc  # raised outside the pipeline, whose cleanup would mask it
                 break
     if over is not None:
+        if bot:
+            await release_bot(redis, bot, channel_id)
         raise over
-    if taken:  # raised outside the pipeline, whose cleanup would mask it
-        raise BotTaken("config.bot_token: this bot is already bound to another channel")
     return public(record)
 
 
@@ -245,29 +241,35 @@ async def patch(
     """Apply validated changes atomically; None if the channel is gone or not the tenant's.
 
     Every change bumps `revision` and clears the status (a quarantined channel is tried
-    again). A Telegram token for another bot moves the bot binding in the same transaction
-    (BotTaken if that bot is already another channel's) and resets the update offset:
-    offsets are per bot.
+    again). A Telegram token for another bot binds that bot first (BotTaken, and nothing
+    changed, if it is already another channel's), lets go of the old one after, and resets
+    the update offset: offsets are per bot. A quarantine released the binding: a PATCH takes
+    it back.
     """
     key = keys.channel(channel_id)
-    taken = False
+    fields = decode_lenient(await read_one(redis, channel_id) or {})
+    if fields.get("tenant_id") != tenant_id:
+        return None
+    bound = ""
+    if "config" in changes:
+        bound = bot_of(fields.get("type", ""), changes["config"]) or ""
+    elif fields.get("type") == "telegram":
+        bound = fields.get("bot_id", "")
+    if bound and not await bind_bot(redis, bound, channel_id):
+        raise BotTaken("config.bot_token: this bot is already bound to another channel")
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(key, keys.TELEGRAM_BOTS)
+                await pipe.watch(key)
                 raw = await pipe.hgetall(key)
                 fields = decode_lenient(raw)
                 if not raw or fields.get("tenant_id") != tenant_id:
-                    return None
+                    break
                 old_bot = fields.get("bot_id", "")
                 new_bot = bot_of(fields.get("type", ""), changes["config"]) if "config" in changes else old_bot
+                if new_bot and new_bot != bound:
+                    break  # its type changed since it was read: the bot bound is not the one it wants
                 moved = bool(new_bot) and new_bot != old_bot
-                # A quarantine released the binding: a PATCH takes it back (if nobody took the bot meanwhile).
-                rebind = bool(new_bot) and (
-                    moved or (await pipe.hget(keys.TELEGRAM_BOTS, new_bot)) != channel_id.encode()
-                )
-                if rebind and (taken := await _held_by_another(pipe, new_bot, channel_id)):
-                    break
                 updates = {k: v for k, v in changes.items() if k not in ("config", "type")}
                 if "allowed_chats" in changes:
                     chats = changes["allowed_chats"]
@@ -279,22 +281,22 @@ async def patch(
                     status="starting" if enabled else "disabled", last_error=None, updated_at=now_rfc3339(now)
                 )
                 stored = to_hash(updates)
-                release_old = old_bot and new_bot != old_bot and await pipe.hget(keys.TELEGRAM_BOTS, old_bot)
                 pipe.multi()
                 pipe.hset(key, mapping=stored)
                 pipe.hincrby(key, "revision", 1)
-                if rebind:
-                    pipe.hset(keys.TELEGRAM_BOTS, new_bot, channel_id)
                 if moved:
                     pipe.delete(keys.channel_offset(channel_id))
-                if release_old == channel_id.encode():
-                    pipe.hdel(keys.TELEGRAM_BOTS, old_bot)
                 await pipe.execute()
+                if old_bot and new_bot != old_bot:
+                    await release_bot(redis, old_bot, channel_id)
                 return public({**fields, **stored})
             except WatchError:
                 continue
-    assert taken
-    raise BotTaken("config.bot_token: this bot is already bound to another channel")
+    if bound and bound != fields.get("bot_id"):
+        await release_bot(redis, bound, channel_id)  # bound for a change that did not land
+    if not fields or fields.get("tenant_id") != tenant_id:
+        return None
+    raise Conflict(f"channel {channel_id} changed type while it was patched")
 
 
 class BotTaken(ValueError):
@@ -306,25 +308,69 @@ def bot_of(channel_type: str, config: dict[str, str]) -> str | None:
     return config["bot_token"].partition(":")[0] if channel_type == "telegram" else None
 
 
-async def _held_by_another(pipe: Any, bot: str, channel_id: str) -> bool:
-    """Whether another existing channel holds the bot (a binding left by a deleted channel is free)."""
-    owner = (await pipe.hget(keys.TELEGRAM_BOTS, bot) or b"").decode()
-    return bool(owner) and owner != channel_id and bool(await pipe.exists(keys.channel(owner)))
+# A bot's binding (`telegram_bot:{bot}`, a hash: channel, at) is global: two tenants may try
+# one bot, so it cannot share a slot with either channel. It is taken first and given up last,
+# and a binding whose channel no longer wants the bot (gone, quarantined, moved to another
+# bot) is free once it is BIND_GRACE_S old: a younger one may belong to a create or PATCH
+# still writing its channel. Time is Redis's.
+BIND_GRACE_S = 30
+
+# KEYS: the binding. ARGV: channel id, the owner read ("" for none), grace seconds.
+# 1: bound; 0: the binding changed since it was read; -1: too young to take over.
+_BIND = Lua("""
+local now = tonumber(redis.call('TIME')[1])
+local found = redis.call('HMGET', KEYS[1], 'channel', 'at')
+local owner = found[1] or ''
+if owner ~= ARGV[2] then return 0 end
+if owner ~= '' and owner ~= ARGV[1] and now - (tonumber(found[2]) or 0) < tonumber(ARGV[3]) then return -1 end
+redis.call('HSET', KEYS[1], 'channel', ARGV[1], 'at', now)
+return 1
+""")
+
+# KEYS: the binding. ARGV: channel id. Lets go only of the channel's own binding.
+_UNBIND = Lua("""
+if redis.call('HGET', KEYS[1], 'channel') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
 
 
-async def _release_bot(redis: aioredis.Redis, bot: str, channel_id: str) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await pipe.watch(keys.TELEGRAM_BOTS)
-                if (await pipe.hget(keys.TELEGRAM_BOTS, bot) or b"").decode() != channel_id:
-                    return
-                pipe.multi()
-                pipe.hdel(keys.TELEGRAM_BOTS, bot)
-                await pipe.execute()
-                return
-            except WatchError:
-                continue
+async def bind_bot(redis: aioredis.Redis, bot: str, channel_id: str) -> bool:
+    """Bind the Telegram bot to the channel, unless another channel holds it; whether the channel holds it now."""
+    for _ in range(10):
+        owner = (await redis.hget(keys.telegram_bot(bot), "channel") or b"").decode()
+        if owner == channel_id:
+            return True
+        if owner and await _wants(redis, owner, bot):
+            return False
+        bound = await _BIND(redis, [keys.telegram_bot(bot)], [channel_id, owner, BIND_GRACE_S])
+        if bound == -1:
+            return False
+        if bound == 1:
+            return True
+    raise Conflict(f"the binding of bot {bot} kept changing")
+
+
+async def bot_owners(redis: aioredis.Redis, bots: Sequence[str]) -> dict[str, str]:
+    """The channel each bot is bound to ("" if none), in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for bot in bots:
+            pipe.hget(keys.telegram_bot(bot), "channel")
+        found = await pipe.execute()
+    return {bot: (owner or b"").decode() for bot, owner in zip(bots, found, strict=True)}
+
+
+async def _wants(redis: aioredis.Redis, channel_id: str, bot: str) -> bool:
+    """Whether the channel exists, is not quarantined and polls this bot (its binding is live)."""
+    try:
+        bot_id, status = await redis.hmget(keys.channel(channel_id), "bot_id", "status")
+    except ResponseError:  # not a hash: no channel
+        return False
+    return bot_id == bot.encode() and status != b"quarantined"
+
+
+async def release_bot(redis: aioredis.Redis, bot: str, channel_id: str) -> None:
+    """Let go of the bot if the channel holds it."""
+    await _UNBIND(redis, [keys.telegram_bot(bot)], [channel_id])
 
 
 async def delete(redis: aioredis.Redis, tenant_id: str, channel_id: str, bot: str = "") -> None:
@@ -332,10 +378,10 @@ async def delete(redis: aioredis.Redis, tenant_id: str, channel_id: str, bot: st
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.channel(channel_id), keys.channel_inbox(channel_id), keys.channel_offset(channel_id))
         pipe.srem(keys.tenant_channels(tenant_id), channel_id)
-        pipe.srem(keys.CHANNELS, channel_id)
+        pipe.srem(keys.channels(shard_of(channel_id)), channel_id)
         await pipe.execute()
     if bot:
-        await _release_bot(redis, bot, channel_id)
+        await release_bot(redis, bot, channel_id)
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -522,7 +568,7 @@ async def quarantine(redis: aioredis.Redis, channel: Channel, error: str, *, max
     args = [channel.revision, "quarantined", error, max_len, *events.flat(event)]
     marked = bool(await _SET_STATUS(redis, quarantine_keys, args))
     if bot := bot_of(channel.type, channel.secrets):
-        await _release_bot(redis, bot, channel.id)
+        await release_bot(redis, bot, channel.id)
     return marked
 
 
@@ -545,7 +591,7 @@ async def quarantine_record(redis: aioredis.Redis, channel_id: str, error: str, 
         args += events.flat(event)
     marked = bool(await _SET_STATUS(redis, quarantine_keys, args))
     if fields.get("bot_id"):
-        await _release_bot(redis, fields["bot_id"], channel_id)
+        await release_bot(redis, fields["bot_id"], channel_id)
     return marked
 
 
@@ -598,9 +644,13 @@ async def release(redis: aioredis.Redis, box: SecretBox, channel_id: str, now: f
 # -- what the channel manager reads ----------------------------------------------------------
 
 
-async def ids(redis: aioredis.Redis) -> list[str]:
-    """Every channel's id, sorted."""
-    return sorted(m.decode() for m in await redis.smembers(keys.CHANNELS))
+async def ids(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
+    """Every channel's id in `shards`, sorted."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.smembers(keys.channels(shard))
+        found = await pipe.execute()
+    return sorted(m.decode() for members in found for m in members)
 
 
 async def read(redis: aioredis.Redis, channel_ids: Sequence[str]) -> list[Any]:
@@ -648,7 +698,7 @@ async def wake(redis: aioredis.Redis, channel_id: str) -> None:
 
 async def woken(redis: aioredis.Redis) -> AsyncIterator[str]:
     """Ids of channels woken by `wake`, as they come."""
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    pubsub = await client.pubsub(redis)
     try:
         await pubsub.subscribe(keys.CHANNELS_WAKE)
         while True:

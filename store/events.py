@@ -10,7 +10,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from store import keys
+from store import client, keys
+from store.keys import shard_of
 from store.quotas import TOKEN_BUCKET, QuotaExceeded
 from store.records import now_rfc3339
 from store.scripts import Lua
@@ -179,20 +180,75 @@ async def heads(redis: aioredis.Redis, tenant_ids: Sequence[str]) -> dict[str, s
     }
 
 
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+class StreamReader:
+    """Blocking reads of many tenants' streams after their positions.
+
+    On a single Redis each read is one XREAD of every stream. A Redis Cluster refuses an
+    XREAD whose streams are in several slots, so there each shard's streams get their own
+    XREAD, and one still waiting when another returns is kept for the next read: one
+    shard's news never waits for another's, and no read is thrown away. A tenant added to a
+    shard whose read is under way is read from the next one (within `block_ms`).
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._waiting: dict[int, asyncio.Task[list[tuple[str, Entries]]]] = {}
+
+    async def read(self, positions: Mapping[str, str], *, count: int, block_ms: int) -> list[tuple[str, Entries]]:
+        """(tenant, entries) for each tenant with news; waits up to `block_ms` for some.
+
+        Raises redis ResponseError (WRONGTYPE) if one tenant's key is not a stream: `kinds` finds which.
+        """
+        if not positions and not self._waiting:
+            # Nothing to read: wait as XREAD would, so a caller's loop never spins (no tenant yet).
+            await asyncio.sleep(block_ms / 1000)
+            return []
+        if not client.is_cluster(self.redis):
+            return await self._xread(positions, count, block_ms)
+        groups: dict[int, dict[str, str]] = {}
+        for tenant_id, position in positions.items():
+            groups.setdefault(shard_of(tenant_id), {})[tenant_id] = position
+        for shard, group in groups.items():
+            if shard not in self._waiting:
+                self._waiting[shard] = asyncio.ensure_future(self._xread(group, count, block_ms))
+        await asyncio.wait(self._waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+        found: list[tuple[str, Entries]] = []
+        error: BaseException | None = None
+        for shard, task in list(self._waiting.items()):
+            if task.done():
+                del self._waiting[shard]
+                if task.exception() is not None:
+                    error = task.exception()
+                else:
+                    found += [(t, entries) for t, entries in task.result() if t in positions]
+        if error is not None:
+            raise error
+        return found
+
+    async def _xread(self, positions: Mapping[str, str], count: int, block_ms: int) -> list[tuple[str, Entries]]:
+        streams = {keys.events(t): position for t, position in positions.items()}
+        reply = await self.redis.xread(streams, count=count, block=block_ms)
+        return [(keys.events_tenant(raw_key.decode()), entries) for raw_key, entries in reply or ()]
+
+    def cancel(self) -> None:
+        """Stop the reads still waiting (their positions are read again next time)."""
+        for task in self._waiting.values():
+            task.cancel()
+        self._waiting.clear()
+
+
 async def read_new(
     redis: aioredis.Redis, positions: Mapping[str, str], *, count: int, block_ms: int
-) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]]:
-    """One blocking XREAD of the tenants' streams after their positions: (tenant, entries) per tenant with news.
-
-    Raises redis ResponseError (WRONGTYPE) if one tenant's key is not a stream: `kinds` finds which.
-    """
-    if not positions:
-        # Nothing to read: wait as XREAD would, so a caller's loop never spins (no tenant yet).
-        await asyncio.sleep(block_ms / 1000)
-        return []
-    streams = {keys.events(t): position for t, position in positions.items()}
-    reply = await redis.xread(streams, count=count, block=block_ms)
-    return [(raw_key.decode().removeprefix(keys.EVENTS_PREFIX), entries) for raw_key, entries in reply or ()]
+) -> list[tuple[str, Entries]]:
+    """One read of a StreamReader of its own (see there)."""
+    reader = StreamReader(redis)
+    try:
+        return await reader.read(positions, count=count, block_ms=block_ms)
+    finally:
+        reader.cancel()
 
 
 async def kinds(redis: aioredis.Redis, tenant_ids: Sequence[str]) -> dict[str, str]:

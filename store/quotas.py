@@ -96,7 +96,7 @@ async def set_overrides(
         while True:
             try:
                 await pipe.watch(key)
-                if not await pipe.exists(key):
+                if await pipe.type(key) == b"none":  # (a Cluster pipeline's EXISTS cannot be awaited)
                     return False
                 current = _overrides(await pipe.hget(key, "quotas"))
                 for name, value in changes.items():

@@ -13,9 +13,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from store import keys
 
-def new_id() -> str:
-    return uuid.uuid4().hex
+
+def new_id(shard: int | None = None) -> str:
+    """32 random hex digits; with `shard`, an id in that shard (a tenant's records share its shard)."""
+    raw = uuid.uuid4().hex
+    if shard is None:
+        return raw
+    first = int(raw[:2], 16) // keys.SHARDS * keys.SHARDS + shard
+    return f"{first:02x}{raw[2:]}"
 
 
 def is_id(value: str) -> bool:

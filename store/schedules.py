@@ -1,7 +1,7 @@
 """Schedules: cron records in `schedule:{id}` hashes, a due index, and atomic slot claims.
 
 Cron parsing and next-time computation are croniter's; time zones are zoneinfo's (tzdata).
-Each tenant has its own due index (`tenant:{id}:due`), and `schedules:due_tenants` holds
+Each tenant has its own due index (`tenant:{T}:{id}:due`), and its shard's due tenants hold
 each tenant's earliest due slot, kept in step by every write: the scheduler reads which
 tenants have work due, then serves them fairly, so one tenant's backlog never sits in front
 of another's slots. A slot is claimed by moving the schedule's due score to its next slot
@@ -26,6 +26,7 @@ from croniter import croniter
 from redis.exceptions import ResponseError, WatchError
 
 from store import events, keys
+from store.keys import ALL_SHARDS, shard_of
 from store.quotas import create_within
 from store.records import (
     decode_lenient,
@@ -59,8 +60,9 @@ _REINDEX = Lua(_REINDEX_FN + "reindex(KEYS[1], KEYS[2], ARGV[1])\nreturn 1")
 
 
 async def _reindex(redis: aioredis.Redis, pipe: Any, tenant_id: str) -> None:
-    """Queue, on `pipe`, the update of the tenant's entry in schedules:due_tenants."""
-    await _REINDEX(redis, [keys.tenant_due(tenant_id), keys.SCHEDULES_DUE_TENANTS], [tenant_id], pipe=pipe)
+    """Queue, on `pipe`, the update of the tenant's entry in its shard's due tenants."""
+    due_tenants = keys.schedules_due_tenants(shard_of(tenant_id))
+    await _REINDEX(redis, [keys.tenant_due(tenant_id), due_tenants], [tenant_id], pipe=pipe)
 
 
 EDITABLE = ("workspace_id", "name", "cron", "timezone", "prompt", "enabled")
@@ -184,7 +186,7 @@ async def create(
 
     QuotaExceeded (nothing stored) if the tenant has `limit` schedules already.
     """
-    schedule_id = new_id()
+    schedule_id = new_id(shard_of(tenant_id))
     slot = validate_cron(body["cron"], body["timezone"], now)
     stamp = now_rfc3339(now)
     record = {
@@ -272,7 +274,7 @@ async def patch(
                 elif not enabled:
                     pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
                 await _reindex(redis, pipe, tenant_id)
-                pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
+                pipe.srem(keys.schedules_quarantined(shard_of(schedule_id)), schedule_id)
                 await pipe.execute()
                 return public({**merged, **updates})
             except WatchError:
@@ -286,7 +288,7 @@ async def delete(redis: aioredis.Redis, tenant_id: str, schedule_id: str) -> Non
         pipe.delete(keys.schedule(schedule_id))
         pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
         await _reindex(redis, pipe, tenant_id)
-        pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
+        pipe.srem(keys.schedules_quarantined(shard_of(schedule_id)), schedule_id)
         pipe.srem(keys.tenant_schedules(tenant_id), schedule_id)
         await pipe.execute()
 
@@ -311,10 +313,14 @@ async def read(redis: aioredis.Redis, schedule_ids: Sequence[str]) -> list[Any]:
     return await read_hashes(redis, [keys.schedule(i) for i in schedule_ids])
 
 
-async def due_tenants(redis: aioredis.Redis, now: float, limit: int) -> list[str]:
-    """Up to `limit` tenants with a slot due at or before `now`, the longest waiting first."""
-    found = await redis.zrangebyscore(keys.SCHEDULES_DUE_TENANTS, "-inf", now, start=0, num=limit)
-    return [member.decode() for member in found]
+async def due_tenants(redis: aioredis.Redis, now: float, limit: int, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
+    """Up to `limit` tenants of `shards` with a slot due at or before `now`, the longest waiting first."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.zrangebyscore(keys.schedules_due_tenants(shard), "-inf", now, start=0, num=limit, withscores=True)
+        found = await pipe.execute()
+    waiting = sorted((score, member) for rows in found for member, score in rows)
+    return [member.decode() for _, member in waiting[:limit]]
 
 
 async def due(redis: aioredis.Redis, now: float, wants: Mapping[str, int]) -> dict[str, list[tuple[str, int]]]:
@@ -330,6 +336,9 @@ async def due(redis: aioredis.Redis, now: float, wants: Mapping[str, int]) -> di
     return {t: [(m.decode(), int(score)) for m, score in rows] for t, rows in zip(tenant_ids, found, strict=True)}
 
 
+SCHEDULES_DUE_LEGACY = "schedules:due"  # one due index for every tenant, before per-tenant ones (single Redis only)
+
+
 async def move_legacy_due(redis: aioredis.Redis) -> int:
     """Move a due index written before per-tenant indexes (`schedules:due`) into them; how many moved.
 
@@ -337,7 +346,7 @@ async def move_legacy_due(redis: aioredis.Redis) -> int:
     gone is dropped, and one with no readable tenant is quarantined: nothing could fire it.
     """
     moved = 0
-    while rows := await redis.zrange(keys.SCHEDULES_DUE_LEGACY, 0, 499, withscores=True):
+    while rows := await redis.zrange(SCHEDULES_DUE_LEGACY, 0, 499, withscores=True):
         ids = [m.decode() for m, _ in rows]
         raws = await read_hashes(redis, [keys.schedule(i) for i in ids])
         async with redis.pipeline(transaction=True) as pipe:
@@ -348,15 +357,15 @@ async def move_legacy_due(redis: aioredis.Redis) -> int:
                     await _reindex(redis, pipe, tenant_id)
                     moved += 1
                 elif raw:
-                    pipe.sadd(keys.SCHEDULES_QUARANTINED, schedule_id)
-            pipe.zrem(keys.SCHEDULES_DUE_LEGACY, *ids)
+                    pipe.sadd(keys.schedules_quarantined(shard_of(schedule_id)), schedule_id)
+            pipe.zrem(SCHEDULES_DUE_LEGACY, *ids)
             await pipe.execute()
     return moved
 
 
 @dataclass(frozen=True)
 class Lease:
-    """A claimed slot being delivered, and when its lease runs out."""
+    """A claimed slot being delivered, and when its lease runs out (in its schedule's shard's in-flight index)."""
 
     schedule_id: str
     slot: int
@@ -367,14 +376,20 @@ class Lease:
         return f"{self.schedule_id}:{self.slot}"
 
 
-async def expired_leases(redis: aioredis.Redis, now: float, limit: int) -> list[Lease]:
-    """Up to `limit` slots whose scheduler died before completing them."""
-    found = await redis.zrangebyscore(keys.SCHEDULES_INFLIGHT, "-inf", now, start=0, num=limit, withscores=True)
+async def expired_leases(
+    redis: aioredis.Redis, now: float, limit: int, shards: Sequence[int] = ALL_SHARDS
+) -> list[Lease]:
+    """Up to `limit` slots of `shards` whose scheduler died before completing them, the oldest first."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.zrangebyscore(keys.schedules_inflight(shard), "-inf", now, start=0, num=limit, withscores=True)
+        found = await pipe.execute()
     leases = []
-    for member, expires in found:
-        schedule_id, _, slot = member.decode().rpartition(":")
-        leases.append(Lease(schedule_id, int(slot), int(expires)))
-    return leases
+    for rows in found:
+        for member, expires in rows:
+            schedule_id, _, slot = member.decode().rpartition(":")
+            leases.append(Lease(schedule_id, int(slot), int(expires)))
+    return sorted(leases, key=lambda lease: lease.expires)[:limit]
 
 
 # KEYS: inflight. ARGV: member, expected lease, new lease.
@@ -388,7 +403,8 @@ return 1
 
 async def reclaim(redis: aioredis.Redis, lease: Lease, expires: int) -> bool:
     """Take over an expired lease (until `expires`) unless another scheduler did first."""
-    return bool(await _RECLAIM(redis, [keys.SCHEDULES_INFLIGHT], [lease.member, lease.expires, expires]))
+    inflight = keys.schedules_inflight(shard_of(lease.schedule_id))
+    return bool(await _RECLAIM(redis, [inflight], [lease.member, lease.expires, expires]))
 
 
 @dataclass(frozen=True)
@@ -440,9 +456,9 @@ async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
             ]
             claim_keys = [
                 keys.tenant_due(c.tenant_id),
-                keys.SCHEDULES_INFLIGHT,
+                keys.schedules_inflight(shard_of(c.schedule_id)),
                 keys.schedule(c.schedule_id),
-                keys.SCHEDULES_DUE_TENANTS,
+                keys.schedules_due_tenants(shard_of(c.tenant_id)),
             ]
             await _CLAIM(redis, claim_keys, args, pipe=pipe)
         try:
@@ -502,10 +518,10 @@ async def complete_many(redis: aioredis.Redis, done: Sequence[Completion], *, ma
                 "message_id": message_id(c.schedule_id, c.slot),
             }
             event = events.entry("SCHEDULE_FIRED", c.tenant_id, c.workspace_id, payload)
-            member = Lease(c.schedule_id, c.slot, 0).member
-            args = [member, now_rfc3339(), status, c.error or "", max_len, *events.flat(event)]
-            stream = keys.events(c.tenant_id)
-            script_keys = [keys.schedule(c.schedule_id), keys.SCHEDULES_INFLIGHT, stream, keys.events_size(c.tenant_id)]
+            lease = Lease(c.schedule_id, c.slot, 0)
+            args = [lease.member, now_rfc3339(), status, c.error or "", max_len, *events.flat(event)]
+            inflight, stream = keys.schedules_inflight(shard_of(c.schedule_id)), keys.events(c.tenant_id)
+            script_keys = [keys.schedule(c.schedule_id), inflight, stream, keys.events_size(c.tenant_id)]
             await _COMPLETE(redis, script_keys, args, pipe=pipe)
         found = await pipe.execute(raise_on_error=False)
     return [translated(r) if isinstance(r, Exception) else bool(r) for r in found]
@@ -532,16 +548,23 @@ async def complete(
 
 async def drop_lease(redis: aioredis.Redis, schedule_id: str, slot: int) -> None:
     """Forget a slot in flight without recording it (it cannot be recorded, or its schedule is gone)."""
-    await redis.zrem(keys.SCHEDULES_INFLIGHT, Lease(schedule_id, slot, 0).member)
+    await redis.zrem(keys.schedules_inflight(shard_of(schedule_id)), Lease(schedule_id, slot, 0).member)
 
 
-async def quarantined_count(redis: aioredis.Redis) -> int:
-    return int(await redis.scard(keys.SCHEDULES_QUARANTINED))
+async def quarantined_count(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> int:
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.scard(keys.schedules_quarantined(shard))
+        return sum(await pipe.execute())
 
 
-async def quarantined(redis: aioredis.Redis) -> list[dict[str, Any]]:
-    """Every quarantined schedule as operators see it: key (its id), tenant_id, error, since, failures."""
-    ids = sorted(m.decode() for m in await redis.smembers(keys.SCHEDULES_QUARANTINED))
+async def quarantined(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[dict[str, Any]]:
+    """Every quarantined schedule of `shards` as operators see it: key (its id), tenant_id, error, since, failures."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.smembers(keys.schedules_quarantined(shard))
+        found = await pipe.execute()
+    ids = sorted(m.decode() for members in found for m in members)
     items = []
     for schedule_id, raw in zip(ids, await read(redis, ids), strict=True):
         unreadable = isinstance(raw, Exception)
@@ -567,11 +590,12 @@ async def release(redis: aioredis.Redis, schedule_id: str, now: float) -> bool:
     is only taken off the quarantine list: there is no due index to put it in.
     """
     key = keys.schedule(schedule_id)
+    held_in = keys.schedules_quarantined(shard_of(schedule_id))
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(keys.SCHEDULES_QUARANTINED, key)
-                if not await pipe.sismember(keys.SCHEDULES_QUARANTINED, schedule_id):
+                await pipe.watch(held_in, key)
+                if not await pipe.sismember(held_in, schedule_id):
                     return False
                 try:
                     fields = decode_lenient(await pipe.hgetall(key))
@@ -583,7 +607,7 @@ async def release(redis: aioredis.Redis, schedule_id: str, now: float) -> bool:
                 except ValueError:
                     slot = int(now)
                 pipe.multi()
-                pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
+                pipe.srem(held_in, schedule_id)
                 if fields and is_id(tenant_id):
                     cleared = {"last_status": "", "last_error": "", "consecutive_failures": "0", "quarantined_at": ""}
                     pipe.hset(key, mapping=cleared)
@@ -653,7 +677,9 @@ async def quarantine(
     SCHEDULE_QUARANTINED event, in one transaction. A key that is no schedule record (gone,
     or not a hash) is only taken out of the indexes. Returns whether a record was marked.
     """
-    inflight = await redis.zrange(keys.SCHEDULES_INFLIGHT, 0, -1)
+    shard = shard_of(schedule_id)
+    inflight_key = keys.schedules_inflight(shard)
+    inflight = await redis.zrange(inflight_key, 0, -1)
     stuck = [m for m in inflight if m.decode().rpartition(":")[0] == schedule_id]
 
     async def write(pipe: Any, raw: dict[bytes, bytes]) -> None:
@@ -661,8 +687,8 @@ async def quarantine(
         pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
         await _reindex(redis, pipe, tenant_id)
         if stuck:
-            pipe.zrem(keys.SCHEDULES_INFLIGHT, *stuck)
-        pipe.sadd(keys.SCHEDULES_QUARANTINED, schedule_id)
+            pipe.zrem(inflight_key, *stuck)
+        pipe.sadd(keys.schedules_quarantined(shard), schedule_id)
         pipe.hset(key, mapping={"last_status": "quarantined", "last_error": error, "quarantined_at": now_rfc3339()})
         pipe.hincrby(key, "consecutive_failures", 1)
         fields = decode_lenient(raw)
@@ -680,6 +706,6 @@ async def quarantine(
             pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
             await _reindex(redis, pipe, tenant_id)
             if stuck:
-                pipe.zrem(keys.SCHEDULES_INFLIGHT, *stuck)
+                pipe.zrem(inflight_key, *stuck)
             await pipe.execute()
     return False

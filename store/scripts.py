@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import OutOfMemoryError, ResponseError
 
@@ -25,7 +26,16 @@ class Lua:
     async def __call__(
         self, redis: aioredis.Redis, keys: Sequence[str], args: Sequence[Any] = (), *, pipe: Any = None
     ) -> Any:
-        """Run with `keys` and `args`; with `pipe` (a pipeline of `redis`), queue it there instead."""
+        """Run with `keys` and `args`; with `pipe` (a pipeline of `redis`), queue it there instead.
+
+        A Redis Cluster pipeline refuses EVALSHA (redis-py cannot load a script on the node a
+        slot moved to mid-pipeline), so there the source goes with each call, as EVAL.
+        """
+        if isinstance(pipe, ClusterPipeline):
+            try:
+                return pipe.eval(self.source, len(keys), *keys, *args)
+            except ResponseError as exc:
+                raise translated(exc) from None
         script = self._bound.get(redis)
         if script is None:
             script = self._bound[redis] = redis.register_script(self.source)

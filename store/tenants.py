@@ -1,17 +1,25 @@
-"""Tenants and their API tokens (stored as SHA-256 digests, shown once)."""
+"""Tenants and their API tokens (stored as SHA-256 digests, shown once).
+
+A token is found by its digest in `tenant_token:{sha256}`, a key of its own slot, and
+confirmed by the tenant's hash, which holds the digest of its one valid token: the hash is
+the truth, so a token key left behind by a rotation or a delete (on a Redis Cluster the two
+cannot share a transaction) opens nothing.
+"""
 
 from __future__ import annotations
 
 import bisect
 import hashlib
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from store import keys
-from store.records import decode_lenient, is_id, new_id, now_rfc3339, read_hashes
+from store import channels, keys
+from store.keys import ALL_SHARDS, shard_of
+from store.records import decode_lenient, field, is_id, new_id, now_rfc3339, read_hashes
 
 
 def token_digest(token: str) -> str:
@@ -27,30 +35,43 @@ async def create_tenant(redis: aioredis.Redis, name: str) -> dict[str, Any]:
     record = {"id": tenant_id, "name": name, "created_at": now_rfc3339()}
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.tenant(tenant_id), mapping={**record, "token_sha256": token_digest(token)})
-        pipe.set(keys.tenant_token(token_digest(token)), tenant_id)
-        pipe.sadd(keys.TENANTS, tenant_id)
+        pipe.sadd(keys.tenants(shard_of(tenant_id)), tenant_id)
         await pipe.execute()
+    await redis.set(keys.tenant_token(token_digest(token)), tenant_id)
     return {**record, "token": token}
 
 
 async def tenant_for_token(redis: aioredis.Redis, token: str) -> str | None:
-    raw = await redis.get(keys.tenant_token(token_digest(token)))
-    return raw.decode() if raw is not None else None
+    """The tenant whose valid token this is, or None."""
+    digest = token_digest(token)
+    raw = await redis.get(keys.tenant_token(digest))
+    if raw is None:
+        return None
+    tenant_id = raw.decode()
+    return tenant_id if await redis.hget(keys.tenant(tenant_id), "token_sha256") == digest.encode() else None
 
 
 async def index_existing(redis: aioredis.Redis) -> int:
-    """Add tenants stored before the `tenants` index existed to it; returns how many were added."""
+    """Add tenants stored before the tenants index existed to it; returns how many were added."""
     found: list[str] = []
     async for raw in redis.scan_iter(match="tenant:*", count=1000, _type="HASH"):
-        tenant_id = raw.decode().removeprefix("tenant:")
-        if is_id(tenant_id):
+        key = raw.decode()
+        tenant_id = key.rpartition(":")[2]
+        if is_id(tenant_id) and key == keys.tenant(tenant_id):
             found.append(tenant_id)
-    return await redis.sadd(keys.TENANTS, *found) if found else 0
+    added = 0
+    for tenant_id in found:
+        added += await redis.sadd(keys.tenants(shard_of(tenant_id)), tenant_id)
+    return added
 
 
-async def ids(redis: aioredis.Redis) -> list[str]:
-    """Every tenant's id, sorted."""
-    return sorted(member.decode() for member in await redis.smembers(keys.TENANTS))
+async def ids(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
+    """Every tenant's id in `shards`, sorted."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.smembers(keys.tenants(shard))
+        found = await pipe.execute()
+    return sorted(member.decode() for members in found for member in members)
 
 
 def public(fields: dict[str, str]) -> dict[str, Any]:
@@ -102,74 +123,89 @@ async def rotate_token(redis: aioredis.Redis, tenant_id: str) -> str | None:
     """
     key = keys.tenant(tenant_id)
     token = secrets.token_urlsafe(32)
+    digest = token_digest(token)
+    if not await redis.exists(key):
+        return None
+    # The new key first (it opens nothing until the hash names it), the old one last.
+    await redis.set(keys.tenant_token(digest), tenant_id)
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await pipe.watch(key)
                 old = await pipe.hget(key, "token_sha256")
                 if old is None:
-                    return None
+                    break
                 pipe.multi()
-                pipe.delete(keys.tenant_token(old.decode()))
-                pipe.set(keys.tenant_token(token_digest(token)), tenant_id)
-                pipe.hset(key, "token_sha256", token_digest(token))
+                pipe.hset(key, "token_sha256", digest)
                 await pipe.execute()
+                await redis.delete(keys.tenant_token(old.decode()))
                 return token
             except WatchError:
                 continue
+    await redis.delete(keys.tenant_token(digest))
+    return None
 
 
 async def delete(redis: aioredis.Redis, tenant_id: str, namespace: str) -> bool:
     """Remove the tenant and everything of it: token, workspaces, schedules, channels, event stream, and
     its entries in every index (and in the broadcaster positions of `namespace`). False if there is none.
 
-    Its token goes first, in a transaction of its own, so nothing the tenant sends can land
-    while the rest goes; the rest is one transaction. Nothing of another tenant is touched.
+    The tenant's hash goes first, in a transaction of its own, so its token opens nothing
+    and nothing the tenant sends can land while the rest goes; the rest of its shard is one
+    transaction, then its token key and its bots' bindings. Nothing of another tenant is
+    touched.
     """
     key = keys.tenant(tenant_id)
+    shard = shard_of(tenant_id)
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await pipe.watch(key)
                 digest = await pipe.hget(key, "token_sha256")
-                if digest is None and not await pipe.exists(key):
+                if (
+                    digest is None and await pipe.type(key) == b"none"
+                ):  # (a Cluster pipeline's EXISTS cannot be awaited)
                     return False
                 pipe.multi()
-                if digest is not None:
-                    pipe.delete(keys.tenant_token(digest.decode()))
                 pipe.delete(key)
-                pipe.srem(keys.TENANTS, tenant_id)
+                pipe.srem(keys.tenants(shard), tenant_id)
                 await pipe.execute()
                 break
             except WatchError:
                 continue
+    if digest is not None:
+        await redis.delete(keys.tenant_token(digest.decode()))
     workspace_ids = [m.decode() for m in await redis.smembers(keys.tenant_workspaces(tenant_id))]
     schedule_ids = {m.decode() for m in await redis.smembers(keys.tenant_schedules(tenant_id))}
     channel_ids = [m.decode() for m in await redis.smembers(keys.tenant_channels(tenant_id))]
-    leases = [m for m in await redis.zrange(keys.SCHEDULES_INFLIGHT, 0, -1) if m.decode().split(":")[0] in schedule_ids]
-    bots = {b: c.decode() for b, c in (await redis.hgetall(keys.TELEGRAM_BOTS)).items() if c.decode() in channel_ids}
+    leases = {
+        inflight: [m for m in await redis.zrange(inflight, 0, -1) if m.decode().split(":")[0] in schedule_ids]
+        for inflight in {keys.schedules_inflight(shard_of(s)) for s in schedule_ids}
+    }
+    channel_raws = await read_hashes(redis, [keys.channel(c) for c in channel_ids])
+    bots = {c: field(raw, "bot_id") for c, raw in zip(channel_ids, channel_raws, strict=True) if isinstance(raw, dict)}
     seen = [k for c in channel_ids async for k in redis.scan_iter(match=f"{keys.channel(c)}:seen:*", count=1000)]
     async with redis.pipeline(transaction=True) as pipe:
         for workspace_id in workspace_ids:
             pipe.delete(keys.workspace(workspace_id), keys.workspace_alive(workspace_id))
             pipe.delete(keys.workspace_restart_debounce(workspace_id))
-            pipe.srem(keys.WORKSPACES_ONLINE, workspace_id)
-            pipe.hdel(keys.WORKSPACES_PROBE_FAILURES, workspace_id)
-            pipe.zrem(keys.WORKSPACES_DEADLINES, workspace_id)
-            pipe.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
+            own = shard_of(workspace_id)
+            pipe.srem(keys.workspaces_online(own), workspace_id)
+            pipe.hdel(keys.workspaces_probe_failures(own), workspace_id)
+            pipe.zrem(keys.workspaces_deadlines(own), workspace_id)
+            pipe.zrem(keys.workspaces_restarts(own), workspace_id)
         for schedule_id in schedule_ids:
             pipe.delete(keys.schedule(schedule_id))
-            pipe.srem(keys.SCHEDULES_QUARANTINED, schedule_id)
-        if leases:
-            pipe.zrem(keys.SCHEDULES_INFLIGHT, *leases)
+            pipe.srem(keys.schedules_quarantined(shard_of(schedule_id)), schedule_id)
+        for inflight, members in leases.items():
+            if members:
+                pipe.zrem(inflight, *members)
         for channel_id in channel_ids:
             pipe.delete(keys.channel(channel_id), keys.channel_inbox(channel_id), keys.channel_offset(channel_id))
-            pipe.srem(keys.CHANNELS, channel_id)
-        if bots:
-            pipe.hdel(keys.TELEGRAM_BOTS, *bots)
+            pipe.srem(keys.channels(shard_of(channel_id)), channel_id)
         if seen:
             pipe.delete(*seen)
-        pipe.zrem(keys.SCHEDULES_DUE_TENANTS, tenant_id)
+        pipe.zrem(keys.schedules_due_tenants(shard), tenant_id)
         pipe.delete(
             keys.tenant_due(tenant_id),
             keys.tenant_event_rate(tenant_id),
@@ -179,6 +215,9 @@ async def delete(redis: aioredis.Redis, tenant_id: str, namespace: str) -> bool:
             keys.tenant_schedules(tenant_id),
             keys.tenant_channels(tenant_id),
         )
-        pipe.hdel(keys.broadcaster_positions(namespace), tenant_id)
+        pipe.hdel(keys.broadcaster_positions(shard, namespace), tenant_id)
         await pipe.execute()
+    for channel_id, bot in bots.items():
+        if bot:
+            await channels.release_bot(redis, bot, channel_id)
     return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from store import events, keys
+from store import client, events, keys
+from store.keys import ALL_SHARDS, shard_of
 from store.quotas import create_within
 from store.records import (
     decode_lenient,
@@ -108,7 +109,7 @@ async def create(
 
     QuotaExceeded (nothing stored) if the tenant has `limit` workspaces already.
     """
-    workspace_id = new_id()
+    workspace_id = new_id(shard_of(tenant_id))
     record = {"id": workspace_id, "tenant_id": tenant_id, "created_at": now_rfc3339(), **_sealed(box, body)}
     fields = to_hash(record)
 
@@ -161,8 +162,8 @@ async def delete(redis: aioredis.Redis, tenant_id: str, workspace_id: str) -> bo
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.workspace(workspace_id), keys.workspace_alive(workspace_id))
         pipe.srem(keys.tenant_workspaces(tenant_id), workspace_id)
-        pipe.srem(keys.WORKSPACES_ONLINE, workspace_id)
-        pipe.zrem(keys.WORKSPACES_DEADLINES, workspace_id)
+        pipe.srem(keys.workspaces_online(shard_of(workspace_id)), workspace_id)
+        pipe.zrem(keys.workspaces_deadlines(shard_of(workspace_id)), workspace_id)
         await pipe.execute()
     return True
 
@@ -174,9 +175,9 @@ async def heartbeat(redis: aioredis.Redis, tenant_id: str, workspace_id: str, tt
     heartbeat_keys = [
         keys.workspace(workspace_id),
         keys.workspace_alive(workspace_id),
-        keys.WORKSPACES_ONLINE,
+        keys.workspaces_online(shard_of(workspace_id)),
         keys.events(tenant_id),
-        keys.WORKSPACES_DEADLINES,
+        keys.workspaces_deadlines(shard_of(workspace_id)),
         keys.events_size(tenant_id),
     ]
     args = [workspace_id, int(ttl_s * 1000), now_rfc3339(now), max_len, now + ttl_s, *events.flat(entry)]
@@ -206,10 +207,10 @@ async def mark_offline(
     offline_keys = [
         keys.workspace(workspace_id),
         keys.workspace_alive(workspace_id),
-        keys.WORKSPACES_ONLINE,
-        keys.WORKSPACES_RESTARTS,
+        keys.workspaces_online(shard_of(workspace_id)),
+        keys.workspaces_restarts(shard_of(workspace_id)),
         keys.events(tenant_id),
-        keys.WORKSPACES_DEADLINES,
+        keys.workspaces_deadlines(shard_of(workspace_id)),
         keys.events_size(tenant_id),
     ]
     args = [workspace_id, tenant_id, now_rfc3339(now), int(now), max_len, int(require_expired), *events.flat(entry)]
@@ -217,21 +218,23 @@ async def mark_offline(
 
 
 class OnlineScan:
-    """The reconciliation scan: online workspaces whose liveness key is gone, in batches of `batch`."""
+    """The reconciliation scan: online workspaces of `shards` whose liveness key is gone, in batches of `batch`."""
 
-    def __init__(self, redis: aioredis.Redis, batch: int = 1000) -> None:
+    def __init__(self, redis: aioredis.Redis, batch: int = 1000, shards: Sequence[int] = ALL_SHARDS) -> None:
         self.redis = redis
         self.batch = batch
+        self.shards = shards
         self.watched = 0
 
     async def expired(self) -> AsyncIterator[str]:
         ids: list[str] = []
-        async for raw in self.redis.sscan_iter(keys.WORKSPACES_ONLINE, count=self.batch):
-            ids.append(raw.decode())
-            if len(ids) >= self.batch:
-                for workspace_id in await self._gone(ids):
-                    yield workspace_id
-                ids = []
+        for shard in self.shards:
+            async for raw in self.redis.sscan_iter(keys.workspaces_online(shard), count=self.batch):
+                ids.append(raw.decode())
+                if len(ids) >= self.batch:
+                    for workspace_id in await self._gone(ids):
+                        yield workspace_id
+                    ids = []
         for workspace_id in await self._gone(ids):
             yield workspace_id
 
@@ -246,9 +249,21 @@ class OnlineScan:
         return [w for w, present in zip(ids, alive, strict=True) if not present]
 
 
-async def due(redis: aioredis.Redis, now: float, limit: int = 1000) -> list[str]:
-    """Online workspaces whose liveness key's deadline has passed (their key has expired or is about to)."""
-    return [raw.decode() for raw in await redis.zrangebyscore(keys.WORKSPACES_DEADLINES, "-inf", now, 0, limit)]
+async def due(redis: aioredis.Redis, now: float, limit: int = 1000, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
+    """Online workspaces of `shards` whose liveness key's deadline has passed (their key has expired or is
+    about to), the earliest first."""
+    return await _earliest(redis, keys.workspaces_deadlines, now, limit, shards)
+
+
+async def _earliest(
+    redis: aioredis.Redis, index: Callable[[int], str], now: float, limit: int, shards: Sequence[int]
+) -> list[str]:
+    """Up to `limit` members scored at or before `now` in each shard's `index`, the earliest first."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.zrangebyscore(index(shard), "-inf", now, 0, limit, withscores=True)
+        found = await pipe.execute()
+    return [member.decode() for _, member in sorted((score, m) for rows in found for m, score in rows)[:limit]]
 
 
 def checked(workspace_id: str, raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -306,58 +321,70 @@ async def read(redis: aioredis.Redis, workspace_ids: Sequence[str]) -> list[Any]
 
 async def probe_failed(redis: aioredis.Redis, workspace_id: str) -> int:
     """Count one more failed health probe in a row; returns the count (kept across restarts)."""
-    return int(await redis.hincrby(keys.WORKSPACES_PROBE_FAILURES, workspace_id, 1))
+    return int(await redis.hincrby(keys.workspaces_probe_failures(shard_of(workspace_id)), workspace_id, 1))
 
 
 async def probe_passed(redis: aioredis.Redis, workspace_id: str) -> None:
     """A probe answered: the count of failures in a row starts again."""
-    await redis.hdel(keys.WORKSPACES_PROBE_FAILURES, workspace_id)
+    await redis.hdel(keys.workspaces_probe_failures(shard_of(workspace_id)), workspace_id)
 
 
-async def forget_probe_failures(redis: aioredis.Redis, keep: set[str]) -> int:
-    """Drop the counts of workspaces not in `keep` (offline, deleted); how many went."""
-    gone = [w for w in (m.decode() for m in await redis.hkeys(keys.WORKSPACES_PROBE_FAILURES)) if w not in keep]
-    return int(await redis.hdel(keys.WORKSPACES_PROBE_FAILURES, *gone)) if gone else 0
+async def forget_probe_failures(redis: aioredis.Redis, keep: set[str], shards: Sequence[int] = ALL_SHARDS) -> int:
+    """Drop the counts of workspaces of `shards` not in `keep` (offline, deleted); how many went."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.hkeys(keys.workspaces_probe_failures(shard))
+        found = await pipe.execute()
+    gone = {
+        shard: [w for w in (m.decode() for m in members) if w not in keep]
+        for shard, members in zip(shards, found, strict=True)
+    }
+    if not any(gone.values()):
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard, ids in gone.items():
+            if ids:
+                pipe.hdel(keys.workspaces_probe_failures(shard), *ids)
+        return sum(await pipe.execute())
 
 
-async def probe_failures(redis: aioredis.Redis) -> int:
-    """How many workspaces have failed their last probe (one or more in a row)."""
-    return int(await redis.hlen(keys.WORKSPACES_PROBE_FAILURES))
+async def probe_failures(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> int:
+    """How many workspaces of `shards` have failed their last probe (one or more in a row)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.hlen(keys.workspaces_probe_failures(shard))
+        return sum(await pipe.execute())
 
 
-async def online(redis: aioredis.Redis) -> list[str]:
-    """Ids of the workspaces whose status is online, sorted."""
-    return sorted(raw.decode() for raw in await redis.smembers(keys.WORKSPACES_ONLINE))
+async def online(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
+    """Ids of the workspaces of `shards` whose status is online, sorted."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.smembers(keys.workspaces_online(shard))
+        found = await pipe.execute()
+    return sorted(raw.decode() for members in found for raw in members)
 
 
 async def expired(redis: aioredis.Redis) -> AsyncIterator[str]:
     """Ids of workspaces whose liveness key Redis expires, as it does (expired-key notifications).
 
-    Redis sends no notification it missed while this was not subscribed: the reconciliation
-    scan (OnlineScan) is what catches those.
+    Redis sends no notification it missed while this was not subscribed, and a Redis Cluster
+    sends each node's own only (this listens to every primary known at the start): the
+    deadlines (`due`) and the reconciliation scan (OnlineScan) are what the monitor's
+    correctness rests on; this only makes it quicker.
     """
-    db = redis.connection_pool.connection_kwargs.get("db", 0)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        await pubsub.subscribe(f"__keyevent@{db}__:expired")
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is None:
-                continue
-            key = message["data"].decode(errors="replace")
-            workspace_id = key.removeprefix("workspace:").removesuffix(":alive")
-            if key == keys.workspace_alive(workspace_id) and is_id(workspace_id):
-                yield workspace_id
-    finally:
-        await pubsub.aclose()
+    async for key in client.notifications(redis, "expired"):
+        workspace_id = keys.alive_workspace(key)
+        if workspace_id is not None and is_id(workspace_id):
+            yield workspace_id
 
 
 # -- restart requests, queued by the offline transition --------------------------------------
 
 
-async def restarts_due(redis: aioredis.Redis, now: float, limit: int) -> list[str]:
-    """Up to `limit` workspaces whose restart request is due."""
-    return [raw.decode() for raw in await redis.zrangebyscore(keys.WORKSPACES_RESTARTS, "-inf", now, 0, limit)]
+async def restarts_due(redis: aioredis.Redis, now: float, limit: int, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
+    """Up to `limit` workspaces of `shards` whose restart request is due, the earliest first."""
+    return await _earliest(redis, keys.workspaces_restarts, now, limit, shards)
 
 
 async def debounce_restart(redis: aioredis.Redis, workspace_id: str, debounce_s: float) -> bool:
@@ -373,14 +400,14 @@ async def debounce_restart(redis: aioredis.Redis, workspace_id: str, debounce_s:
 
 
 async def drop_restart(redis: aioredis.Redis, workspace_id: str) -> None:
-    await redis.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
+    await redis.zrem(keys.workspaces_restarts(shard_of(workspace_id)), workspace_id)
 
 
 async def retry_restart(redis: aioredis.Redis, workspace_id: str, attempt: int, at: float) -> None:
     """Try the restart request again at `at`; `attempt` is recorded on the workspace."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.workspace(workspace_id), "restart_attempt", attempt)
-        pipe.zadd(keys.WORKSPACES_RESTARTS, {workspace_id: at}, xx=True)
+        pipe.zadd(keys.workspaces_restarts(shard_of(workspace_id)), {workspace_id: at}, xx=True)
         await pipe.execute()
 
 
@@ -391,7 +418,7 @@ async def restart_requested(
     payload = {"workspace_id": workspace_id, "restart_url": url, "delivered": delivered}
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hdel(keys.workspace(workspace_id), "restart_attempt")
-        pipe.zrem(keys.WORKSPACES_RESTARTS, workspace_id)
+        pipe.zrem(keys.workspaces_restarts(shard_of(workspace_id)), workspace_id)
         entry = events.entry("WORKSPACE_RESTART_REQUESTED", tenant_id, workspace_id, payload)
         await events.append_in(redis, pipe, tenant_id, entry, max_len)
         await pipe.execute()

@@ -17,6 +17,7 @@ from store.client import connect
 from store.embedded import EmbeddedRedis, free_port
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
+from tests.redis_cluster import LocalRedisCluster
 from tests.support import Platform, start_platform
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,16 +49,51 @@ def fresh_redis(redis_server: EmbeddedRedis) -> Callable[[], str]:
     return fresh
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-cluster",
+        action="store_true",
+        help="run each module's platform (`redis_url`) on the session's local Redis Cluster",
+    )
+
+
 @pytest.fixture(scope="module")
-def redis_url(fresh_redis: Callable[[], str]) -> str:
-    """A database of its own for the module."""
+def redis_url(request: pytest.FixtureRequest, fresh_redis: Callable[[], str]) -> str:
+    """A database of its own for the module; with --redis-cluster, the session's Redis Cluster,
+    emptied first (the module before has stopped its platform)."""
+    if request.config.getoption("--redis-cluster"):
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
     return fresh_redis()
 
 
-@pytest.fixture
-async def store(fresh_redis: Callable[[], str]) -> AsyncIterator[aioredis.Redis]:
-    """A client of a database of its own, for one test of store/ verbs."""
-    client = connect(fresh_redis())
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A local 3-primary Redis Cluster for the session (from the same redis-server binary)."""
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def store(request: pytest.FixtureRequest, fresh_redis: Callable[[], str]) -> AsyncIterator[aioredis.Redis]:
+    """A client for one test of store/ verbs: of a database of its own on the session's Redis, and
+    again of the session's Redis Cluster, emptied first (a cluster has one database).
+
+    A test of what only a single Redis can hold (a store written before the sharded layout)
+    is marked `single_redis`.
+    """
+    if request.param == "cluster":
+        if request.node.get_closest_marker("single_redis"):
+            pytest.skip("what it tests can only be on a single Redis")
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url = cluster.url
+    else:
+        url = fresh_redis()
+    client = connect(url)
     yield client
     await client.aclose()
 

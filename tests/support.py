@@ -16,18 +16,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from actors.runtime.handles import HEALTH_ACTOR, NamedActor, deploy
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import RestartPolicy
 from driver import Deployment
 from settings import Settings
-from store.client import connect
+from store.client import CLUSTER_SCHEMES, connect
 from store.embedded import free_port, redis_binary
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 LOOPBACK = ("127.0.0.0/8",)
 T = TypeVar("T")
+
+
+def sync_redis(url: str) -> redis.Redis:
+    """A blocking client of REDIS_URL (a single Redis or, for redis+cluster://, a Redis Cluster)."""
+    scheme, _, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")  # type: ignore[return-value]
+    return redis.Redis.from_url(url)
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float, interval_s: float = 0.1, what: str = "") -> T:

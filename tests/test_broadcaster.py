@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
@@ -14,11 +13,12 @@ from websockets.exceptions import ConnectionClosed
 
 from actors.broadcaster import Broadcaster
 from actors.runtime.handles import API_ACTOR, HEALTH_ACTOR, NamedActor
+from store import keys
 from store.client import connect as redis_connect
 from store.events import parse_id
 from store.records import new_id
 from store.tenants import index_existing
-from tests.support import Platform, http, start_platform, wait_for
+from tests.support import Platform, http, start_platform, sync_redis, wait_for
 from tests.ws_client import Subscriber, Writer, refused, ws_url
 
 BROADCASTER = [Broadcaster]
@@ -111,7 +111,7 @@ async def test_no_parameter_reaches_another_tenants_stream(relay: Platform) -> N
     a, b = relay.new_tenant("peek-a"), relay.new_tenant("peek-b")
     Writer(relay.settings.redis_url).write(b["id"], 5)
     auth = {"Authorization": f"Bearer {a['token']}"}
-    for params in ({"tenant_id": b["id"]}, {"tenant": b["id"]}, {"stream": f"events:{b['id']}"}):
+    for params in ({"tenant_id": b["id"]}, {"tenant": b["id"]}, {"stream": keys.events(b["id"])}):
         code, reason, received = await refused(relay.url, headers=auth, last_event_id="0-0", **params)
         assert (code, received) == (4400, []) and "unknown query parameter" in reason
     # With only its own token and last_event_id=0-0, A replays A's (empty) stream and nothing of B's.
@@ -140,7 +140,7 @@ async def test_progress_shows_clients_and_lag(relay: Platform) -> None:
     reader = asyncio.create_task(client.run(200, timeout_s=60))
     await asyncio.wait_for(client.opened.wait(), 10)
     progress = await asyncio.to_thread(
-        wait_for, lambda: (p := relay.subsystem("broadcaster")["progress"])["clients"] >= 1 and p, 10
+        wait_for, lambda: (p := relay.subsystem("broadcaster")["progress"])["clients"] >= 1 and p["tenants"] and p, 10
     )
     assert progress["lag_events"] == 0 and progress["api_reachable"] is True and progress["tenants"] >= 1
     # While the API actor does not take deliveries, the lag shows (read from the registry:
@@ -162,7 +162,7 @@ async def test_progress_shows_clients_and_lag(relay: Platform) -> None:
 
 async def test_one_tenants_corrupt_stream_never_stops_the_others(relay: Platform) -> None:
     bad, good = relay.new_tenant("corrupt"), relay.new_tenant("healthy")
-    store = redis.Redis.from_url(relay.settings.redis_url)
+    store = sync_redis(relay.settings.redis_url)
     writer = Writer(relay.settings.redis_url)
     client = Subscriber(relay.url, good["token"])
     reader = asyncio.create_task(client.run(4, timeout_s=60))
@@ -170,9 +170,9 @@ async def test_one_tenants_corrupt_stream_never_stops_the_others(relay: Platform
     try:
         # An entry this platform did not write, between two good ones: skipped, counted.
         first = writer.write(good["id"], 2)
-        store.xadd(f"events:{good['id']}", {"junk": "\xff not an event"})
+        store.xadd(keys.events(good["id"]), {"junk": "\xff not an event"})
         # The other tenant's events key is not a stream at all: XREAD over it fails.
-        store.set(f"events:{bad['id']}", "not a stream")
+        store.set(keys.events(bad["id"]), "not a stream")
         # Reads go on with the bad key in the tenant list (it is screened out, not fatal).
         await asyncio.to_thread(wait_for, lambda: relay.subsystem("broadcaster")["quarantined"] >= 1, 30)
         later = writer.write(good["id"], 2, start=2)
@@ -183,14 +183,14 @@ async def test_one_tenants_corrupt_stream_never_stops_the_others(relay: Platform
         )
         assert sub["state"] == "RUNNING" and sub["progress"]["malformed"] >= 1
         # Repaired (the key becomes a stream again): released, and its events flow.
-        store.delete(f"events:{bad['id']}")
+        store.delete(keys.events(bad["id"]))
         late = Subscriber(relay.url, bad["token"], last_event_id="0-0")
         written = writer.write(bad["id"], 3)
         await late.run(3, timeout_s=30)
         assert late.ids == written
         await asyncio.to_thread(wait_for, lambda: relay.subsystem("broadcaster")["quarantined"] == 0, 30)
     finally:
-        store.delete(f"events:{bad['id']}")
+        store.delete(keys.events(bad["id"]))
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +225,11 @@ def test_any_last_event_id_is_a_stream_or_a_4400(relay: Platform, fuzz_tenant: d
 async def test_tenants_stored_before_the_index_existed_are_indexed(redis_url: str) -> None:
     store = redis_connect(redis_url)
     old = new_id()
-    await store.hset(f"tenant:{old}", mapping={"id": old, "name": "older", "token_sha256": "x"})
-    await store.sadd(f"tenant:{old}:workspaces", new_id())  # a set under the same prefix: not a tenant
-    assert not await store.sismember("tenants", old)
+    await store.hset(keys.tenant(old), mapping={"id": old, "name": "older", "token_sha256": "x"})
+    await store.sadd(keys.tenant_workspaces(old), new_id())  # a set under the same prefix: not a tenant
+    index = keys.tenants(keys.shard_of(old))
+    assert not await store.sismember(index, old)
     assert await index_existing(store) >= 1
-    assert await store.sismember("tenants", old)
-    assert not await store.sismember("tenants", f"{old}:workspaces")
+    assert await store.sismember(index, old)
+    assert not await store.sismember(index, f"{old}:workspaces")
     await store.aclose()

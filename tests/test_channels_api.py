@@ -178,7 +178,7 @@ def test_a_bot_token_telegram_refuses_is_422_and_binds_nothing(
     body = {"workspace_id": a["workspace"], "type": "telegram", "config": {"bot_token": unknown}}
     status, reply = platform.tenant_post(a, "/channels", body)
     assert status == 422 and reply["error"].startswith("config.bot_token: Telegram refused this bot token"), reply
-    assert client.hget(keys.TELEGRAM_BOTS, "5550001") is None
+    assert client.hget(keys.telegram_bot("5550001"), "channel") is None
     # Tenant B names tenant A's bot with a secret of its own making: the bot id alone binds nothing.
     status, mine = platform.tenant_post(a, "/channels", telegram(apis, a["workspace"]))
     assert status == 201, mine
@@ -186,8 +186,8 @@ def test_a_bot_token_telegram_refuses_is_422_and_binds_nothing(
     forged = {"workspace_id": b["workspace"], "type": "telegram", "config": {"bot_token": f"{bot_id}:AAH{'f' * 30}"}}
     status, reply = platform.tenant_post(b, "/channels", forged)
     assert status == 422 and "Telegram refused" in reply["error"], reply
-    assert client.hget(keys.TELEGRAM_BOTS, bot_id).decode() == mine["id"]
+    assert client.hget(keys.telegram_bot(bot_id), "channel").decode() == mine["id"]
     # A PATCH to a refused token is refused the same way, and the channel keeps its bot.
     patch = {"config": {"bot_token": unknown}}
     assert platform.tenant_patch(a, f"/channels/{mine['id']}", patch)[0] == 422
-    assert client.hget(keys.TELEGRAM_BOTS, bot_id).decode() == mine["id"]
+    assert client.hget(keys.telegram_bot(bot_id), "channel").decode() == mine["id"]

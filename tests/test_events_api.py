@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from store import keys
 from tests.support import Platform, http, start_platform
 
 
@@ -31,12 +32,12 @@ def test_published_events_land_in_the_tenants_stream_with_the_envelope(platform:
         ids.append(reply["id"])
     assert ids == sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))  # increasing stream ids
     client = redis.Redis.from_url(platform.settings.redis_url)
-    entries = client.xrange(f"events:{a['id']}")
+    entries = client.xrange(keys.events(a["id"]))
     assert [e[0].decode() for e in entries] == ids
     fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
     assert fields["event"] == "BUILD_DONE" and fields["tenant_id"] == a["id"] and fields["workspace_id"] == ws["id"]
     assert json.loads(fields["payload"]) == {"n": 0} and fields["timestamp"].endswith("Z")
-    assert client.xlen(f"events:{b['id']}") == 0
+    assert client.xlen(keys.events(b["id"])) == 0
     # B cannot publish against A's workspace.
     status, reply = platform.tenant_post(b, "/events", {"event": "X", "workspace_id": ws["id"], "payload": 1})
     assert status == 422 and "workspace_id" in reply["error"]
@@ -73,7 +74,7 @@ def test_the_stream_is_capped(small_log: Platform) -> None:
     tenant = small_log.new_tenant("capped")
     for n in range(300):
         assert small_log.tenant_post(tenant, "/events", {"event": "TICK", "payload": n})[0] == 202
-    length = redis.Redis.from_url(small_log.settings.redis_url).xlen(f"events:{tenant['id']}")
+    length = redis.Redis.from_url(small_log.settings.redis_url).xlen(keys.events(tenant["id"]))
     assert 50 <= length < 300  # approximate trimming keeps at least the cap, drops the oldest
-    last = redis.Redis.from_url(small_log.settings.redis_url).xrevrange(f"events:{tenant['id']}", count=1)
+    last = redis.Redis.from_url(small_log.settings.redis_url).xrevrange(keys.events(tenant["id"]), count=1)
     assert json.loads(last[0][1][b"payload"]) == 299

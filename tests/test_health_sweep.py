@@ -94,7 +94,7 @@ def test_a_workspace_with_a_corrupt_url_is_quarantined(swept: Platform) -> None:
     client.hset(keys.workspace(ws["id"]), "url", b"\xff\xfe not a url")
     sub = wait_for(lambda: (s := swept.subsystem("health-sweep"))["quarantined"] >= 1 and s, 30)
     assert sub["state"] == "RUNNING"
-    client.srem(keys.WORKSPACES_ONLINE, ws["id"])
+    client.srem(keys.workspaces_online(keys.shard_of(ws["id"])), ws["id"])
 
 
 def test_corrupt_workspaces_are_quarantined_by_both_actors(ray_session: dict, redis_url: str, tmp_path) -> None:
@@ -131,6 +131,6 @@ def test_corrupt_workspaces_are_quarantined_by_both_actors(ray_session: dict, re
             assert platform.subsystem(name)["state"] == "RUNNING"
     finally:
         for workspace_id in ids.values():
-            client.srem(keys.WORKSPACES_ONLINE, workspace_id)
-            client.zrem(keys.WORKSPACES_DEADLINES, workspace_id)
+            client.srem(keys.workspaces_online(keys.shard_of(workspace_id)), workspace_id)
+            client.zrem(keys.workspaces_deadlines(keys.shard_of(workspace_id)), workspace_id)
         platform.close()

@@ -10,12 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import ray
-import redis
 
 from actors.liveness_monitor import LIVENESS_SPEC, LivenessMonitor
 from store import keys
 from store.embedded import EmbeddedRedis, free_port
-from tests.support import Platform, start_platform, wait_for
+from tests.support import Platform, start_platform, sync_redis, wait_for
 
 
 class RestartEndpoint:
@@ -71,7 +70,7 @@ def endpoint() -> Iterator[RestartEndpoint]:
 
 
 def events_of(platform: Platform, tenant_id: str, workspace_id: str) -> list[str]:
-    client = redis.Redis.from_url(platform.settings.redis_url)
+    client = sync_redis(platform.settings.redis_url)
     return [
         f[b"event"].decode()
         for _, f in client.xrange(keys.events(tenant_id))
@@ -120,7 +119,7 @@ def test_a_failing_restart_endpoint_is_asked_again_with_backoff(monitored: Platf
     attempts = [r["at"] for r in endpoint.requests if r["workspace_id"] == ws]
     assert len(attempts) == 3
     assert attempts[1] - attempts[0] >= 1.0 and attempts[2] - attempts[1] >= 2.0  # 1 s, then 2 s apart at least
-    client = redis.Redis.from_url(monitored.settings.redis_url)
+    client = sync_redis(monitored.settings.redis_url)
     (payload,) = [
         json.loads(f[b"payload"])
         for _, f in client.xrange(keys.events(tenant["id"]))
@@ -137,7 +136,7 @@ def test_expiries_missed_while_the_monitor_was_down_are_caught_by_the_scan(monit
     ray.kill(ray.get_actor(LIVENESS_SPEC.name, namespace=namespace), no_restart=True)
     for ws in ids:
         beat(monitored, tenant, ws)
-    client = redis.Redis.from_url(monitored.settings.redis_url)
+    client = sync_redis(monitored.settings.redis_url)
     wait_for(lambda: not any(client.exists(keys.workspace_alive(w)) for w in ids), 30, what="all 50 keys expired")
     assert {status(monitored, tenant, w) for w in ids} == {"online"}  # nobody noticed yet
     monitored.deployment.start(LivenessMonitor)  # back: its first tick scans
@@ -169,14 +168,14 @@ def test_flapping_comes_back_online_and_restarts_are_debounced(monitored: Platfo
 def test_a_corrupt_workspace_is_quarantined_and_the_others_are_still_watched(monitored: Platform) -> None:
     tenant = monitored.new_tenant("poison")
     bad, good = new_workspace(monitored, tenant, None), new_workspace(monitored, tenant, None)
-    client = redis.Redis.from_url(monitored.settings.redis_url)
+    client = sync_redis(monitored.settings.redis_url)
     beat(monitored, tenant, bad)
     client.hdel(keys.workspace(bad), "tenant_id")  # a record that lost its tenant
     beat(monitored, tenant, good)
     wait_for(lambda: status(monitored, tenant, good) == "offline", 30, what="the good one offline")
     sub = wait_for(lambda: (s := monitored.subsystem("liveness-monitor"))["quarantined"] >= 1 and s, 30)
     assert sub["state"] == "RUNNING"
-    client.srem(keys.WORKSPACES_ONLINE, bad)  # leave no poison behind for the other tests
+    client.srem(keys.workspaces_online(keys.shard_of(bad)), bad)  # leave no poison behind for the other tests
 
 
 def test_keys_expiring_while_redis_restarts_are_all_caught(ray_session: dict, tmp_path) -> None:

@@ -152,7 +152,8 @@ def test_2000_hanging_workspaces_never_stall_the_sweep_nor_delay_another_tenant(
         # A restart between the second and the third failure keeps the count (kept in Redis).
         client = redis.Redis.from_url(url)
         (second,) = asyncio.run(online_workspaces(url, quiet["id"], [f"{server.base}/bad-2/"]))
-        wait_for(lambda: client.hget(keys.WORKSPACES_PROBE_FAILURES, second) == b"2", 30, interval_s=0.02)
+        failures = keys.workspaces_probe_failures(keys.shard_of(second))
+        wait_for(lambda: client.hget(failures, second) == b"2", 30, interval_s=0.02)
         os.kill(shared.pid_of("health-sweep"), signal.SIGKILL)
         wait_for(lambda: status(shared, quiet, second) == "offline", 60, what="the second one offline")
         # 3 probes in all, or 4 if one was in flight at the kill; a count started again would take 5.
@@ -161,7 +162,8 @@ def test_2000_hanging_workspaces_never_stall_the_sweep_nor_delay_another_tenant(
     finally:
         server.stop()
         client = redis.Redis.from_url(shared.settings.redis_url)
-        client.delete(keys.WORKSPACES_ONLINE)  # the 2,000 leave the sweep of the tests after this one
+        # the 2,000 leave the sweep of the tests after this one
+        client.delete(*(keys.workspaces_online(shard) for shard in keys.ALL_SHARDS))
 
 
 def test_backlogged_tenants_share_the_scheduler_by_weight(ray_session: dict, fresh_redis, tmp_path) -> None:

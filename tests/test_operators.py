@@ -21,6 +21,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from actors.runtime.handles import API_ACTOR, NamedActor
 from driver import SUBSYSTEMS
+from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.support import ADMIN_TOKEN, Platform, http, start_platform, wait_for
 
@@ -68,7 +69,7 @@ def corrupt_schedule(platform: Platform, agent: A2AAgent, name: str) -> tuple[di
     body = {"workspace_id": ws["id"], "name": "s", "cron": "* * * * * *", "prompt": "hello"}
     status, schedule = platform.tenant_post(tenant, "/schedules", body)
     assert status == 201, schedule
-    redis.Redis.from_url(platform.settings.redis_url).hset(f"schedule:{schedule['id']}", "cron", "every day at noon")
+    redis.Redis.from_url(platform.settings.redis_url).hset(keys.schedule(schedule["id"]), "cron", "every day at noon")
     return tenant, schedule
 
 
@@ -80,7 +81,7 @@ def quarantined(platform: Platform, key: str) -> dict[str, Any] | None:
 
 def repair(platform: Platform, schedule: dict) -> None:
     """An operator fixes the row in Redis by hand: no PATCH, so only a release brings it back."""
-    redis.Redis.from_url(platform.settings.redis_url).hset(f"schedule:{schedule['id']}", "cron", "* * * * * *")
+    redis.Redis.from_url(platform.settings.redis_url).hset(keys.schedule(schedule["id"]), "cron", "* * * * * *")
 
 
 def run_count(platform: Platform, tenant: dict, schedule: dict) -> int:

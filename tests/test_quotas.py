@@ -39,7 +39,7 @@ def admin_patch(platform: Platform, tenant: dict, body: Any) -> tuple[int, Any]:
 
 
 def stored(platform: Platform, tenant_id: str, index: str) -> int:
-    return redis.Redis.from_url(platform.settings.redis_url).scard(f"tenant:{tenant_id}:{index}")
+    return redis.Redis.from_url(platform.settings.redis_url).scard(f"{keys.tenant(tenant_id)}:{index}")
 
 
 def test_each_quota_refuses_at_its_limit_and_stores_nothing(quota: Platform) -> None:

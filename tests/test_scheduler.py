@@ -7,12 +7,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from driver import SUBSYSTEMS
+from store import keys
 from store.embedded import EmbeddedRedis, free_port
+from store.records import new_id
 from tests.a2a_agent import A2AAgent, BlackHole
-from tests.support import Platform, http, start_platform, wait_for
+from tests.support import Platform, http, start_platform, sync_redis, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_fires_reach_an_a2a_sdk_agent_in_both_protocol_versions(scheduler_platfo
     }
     handled = {m["messageId"] for m in agent.messages}
     assert message_id in handled and m03 in handled
-    events = redis.Redis.from_url(platform.settings.redis_url).xrange(f"events:{tenant['id']}")
+    events = sync_redis(platform.settings.redis_url).xrange(keys.events(tenant["id"]))
     fired = [fields for _, fields in events if fields[b"event"] == b"SCHEDULE_FIRED"]
     assert len(fired) >= 4
     sub = platform.subsystem("scheduler")
@@ -97,7 +98,7 @@ def test_poison_schedules_are_quarantined_and_the_others_fire_on_time(
     scheduler_platform: Platform, agent: A2AAgent
 ) -> None:
     platform = scheduler_platform
-    client = redis.Redis.from_url(platform.settings.redis_url)
+    client = sync_redis(platform.settings.redis_url)
     healthy = []
     for n in range(5):
         tenant = platform.new_tenant(f"healthy-{n}")
@@ -110,9 +111,9 @@ def test_poison_schedules_are_quarantined_and_the_others_fire_on_time(
         kind: schedule(platform, victim, doomed_ws if kind == "workspace" else ws)
         for kind in ("cron", "timezone", "utf8", "workspace")
     }
-    client.hset(f"schedule:{bad['cron']['id']}", "cron", "every day at noon")
-    client.hset(f"schedule:{bad['timezone']['id']}", "timezone", "Mars/Olympus")
-    client.hset(f"schedule:{bad['utf8']['id']}", "prompt", b"\xff\xfe broken")
+    client.hset(keys.schedule(bad["cron"]["id"]), "cron", "every day at noon")
+    client.hset(keys.schedule(bad["timezone"]["id"]), "timezone", "Mars/Olympus")
+    client.hset(keys.schedule(bad["utf8"]["id"]), "prompt", b"\xff\xfe broken")
     assert http("DELETE", platform.url + f"/workspaces/{doomed_ws['id']}", token=victim["token"])[0] == 204
 
     before = {s["id"]: read(platform, t, s["id"])["run_count"] for t, s in healthy}
@@ -139,7 +140,7 @@ def test_poison_schedules_are_quarantined_and_the_others_fire_on_time(
         assert read(platform, tenant, created["id"])["last_status"] == "ok"
     sub = wait_for(lambda: (lambda s: s if s["quarantined"] == 4 else None)(platform.subsystem("scheduler")), 10)
     assert sub["state"] == "RUNNING" and sub["restarts"]["exception"] == 0
-    events = client.xrange(f"events:{victim['id']}")
+    events = client.xrange(keys.events(victim["id"]))
     assert sum(1 for _, f in events if f[b"event"] == b"SCHEDULE_QUARANTINED") == 4
 
     # A PATCH that fixes the cron releases it.
@@ -241,20 +242,20 @@ def test_bad_schedule_fields_are_422_naming_the_field(
 
 def test_a_key_of_the_wrong_type_is_one_items_failure(scheduler_platform: Platform, agent: A2AAgent) -> None:
     platform = scheduler_platform
-    client = redis.Redis.from_url(platform.settings.redis_url)
+    client = sync_redis(platform.settings.redis_url)
     tenant = platform.new_tenant("wrongtype")
     fine = schedule(platform, tenant, workspace(platform, tenant, agent.url))
-    bogus = "f" * 32
-    client.set(f"schedule:{bogus}", "not a hash")
-    due = f"tenant:{tenant['id']}:due"
+    bogus = new_id(keys.shard_of(tenant["id"]))  # an id of the tenant's, as every one of its records has
+    client.set(keys.schedule(bogus), "not a hash")
+    due = keys.tenant_due(tenant["id"])
     client.zadd(due, {bogus: int(time.time())})
-    client.zadd("schedules:due_tenants", {tenant["id"]: int(time.time())})
+    client.zadd(keys.schedules_due_tenants(keys.shard_of(tenant["id"])), {tenant["id"]: int(time.time())})
     before = platform.subsystem("scheduler")["quarantined"]
     wait_for(lambda: client.zscore(due, bogus) is None, 30, what="bogus entry quarantined")
-    assert client.sismember("schedules:quarantined", bogus) == 0  # nothing to mark: no record
+    assert client.sismember(keys.schedules_quarantined(keys.shard_of(bogus)), bogus) == 0  # no record to mark
     runs = read(platform, tenant, fine["id"])["run_count"]
     wait_for(lambda: read(platform, tenant, fine["id"])["run_count"] > runs + 1, 30, what="others keep firing")
     sub = platform.subsystem("scheduler")
     assert sub["state"] == "RUNNING" and sub["restarts"]["exception"] == 0
     assert sub["quarantined"] == before
-    client.delete(f"schedule:{bogus}")
+    client.delete(keys.schedule(bogus))

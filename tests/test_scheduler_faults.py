@@ -15,11 +15,12 @@ import redis
 from actors.runtime.subsystem import SubsystemSpec
 from actors.scheduler import Scheduler
 from driver import SUBSYSTEMS
+from store import keys
 from store.embedded import EmbeddedRedis, free_port
 from store.records import now_rfc3339
 from store.schedules import latest_slot
 from tests.a2a_agent import A2AAgent
-from tests.support import Platform, start_platform, wait_for
+from tests.support import Platform, start_platform, sync_redis, wait_for
 from tests.test_scheduler import read, schedule, slots_of, workspace
 
 
@@ -72,7 +73,8 @@ def test_sigkill_mid_burst_delivers_every_slot_at_least_once(own_platform: Platf
         wait_for(lambda: len(agent.requests) >= 30, 30, interval_s=0.02, what="burst under way")
         os.kill(pid, signal.SIGKILL)
         # What the dead scheduler had claimed and not recorded (it can write nothing more).
-        leased = redis.Redis.from_url(platform.settings.redis_url).zrange("schedules:inflight", 0, -1)
+        client = sync_redis(platform.settings.redis_url)
+        leased = [m for shard in keys.ALL_SHARDS for m in client.zrange(keys.schedules_inflight(shard), 0, -1)]
         in_flight_at_kill = {"cron-" + member.decode().replace(":", "-") for member in leased}
         expected = {f"cron-{c['id']}-{slot}" for c in created}
         wait_for(lambda: expected <= set(message_counts(agent)), 60, interval_s=0.5, what="all 200 delivered")
@@ -151,8 +153,8 @@ def test_after_downtime_an_overdue_schedule_fires_once_for_its_latest_slot(own_p
         latest = latest_slot(cron, "UTC", time.time(), 0)
         client = redis.Redis.from_url(platform.settings.redis_url)
         overdue = latest - 3600  # as if down for an hour
-        client.zadd(f"tenant:{tenant['id']}:due", {created["id"]: overdue})
-        client.zadd("schedules:due_tenants", {tenant["id"]: overdue})
+        client.zadd(keys.tenant_due(tenant["id"]), {created["id"]: overdue})
+        client.zadd(keys.schedules_due_tenants(keys.shard_of(tenant["id"])), {tenant["id"]: overdue})
         platform.deployment.start(Scheduler)
         wait_for(lambda: slots_of(agent, created["id"]), 30, what="the catch-up fire")
         after = wait_for(lambda: (lambda s: s if s["run_count"] else None)(read(platform, tenant, created["id"])), 10)

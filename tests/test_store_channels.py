@@ -40,7 +40,7 @@ async def test_a_bot_is_bound_to_one_channel_even_when_two_are_created_at_once(s
     assert sum(isinstance(r, Channel) for r in results) == 1
     assert all(isinstance(r, BotTaken) for r in results if not isinstance(r, Channel))
     (winner,) = [r for r in results if isinstance(r, Channel)]
-    assert await store.hget(keys.TELEGRAM_BOTS, "111") == winner.id.encode()
+    assert await store.hget(keys.telegram_bot("111"), "channel") == winner.id.encode()
     assert await channels.ids(store) == [winner.id]
 
 
@@ -53,13 +53,12 @@ async def test_a_patch_moves_the_binding_and_resets_the_offset(store: aioredis.R
     patched = await channels.patch(store, BOX, tenant_id, first.id, {"config": {"bot_token": token(333)}}, NOW)
     assert patched is not None and patched["status"] == "starting"
     assert await channels.offset(store, first.id) == 0
-    bots = await store.hgetall(keys.TELEGRAM_BOTS)
-    assert bots == {b"222": second.id.encode(), b"333": first.id.encode()}
+    assert await channels.bot_owners(store, ["111", "222", "333"]) == {"111": "", "222": second.id, "333": first.id}
     raw = await channels.read_one(store, first.id)
     assert raw is not None and raw[b"revision"] == b"2"
     assert await channels.patch(store, BOX, new_id(), first.id, {"enabled": False}, NOW) is None
     await channels.delete(store, tenant_id, second.id, "222")
-    assert await store.hgetall(keys.TELEGRAM_BOTS) == {b"333": first.id.encode()}
+    assert await channels.bot_owners(store, ["222", "333"]) == {"222": "", "333": first.id}
     assert await channels.read_one(store, second.id) is None
 
 
@@ -175,15 +174,15 @@ async def test_a_wake_reaches_a_listener(store: aioredis.Redis) -> None:
 async def test_a_quarantined_channel_lets_go_of_its_bot_and_a_patch_takes_it_back(store: aioredis.Redis) -> None:
     tenant_id = new_id()
     channel = await created(store, tenant_id, 111)
-    assert await store.hget(keys.TELEGRAM_BOTS, "111") == channel.id.encode()
+    assert await store.hget(keys.telegram_bot("111"), "channel") == channel.id.encode()
     await channels.quarantine(store, channel, "token revoked", max_len=10)
-    assert await store.hget(keys.TELEGRAM_BOTS, "111") is None  # its owner may bind it again
+    assert await store.hget(keys.telegram_bot("111"), "channel") is None  # its owner may bind it again
     patched = await channels.patch(store, BOX, tenant_id, channel.id, {"enabled": True}, NOW)
-    assert patched is not None and await store.hget(keys.TELEGRAM_BOTS, "111") == channel.id.encode()
+    assert patched is not None and await store.hget(keys.telegram_bot("111"), "channel") == channel.id.encode()
     other = await created(store, tenant_id, 222)
     await store.hset(keys.channel(other.id), "config", "garbage")
     await channels.quarantine_record(store, other.id, "config cannot be decrypted", max_len=10)
-    assert await store.hget(keys.TELEGRAM_BOTS, "222") is None
+    assert await store.hget(keys.telegram_bot("222"), "channel") is None
 
 
 async def test_an_operator_lists_and_releases_quarantined_channels(store: aioredis.Redis) -> None:
@@ -200,6 +199,6 @@ async def test_an_operator_lists_and_releases_quarantined_channels(store: aiored
     assert await channels.release(store, BOX, revoked.id, NOW) is True
     raw = await channels.read_one(store, revoked.id)
     assert raw is not None and (raw[b"status"], raw[b"revision"]) == (b"starting", b"2")  # as after a PATCH
-    assert await store.hget(keys.TELEGRAM_BOTS, "311") == revoked.id.encode()  # its bot bound again
+    assert await store.hget(keys.telegram_bot("311"), "channel") == revoked.id.encode()  # its bot bound again
     assert await channels.release(store, BOX, damaged.id, NOW) is True  # tried again as it is
     assert await channels.quarantined(store) == []

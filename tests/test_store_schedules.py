@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis.asyncio as aioredis
 
 from store import keys, schedules
@@ -98,7 +99,7 @@ async def test_a_failed_fire_counts_and_a_deleted_schedule_is_never_recreated(st
     tenant_id = new_id()
     schedule_id = await stored(store, tenant_id)
     for slot in (1, 2):
-        await store.zadd(keys.SCHEDULES_INFLIGHT, {f"{schedule_id}:{slot}": 100})
+        await store.zadd(keys.schedules_inflight(keys.shard_of(schedule_id)), {f"{schedule_id}:{slot}": 100})
     assert await schedules.complete(
         store, schedule_id, 1, tenant_id=tenant_id, workspace_id="w", error="HTTP 500", max_len=10
     )
@@ -113,7 +114,7 @@ async def test_a_failed_fire_counts_and_a_deleted_schedule_is_never_recreated(st
 
 
 async def test_drop_lease_forgets_a_slot_in_flight(store: aioredis.Redis) -> None:
-    await store.zadd(keys.SCHEDULES_INFLIGHT, {"abc:5": 1})
+    await store.zadd(keys.schedules_inflight(keys.shard_of("abc")), {"abc:5": 1})
     await schedules.drop_lease(store, "abc", 5)
     assert await schedules.expired_leases(store, 10, 10) == []
 
@@ -134,7 +135,7 @@ async def test_an_error_is_recorded_only_on_the_version_that_was_read(store: aio
 async def test_quarantine_takes_it_out_of_every_index_and_tells_the_tenant(store: aioredis.Redis) -> None:
     tenant_id = new_id()
     schedule_id = await stored(store, tenant_id)
-    await store.zadd(keys.SCHEDULES_INFLIGHT, {f"{schedule_id}:7": 1, "other:7": 1})
+    await store.zadd(keys.schedules_inflight(keys.shard_of(schedule_id)), {f"{schedule_id}:7": 1, "other:7": 1})
     (raw,) = await schedules.read(store, [schedule_id])
     assert await schedules.quarantine(store, tenant_id, schedule_id, schedules.version(raw), "3 failures", max_len=10)
     assert await due_at(store, NOW + 3600) == []
@@ -198,24 +199,26 @@ async def test_due_tenants_follow_each_tenants_earliest_slot(store: aioredis.Red
     await schedules.patch(store, quiet, hourly, {"enabled": False}, NOW)
     for schedule_id in minutely:
         await schedules.delete(store, busy, schedule_id)
-    assert await store.zcard(keys.SCHEDULES_DUE_TENANTS) == 0  # nothing due anywhere: no tenant listed
+    assert await store.zcard(keys.schedules_due_tenants(keys.shard_of(busy))) == 0  # nothing due: no tenant listed
 
 
+@pytest.mark.single_redis
 async def test_a_due_index_from_before_tenants_had_theirs_is_moved_whole(store: aioredis.Redis) -> None:
     tenant_id = new_id()
     kept = await stored(store, tenant_id)
     corrupt = await stored(store, tenant_id)
-    await store.delete(keys.tenant_due(tenant_id), keys.SCHEDULES_DUE_TENANTS)  # as an older release left it
+    await store.delete(keys.tenant_due(tenant_id))  # as an older release left it
+    await store.delete(keys.schedules_due_tenants(keys.shard_of(tenant_id)))
     await store.hset(keys.schedule(corrupt), "tenant_id", "not an id")
     gone = new_id()
     legacy = {kept: 1_800_000_060, corrupt: 1_800_000_060, gone: 5}
     legacy |= {f"{new_id()}": 7 for _ in range(600)}  # more than one page, records gone
-    await store.zadd(keys.SCHEDULES_DUE_LEGACY, legacy)
+    await store.zadd(schedules.SCHEDULES_DUE_LEGACY, legacy)
     assert await schedules.move_legacy_due(store) == 1
-    assert await store.exists(keys.SCHEDULES_DUE_LEGACY) == 0
+    assert await store.exists(schedules.SCHEDULES_DUE_LEGACY) == 0
     assert await schedules.due(store, NOW + 60, {tenant_id: 10}) == {tenant_id: [(kept, 1_800_000_060)]}
     assert await schedules.due_tenants(store, NOW + 60, 10) == [tenant_id]
-    assert await store.sismember(keys.SCHEDULES_QUARANTINED, corrupt)  # nothing could fire it
+    assert await store.sismember(keys.schedules_quarantined(keys.shard_of(corrupt)), corrupt)  # nothing could fire it
     assert await schedules.move_legacy_due(store) == 0
 
 

@@ -41,7 +41,8 @@ async def test_a_heartbeat_brings_a_workspace_online_once(store: aioredis.Redis)
     assert 0 < await store.pttl(keys.workspace_alive(workspace_id)) <= 30_000
     assert await event_names(store, tenant_id) == ["WORKSPACE_ONLINE"]
     assert workspaces.public((await workspaces.get(store, tenant_id, workspace_id)) or {})["status"] == "online"
-    assert await workspaces.heartbeat(store, tenant_id, new_id(), 30, 100) is False  # no such workspace
+    missing = new_id(keys.shard_of(tenant_id))  # (the API reads a workspace as the tenant's before this)
+    assert await workspaces.heartbeat(store, tenant_id, missing, 30, 100) is False  # no such workspace
 
 
 async def test_offline_happens_once_whoever_notices_it(store: aioredis.Redis) -> None:
@@ -83,7 +84,7 @@ async def test_an_expired_key_takes_it_offline_and_a_corrupt_record_raises(store
 async def test_the_restart_queue_retries_debounces_and_records_the_request(store: aioredis.Redis) -> None:
     tenant_id = new_id()
     workspace_id = await created(store, tenant_id)
-    await store.zadd(keys.WORKSPACES_RESTARTS, {workspace_id: 1})
+    await store.zadd(keys.workspaces_restarts(keys.shard_of(workspace_id)), {workspace_id: 1})
     assert await workspaces.debounce_restart(store, workspace_id, 60) is True
     await workspaces.retry_restart(store, workspace_id, 1, 50)
     assert await workspaces.restarts_due(store, 49, 10) == []
@@ -100,7 +101,7 @@ async def test_the_restart_queue_retries_debounces_and_records_the_request(store
         "delivered": True,
     }
     # A second first request within the debounce time is dropped.
-    await store.zadd(keys.WORKSPACES_RESTARTS, {workspace_id: 1})
+    await store.zadd(keys.workspaces_restarts(keys.shard_of(workspace_id)), {workspace_id: 1})
     assert await workspaces.debounce_restart(store, workspace_id, 60) is False
     assert await workspaces.restarts_due(store, 10**10, 10) == []
 
@@ -128,9 +129,9 @@ async def test_expired_liveness_keys_are_announced_and_others_are_not(store: aio
     listener = asyncio.create_task(listen())
     await asyncio.sleep(0.2)  # subscribed
     await store.set(keys.workspace_alive(watched), "1", px=10)
-    await store.set(f"workspace:{other}:restart_debounce", "1", px=10)
+    await store.set(keys.workspace_restart_debounce(other), "1", px=10)
     for _ in range(50):
-        await store.exists(keys.workspace_alive(watched), f"workspace:{other}:restart_debounce")
+        await store.exists(keys.workspace_alive(watched), keys.workspace_restart_debounce(other))
         if heard:
             break
         await asyncio.sleep(0.05)

@@ -84,12 +84,12 @@ async def test_a_deleted_tenant_leaves_nothing_and_its_websockets_are_closed_440
         await readers[gone["id"]]
     assert [code for code, _ in watchers[gone["id"]].closes] == [4401]
     assert traces(client, gone["ids"]) == []
-    assert client.hget(keys.TELEGRAM_BOTS, gone["bot"]) is None  # the bot is free for its owner
+    assert client.hget(keys.telegram_bot(gone["bot"]), "channel") is None  # the bot is free for its owner
     assert (await asyncio.to_thread(lifecycle.tenant_get, gone, "/workspaces"))[0] == 401
     assert (await asyncio.to_thread(lifecycle.get, f"/admin/tenants/{gone['id']}"))[0] == 404
     # The other tenant: everything in place, and its WebSocket still delivers.
     assert set(traces(client, kept["ids"])) >= {keys.tenant(kept["id"]), keys.events(kept["id"])}
-    assert client.hget(keys.TELEGRAM_BOTS, kept["bot"]) is not None
+    assert client.hget(keys.telegram_bot(kept["bot"]), "channel") is not None
     assert (await asyncio.to_thread(lifecycle.tenant_post, kept, "/events", {"event": "STILL", "payload": 1}))[0] == 202
     await readers[kept["id"]]
     assert watchers[kept["id"]].events[0]["event"] == "STILL"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 
+from store import keys
 from tests.support import Platform, http
 
 
@@ -36,11 +37,11 @@ def test_workspace_lifecycle_and_isolation(platform: Platform) -> None:
     # Heartbeat sets the liveness key with its TTL.
     assert platform.post(url + "/heartbeat", token=a["token"])[0] == 204
     client = redis.Redis.from_url(platform.settings.redis_url)
-    assert 0 < client.pttl(f"workspace:{ws['id']}:alive") <= 90_000
+    assert 0 < client.pttl(keys.workspace_alive(ws["id"])) <= 90_000
     assert platform.get(url, token=a["token"])[1]["last_heartbeat_at"] is not None
     assert http("DELETE", platform.url + url, token=a["token"])[0] == 204
     assert platform.get(url, token=a["token"])[0] == 404
-    assert client.exists(f"workspace:{ws['id']}:alive") == 0
+    assert client.exists(keys.workspace_alive(ws["id"])) == 0
 
 
 def test_tokens_are_not_stored_in_plain_text(platform: Platform) -> None:

@@ -14,6 +14,7 @@ import redis
 from websockets.sync.client import connect
 
 from driver import SUBSYSTEMS
+from store import keys
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
 from tests.support import Platform, start_platform, wait_for
@@ -81,7 +82,7 @@ def test_a_scrape_has_every_work_metric_and_everything_the_rules_and_dashboard_r
     assert platform.tenant_post(tenant, "/schedules", body)[0] == 201
     status, bad = platform.tenant_post(tenant, "/schedules", body)
     assert status == 201, bad
-    redis.Redis.from_url(platform.settings.redis_url).hset(f"schedule:{bad['id']}", "cron", "not a cron")
+    redis.Redis.from_url(platform.settings.redis_url).hset(keys.schedule(bad["id"]), "cron", "not a cron")
     token = "777001:AAH" + "m" * 30
     apis.bot(token)
     channel = {"workspace_id": ws["id"], "type": "telegram", "config": {"bot_token": token}}

@@ -26,13 +26,13 @@ def test_heartbeats_set_the_ttl_and_come_online_once(platform: Platform) -> None
     ttl_ms = client.pttl(keys.workspace_alive(ws["id"]))
     assert 0 < ttl_ms <= platform.settings.workspace_ttl_s * 1000
     assert platform.tenant_get(tenant, f"/workspaces/{ws['id']}")[1]["status"] == "online"
-    assert client.sismember(keys.WORKSPACES_ONLINE, ws["id"])
+    assert client.sismember(keys.workspaces_online(keys.shard_of(ws["id"])), ws["id"])
     assert workspace_events(client, tenant["id"], ws["id"]) == ["WORKSPACE_ONLINE"]  # one transition, one event
     # Offline (as the monitor leaves it), then a heartbeat: online again, one more event.
     client.hset(keys.workspace(ws["id"]), "status", "offline")
-    client.srem(keys.WORKSPACES_ONLINE, ws["id"])
+    client.srem(keys.workspaces_online(keys.shard_of(ws["id"])), ws["id"])
     assert platform.post(f"/workspaces/{ws['id']}/heartbeat", token=tenant["token"])[0] == 204
     assert workspace_events(client, tenant["id"], ws["id"]) == ["WORKSPACE_ONLINE", "WORKSPACE_ONLINE"]
     # Deleted: out of the online index too.
     assert http("DELETE", f"{platform.url}/workspaces/{ws['id']}", token=tenant["token"])[0] == 204
-    assert not client.sismember(keys.WORKSPACES_ONLINE, ws["id"])
+    assert not client.sismember(keys.workspaces_online(keys.shard_of(ws["id"])), ws["id"])

@@ -206,6 +206,9 @@ class ChannelManager(Subsystem):
             await self._retire(run)  # a new token: a new poller, and the inbox read again
             run = None
         if run is None:
+            bot = channels.bot_of(channel.type, channel.secrets)
+            if bot and not await channels.bind_bot(self.redis, bot, channel.id):
+                return False  # another channel polls this bot (Telegram would answer both 409)
             run = self._start(channel)
         elif run.channel.revision != channel.revision:
             run.channel, run.reported = channel, None  # allowed chats or workspace: taken as they are
