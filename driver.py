@@ -52,6 +52,7 @@ from store.embedded import EmbeddedRedis
 log = logging.getLogger("driver")
 
 START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0  # a replica scaled away: its fires in flight end (or are delivered again by another)
 # How long /readyz answers 503 (draining) before anything stops.
 DRAIN_GRACE_S = 0.5
 
@@ -153,10 +154,12 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"health registry could not load from Redis within {START_TIMEOUT_S:g} s")
             time.sleep(0.1)
-        specs = [cls.spec_for(settings) for cls in [*self.subsystems, ApiActor]]
+        specs = [s for cls in [*self.subsystems, ApiActor] for s in cls.specs_for(settings)]
         expectations = [dataclasses.asdict(s.expectation(namespace)) for s in specs]
         health.call_sync("register", expectations, True, timeout_s=START_TIMEOUT_S)
-        self.actors += [self.start(cls) for cls in self.subsystems]
+        self.actors += [self.start(cls, spec=s) for cls in self.subsystems for s in cls.specs_for(settings)]
+        for cls in self.subsystems:  # a re-run with fewer replicas stops the ones past the count
+            self._retire_replicas(cls.spec_for(settings), len(cls.specs_for(settings)))
         self.actors.append(self.start(ApiActor, self.token, node=settings.api_node))
         for actor in self.actors:
             actor.call_sync("ping", timeout_s=max(0.1, deadline - time.monotonic()))
@@ -178,6 +181,34 @@ class Deployment:
         return deploy(
             cls, self.settings, *args, name=spec.actor_name, namespace=namespace, node=node, spec=spec, **kwargs
         )
+
+    def scale(self, cls: type[Subsystem], replicas: int) -> list[NamedActor]:
+        """Run `replicas` replicas of a subsystem now: the missing ones are registered and started, the
+        ones past the count drained (their shards go to the others at once) and forgotten."""
+        spec = cls.spec_for(self.settings)
+        wanted = [spec.replica(i) for i in range(replicas)]
+        namespace = self.settings.ray_namespace
+        health = NamedActor(HEALTH_ACTOR, namespace)
+        health.call_sync("register", [dataclasses.asdict(s.expectation(namespace)) for s in wanted], timeout_s=30)
+        started = [self.start(cls, spec=s) for s in wanted]
+        for actor in started:
+            actor.call_sync("ping", timeout_s=START_TIMEOUT_S)
+        self._retire_replicas(spec, replicas)
+        return started
+
+    def _retire_replicas(self, spec: SubsystemSpec, keep: int) -> None:
+        """Stop replicas `keep`, `keep + 1`, ... of `spec` that run (up to the first that does not)."""
+        namespace = self.settings.ray_namespace
+        index = max(keep, 1)
+        while (extra := spec.replica(index)) and NamedActor(extra.actor_name, namespace).exists():
+            actor = NamedActor(extra.actor_name, namespace)
+            try:
+                actor.call_sync("stop", timeout_s=STOP_TIMEOUT_S)
+            except Exception as exc:  # killed all the same; its leases run out
+                log.warning("%s did not stop cleanly: %s", extra.actor_name, exc)
+            actor.kill(restart=False)
+            NamedActor(HEALTH_ACTOR, namespace).call_sync("unregister", extra.name, timeout_s=30)
+            index += 1
 
     def drain(self) -> None:
         """Readiness 503, then stop actors within the drain timeout, then Redis.
@@ -201,7 +232,8 @@ class Deployment:
             time.sleep(min(DRAIN_GRACE_S, remaining() / 4))  # let readiness probes see the 503
         except Exception as exc:  # draining goes on without the API: stopping is what matters
             log.warning("could not mark the API draining: %s", exc)
-        names = [cls.spec_for(self.settings).actor_name for cls in reversed(self.subsystems)] + [API_ACTOR]
+        names = [s.actor_name for cls in reversed(self.subsystems) for s in cls.specs_for(self.settings)]
+        names.append(API_ACTOR)
         for name in names:
             actor = NamedActor(name, namespace)
             try:

@@ -187,6 +187,8 @@ class Settings:
     tenant_max_ws_connections: int = 100
     tenant_events_per_s: float = 100.0
     redis_maxmemory: int | None = None  # bytes, embedded Redis only; None: a quarter of the machine's memory
+    scheduler_replicas: int = 1
+    shard_lease_s: float = 10.0  # a replica's hold on a shard without renewal (store.shards)
 
     def quotas(self) -> dict[str, float]:
         """Every tenant's quotas unless an admin overrides them (PATCH /admin/tenants/{id})."""
@@ -267,4 +269,6 @@ class Settings:
             tenant_max_ws_connections=_count(env, "TENANT_MAX_WS_CONNECTIONS", d.tenant_max_ws_connections),
             tenant_events_per_s=_number(env, "TENANT_EVENTS_PER_S", d.tenant_events_per_s, minimum=0.01),
             redis_maxmemory=_bytes(env, "REDIS_MAXMEMORY"),
+            scheduler_replicas=_count(env, "SCHEDULER_REPLICAS", d.scheduler_replicas),
+            shard_lease_s=_number(env, "SHARD_LEASE_S", d.shard_lease_s, minimum=1.0),
         )

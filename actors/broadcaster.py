@@ -65,6 +65,8 @@ class Broadcaster(Subsystem):
         self._tenant_list: list[str] = []
         self._tenants_read_at = 0.0
         self._unsaved: dict[str, str] = {}
+        self._undelivered: set[str] = set()  # tenants read and not yet taken by the API
+        self._undelivered_ms: float | None = None  # the oldest such event's time (ms)
         self._saved_at = 0.0
         self._pause = 0.0
 
@@ -130,9 +132,21 @@ class Broadcaster(Subsystem):
         batch, newest, oldest_ms, full = self._decode(reply)
         self._read = {tenant_id: len(entries) for tenant_id, entries in reply}
         delivered = await self._deliver(batch, newest)
+        # A tenant whose events were read but not taken stays behind until a delivery of its own
+        # succeeds: a read need not return every tenant (on a Redis Cluster each shard's read
+        # ends on its own), so not being in this one says nothing.
+        if delivered:
+            self._undelivered -= set(newest)
+        elif newest:
+            self._undelivered |= set(newest)
+            self._undelivered_ms = min(m for m in (oldest_ms, self._undelivered_ms) if m is not None)
+        if not self._undelivered:
+            self._undelivered_ms = None
         if self._unsaved and (not reply or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
             await self._save()
-        await self._measure_lag(list(newest) if full or not delivered else [], oldest_ms, positions)
+        behind = sorted(set(newest if full else ()) | (self._undelivered & set(positions)))
+        first_ms = min((m for m in (oldest_ms, self._undelivered_ms) if m is not None), default=None)
+        await self._measure_lag(behind, first_ms, positions)
         self._export_lag()
         self._pause = 0.0 if delivered else RETRY_PAUSE_S
         return delivered and full

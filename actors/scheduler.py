@@ -15,12 +15,15 @@ from actors.egress import egress_for
 from actors.fair import FairQueue
 from actors.runtime import metrics
 from actors.runtime.batch import Batch
+from actors.runtime.shards import ShardOwner
 from actors.runtime.subsystem import TRANSIENT_ERRORS, Every, Subsystem, SubsystemSpec
 from settings import Settings
 from store import quotas, schedules, workspaces
 from store.client import connect
+from store.keys import shard_of
 from store.records import decode, field
 from store.secrets import SecretBox
+from store.shards import Fence
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,17 @@ class Scheduler(Subsystem):
     schedules are many, holds only its own share and never delays another tenant's slot.
     A schedule whose stored fields are corrupt is recorded as `error`, and after 3 failures
     in a row quarantined: taken out of the due index until a PATCH fixes it.
+
+    With SCHEDULER_REPLICAS, each replica works the tenants of the shards it holds
+    (ShardOwner): every claim, reclaim and completion is fenced by its shard's lease, and a
+    shard another replica should have is let go once its fires in flight are recorded.
     """
 
     spec = SCHEDULER_SPEC
+
+    @classmethod
+    def replicas(cls, settings: Settings) -> int:
+        return settings.scheduler_replicas
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
@@ -78,6 +89,10 @@ class Scheduler(Subsystem):
         self._completions: Batch[schedules.Completion] = Batch(
             lambda done: schedules.complete_many(self.redis, done, max_len=settings.events_max_per_tenant)
         )
+        self.shards = ShardOwner(
+            self.redis, settings.ray_namespace, self.spec.group_name, self.name, lease_s=settings.shard_lease_s
+        )
+        self._shard_fires: Counter[int] = Counter()  # fires in flight per shard (a shard is let go at 0)
 
     async def open(self) -> None:
         await self.egress.open()
@@ -85,10 +100,15 @@ class Scheduler(Subsystem):
             log.info("moved %d schedules into their tenants' due indexes", moved)
 
     async def close(self) -> None:
-        """Fires in flight are cancelled: their leases stay, so each slot is delivered again."""
+        """Fires in flight are cancelled: their leases stay, so each slot is delivered again (by
+        whichever replica takes the shard: this one lets go of its shards)."""
         for task in self._fires:
             task.cancel()
         await asyncio.gather(*self._fires, return_exceptions=True)
+        try:
+            await self.shards.leave()
+        except TRANSIENT_ERRORS as exc:  # the leases run out by themselves
+            log.warning("%s could not let go of its shards: %s", self.name, exc)
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -96,9 +116,12 @@ class Scheduler(Subsystem):
             "tenants_in_flight": len(self._tenant_fires),
             "fired": self.fired,
             "redelivered": self.redelivered,
+            "shards": len(self.shards.held()),
         }
 
     async def tick(self) -> bool:
+        await self.shards.refresh(busy=lambda shard: self._shard_fires[shard] > 0)
+        owned = self.shards.owned()
         now = time.time()
         lease = int(now + self.fire_timeout_s + LEASE_MARGIN_S)
         # versions, and where a schedule was read from, only hold within the tick that read them
@@ -113,19 +136,22 @@ class Scheduler(Subsystem):
         # Leases run out in whole seconds, and the count is for reports: once a second is enough
         # (a tick that follows a fire's end comes much more often under load).
         if self._each_second.due():
-            self._quarantined = await schedules.quarantined_count(self.redis)
+            self._quarantined = await schedules.quarantined_count(self.redis, self.shards.held())
             self._shares.clear()
-            expired_leases = await schedules.expired_leases(self.redis, now, room)
+            expired_leases = await schedules.expired_leases(self.redis, now, room, owned) if owned else []
         else:
             expired_leases = []
         for expired in expired_leases:
-            if await schedules.reclaim(self.redis, expired, lease):
+            fence = self.shards.fence(shard_of(expired.schedule_id))
+            if fence and await schedules.reclaim(self.redis, expired, lease, fence):
                 schedule_id = expired.schedule_id
-                outcome = await self.items.run(schedule_id, lambda e=expired: self._refire(e.schedule_id, e.slot))
+                outcome = await self.items.run(
+                    schedule_id, lambda e=expired, f=fence: self._refire(e.schedule_id, e.slot, f)
+                )
                 if not outcome.ok and not outcome.skipped and not outcome.quarantined_now:
                     await self._record_error(schedule_id, outcome.error, now)
         room = self.capacity - len(self._fires)
-        due, held = await self._fair_share(now, room)
+        due, held = await self._fair_share(now, room, owned)
         if not due:
             return await self._wait_for_room() if held else False
         ids = [schedule_id for _, (schedule_id, _) in due]
@@ -136,9 +162,14 @@ class Scheduler(Subsystem):
         for (tenant_id, (schedule_id, due_slot)), raw in zip(due, raws, strict=True):
             self._versions[schedule_id] = version = schedules.version(raw)
             self._index_of[schedule_id] = tenant_id
+            fence = self.shards.fence(shard_of(tenant_id))
+            if fence is None:
+                continue  # its shard's lease ran out in this tick: the slot is its next owner's
             outcome = await self.items.run(
                 schedule_id,
-                lambda t=tenant_id, s=schedule_id, r=raw, d=due_slot: self._plan(t, s, r, workspace_raws, d, lease),
+                lambda t=tenant_id, s=schedule_id, r=raw, d=due_slot, f=fence: self._plan(
+                    t, s, r, workspace_raws, d, lease, f
+                ),
                 version=version,
             )
             if outcome.ok:
@@ -149,18 +180,20 @@ class Scheduler(Subsystem):
         claimed = await schedules.claim(self.redis, [c for _, c in plans])
         for (fire, c), won in zip(plans, claimed, strict=True):
             if won:
-                self._start(fire, c.slot)
+                self._start(fire, c.slot, c.fence)
         if len(due) == room:
             return True
         return await self._wait_for_room() if held else False
 
-    async def _fair_share(self, now: float, room: int) -> tuple[list[tuple[str, tuple[str, int]]], bool]:
-        """Up to `room` due slots as (tenant, (schedule id, due slot)), in weighted fair order,
-        none from a tenant already at its `fires_in_flight`; and whether a tenant's cap held
-        back slots that are due."""
-        if room <= 0:
+    async def _fair_share(
+        self, now: float, room: int, shards: list[int]
+    ) -> tuple[list[tuple[str, tuple[str, int]]], bool]:
+        """Up to `room` due slots of the tenants of `shards` as (tenant, (schedule id, due slot)),
+        in weighted fair order, none from a tenant already at its `fires_in_flight`; and whether
+        a tenant's cap held back slots that are due."""
+        if room <= 0 or not shards:
             return [], False
-        tenant_ids = await schedules.due_tenants(self.redis, now, DUE_TENANTS_PER_TICK)
+        tenant_ids = await schedules.due_tenants(self.redis, now, DUE_TENANTS_PER_TICK, shards)
         # Each tenant's share is read once a second: a changed quota applies within that.
         unread = [t for t in tenant_ids if t not in self._shares]
         self._shares.update(await quotas.shares(self.redis, self.settings.quotas(), unread))
@@ -193,6 +226,7 @@ class Scheduler(Subsystem):
         workspace_raws: dict[str, Any],
         due: int,
         lease: int,
+        fence: Fence,
     ) -> tuple[Fire, schedules.Claim]:
         """Validate one schedule and compute its claim (no I/O); raises if it is corrupt."""
         fire = self._validated(schedule_id, raw, workspace_raws)
@@ -200,9 +234,9 @@ class Scheduler(Subsystem):
             raise ValueError(f"schedule {schedule_id} is in the due index of another tenant")
         _, following = self._slots.around(fire.cron, fire.timezone)
         slot = self._slots.latest(fire.cron, fire.timezone, due)
-        return fire, schedules.Claim(tenant_id, schedule_id, due, slot, following, lease)
+        return fire, schedules.Claim(tenant_id, schedule_id, due, slot, following, lease, fence)
 
-    async def _refire(self, schedule_id: str, slot: int) -> None:
+    async def _refire(self, schedule_id: str, slot: int, fence: Fence) -> None:
         (raw,) = await schedules.read(self.redis, [schedule_id])
         if isinstance(raw, Exception):
             raise raw
@@ -214,7 +248,7 @@ class Scheduler(Subsystem):
         workspace_id = field(raw, "workspace_id")
         workspace_raws = dict(zip([workspace_id], await workspaces.read(self.redis, [workspace_id]), strict=True))
         self.redelivered += 1
-        self._start(self._validated(schedule_id, raw, workspace_raws), slot)
+        self._start(self._validated(schedule_id, raw, workspace_raws), slot, fence)
 
     def _validated(self, schedule_id: str, raw: Any, workspace_raws: dict[str, Any]) -> Fire:
         """What to fire for the schedule, checked; raises (for ItemGuard) when its records are corrupt."""
@@ -238,22 +272,27 @@ class Scheduler(Subsystem):
             schedule_id, fields["tenant_id"], workspace_id, fields["prompt"], fields["cron"], fields["timezone"], target
         )
 
-    def _start(self, fire: Fire, slot: int) -> None:
+    def _start(self, fire: Fire, slot: int, fence: Fence | None) -> None:
         metrics.work().lateness.observe(max(0.0, time.time() - slot), tags={"subsystem": self.name})
-        task = asyncio.get_running_loop().create_task(self._fire(fire, slot))
+        task = asyncio.get_running_loop().create_task(self._fire(fire, slot, fence))
         self._fires.add(task)
         tenant_id = fire.tenant_id
+        shard = fence.shard if fence else shard_of(tenant_id)
         self._tenant_fires[tenant_id] += 1
+        self._shard_fires[shard] += 1
 
         def done(task: asyncio.Task[None]) -> None:
             self._fires.discard(task)
             self._tenant_fires[tenant_id] -= 1
             if self._tenant_fires[tenant_id] <= 0:
                 del self._tenant_fires[tenant_id]
+            self._shard_fires[shard] -= 1
+            if self._shard_fires[shard] <= 0:
+                del self._shard_fires[shard]
 
         task.add_done_callback(done)
 
-    async def _fire(self, fire: Fire, slot: int) -> None:
+    async def _fire(self, fire: Fire, slot: int, fence: Fence | None) -> None:
         """Deliver one slot and record the outcome; never raises (it runs as a detached task)."""
         schedule_id = fire.schedule_id
         message_id = schedules.message_id(schedule_id, slot)
@@ -274,7 +313,7 @@ class Scheduler(Subsystem):
         try:
             error = None if outcome.ok else outcome.error or "unknown error"
             await self._completions.submit(
-                schedules.Completion(schedule_id, slot, fire.tenant_id, fire.workspace_id, error)
+                schedules.Completion(schedule_id, slot, fire.tenant_id, fire.workspace_id, error, fence)
             )
         except TRANSIENT_ERRORS as exc:
             # The lease stays: the slot is delivered again (same messageId) when it expires.
@@ -309,13 +348,13 @@ class Scheduler(Subsystem):
         )
         # Quarantine lives in Redis from now on (record, index); the guard need not remember it.
         self.items.release(schedule_id)
-        self._quarantined = await schedules.quarantined_count(self.redis)
+        self._quarantined = await schedules.quarantined_count(self.redis, self.shards.held())
 
     def quarantined(self) -> int:
         return self._quarantined
 
     async def quarantine_items(self) -> list[dict[str, Any]]:
-        return await schedules.quarantined(self.redis)
+        return await schedules.quarantined(self.redis, self.shards.held())
 
     async def release_item(self, key: str) -> bool:
         """Put a quarantined schedule back in its tenant's due index, its failures forgotten."""
@@ -323,5 +362,5 @@ class Scheduler(Subsystem):
         if released:
             self.items.release(key)
             log.warning("scheduler: schedule %s released by an operator", key)
-            self._quarantined = await schedules.quarantined_count(self.redis)
+            self._quarantined = await schedules.quarantined_count(self.redis, self.shards.held())
         return released

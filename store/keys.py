@@ -38,11 +38,14 @@ workspaces:{S}:deadlines              zset  workspace id -> when its liveness ke
 workspaces:{S}:probe_failures         hash  workspace id -> health probes failed in a row (the sweep's count)
 workspaces:{S}:restarts               zset  workspace id -> when to send its restart request
 broadcaster:{S}:{ns}:positions        hash  tenant id -> last stream id delivered to the API (ns = RAY_NAMESPACE)
+lease:{S}:{ns}:{kind}                 hash  owner, token, expires, since, prev_owner, prev_end, released_by/_at:
+                                            which replica of `kind` works the shard (store.shards; Redis ms)
 
 Global (each used by one-key commands only, so its slot never meets another's):
 tenant_token:{sha256}                 string  tenant id, looked up by the token's digest (the tenant hash confirms it)
 telegram_bot:{bot id}                 string  the channel polling that bot (one poller per bot)
 broadcaster:{ns}:started              string  when this deployment's broadcaster wrote its positions
+members:{ns}:{kind}                   zset  replica name -> until when it is live (Redis ms): who shares the shards
 health:{ns}:expected                  hash  name -> Expectation JSON   (HealthActor registrations)
 health:{ns}:records                   hash  name -> Record JSON        (last ticks, restarts, errors)
 layout                                string  the key layout's version (store.layout moves older ones)
@@ -224,6 +227,10 @@ def broadcaster_positions(shard: int, namespace: str) -> str:
     return f"broadcaster:{_TAGS[shard]}:{namespace}:positions"
 
 
+def shard_lease(shard: int, namespace: str, kind: str) -> str:
+    return f"lease:{_TAGS[shard]}:{namespace}:{kind}"
+
+
 # -- global -----------------------------------------------------------------------------------
 
 
@@ -237,6 +244,10 @@ def telegram_bot(bot_id: str) -> str:
 
 def broadcaster_started(namespace: str) -> str:
     return f"broadcaster:{namespace}:started"
+
+
+def shard_members(namespace: str, kind: str) -> str:
+    return f"members:{namespace}:{kind}"
 
 
 def health_expected(namespace: str) -> str:

@@ -40,6 +40,7 @@ from store.records import (
     to_hash,
 )
 from store.scripts import Lua, translated
+from store.shards import FENCE_FN, Fence
 
 STATUSES = ("ok", "error", "skipped", "quarantined")
 
@@ -392,19 +393,40 @@ async def expired_leases(
     return sorted(leases, key=lambda lease: lease.expires)[:limit]
 
 
-# KEYS: inflight. ARGV: member, expected lease, new lease.
-_RECLAIM = Lua("""
+def _fenced(fence: Fence | None) -> tuple[list[str], str]:
+    """The extra KEYS and the token ARGV of a write fenced by a shard's lease (none, "": not fenced)."""
+    return ([fence.lease_key], fence.token) if fence else ([], "")
+
+
+# Every verb that moves a slot takes the fence of its shard's lease (store.shards) when the
+# scheduler has replicas: the write happens only while that lease is the one it holds.
+FENCED_FN = (
+    FENCE_FN
+    + """
+local function fenced_out(lease_at, token)
+  return KEYS[lease_at] ~= nil and not fenced(KEYS[lease_at], token)
+end
+"""
+)
+
+# KEYS: inflight, [the shard's lease]. ARGV: member, expected lease, new lease, fence token.
+_RECLAIM = Lua(
+    FENCED_FN
+    + """
+if fenced_out(2, ARGV[4]) then return 0 end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
-""")
+"""
+)
 
 
-async def reclaim(redis: aioredis.Redis, lease: Lease, expires: int) -> bool:
-    """Take over an expired lease (until `expires`) unless another scheduler did first."""
+async def reclaim(redis: aioredis.Redis, lease: Lease, expires: int, fence: Fence | None = None) -> bool:
+    """Take over an expired lease (until `expires`) unless another scheduler did first (or `fence` is stale)."""
     inflight = keys.schedules_inflight(shard_of(lease.schedule_id))
-    return bool(await _RECLAIM(redis, [inflight], [lease.member, lease.expires, expires]))
+    lease_keys, token = _fenced(fence)
+    return bool(await _RECLAIM(redis, [inflight, *lease_keys], [lease.member, lease.expires, expires, token]))
 
 
 @dataclass(frozen=True)
@@ -417,13 +439,16 @@ class Claim:
     slot: int
     following: int
     lease_expires: int
+    fence: Fence | None = None  # the lease of the tenant's shard, when the scheduler has replicas
 
 
-# KEYS: the tenant's due index, inflight, schedule hash, due_tenants.
-# ARGV: id, expected due score, member, next slot, lease, next_run_at, tenant id.
+# KEYS: the tenant's due index, inflight, schedule hash, due_tenants, [the shard's lease].
+# ARGV: id, expected due score, member, next slot, lease, next_run_at, tenant id, fence token.
 _CLAIM = Lua(
     _REINDEX_FN
+    + FENCED_FN
     + """
+if fenced_out(5, ARGV[8]) then return 0 end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
@@ -454,12 +479,15 @@ async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
                 now_rfc3339(c.following),
                 c.tenant_id,
             ]
+            lease_keys, token = _fenced(c.fence)
             claim_keys = [
                 keys.tenant_due(c.tenant_id),
                 keys.schedules_inflight(shard_of(c.schedule_id)),
                 keys.schedule(c.schedule_id),
                 keys.schedules_due_tenants(shard_of(c.tenant_id)),
+                *lease_keys,
             ]
+            args.append(token)
             await _CLAIM(redis, claim_keys, args, pipe=pipe)
         try:
             return [bool(won) for won in await pipe.execute()]
@@ -467,12 +495,14 @@ async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
             raise translated(exc) from None
 
 
-# KEYS: schedule hash, inflight, events stream, its size key. ARGV: member, last_run_at,
-# status, error, maxlen, then the event's field/value pairs (store.events.entry). Completes
-# a slot once; never recreates a schedule deleted meanwhile.
+# KEYS: schedule hash, inflight, events stream, its size key, [the shard's lease]. ARGV:
+# member, last_run_at, status, error, maxlen, fence token, then the event's field/value pairs
+# (store.events.entry). Completes a slot once; never recreates a schedule deleted meanwhile.
 _COMPLETE = Lua(
     events.APPEND_FN
+    + FENCED_FN
     + """
+if fenced_out(5, ARGV[6]) then return 0 end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'last_run_at', ARGV[2], 'last_status', ARGV[3], 'last_error', ARGV[4])
@@ -482,7 +512,7 @@ if ARGV[3] == 'ok' then
 else
   redis.call('HINCRBY', KEYS[1], 'consecutive_failures', 1)
 end
-append_event(KEYS[3], KEYS[4], tonumber(ARGV[5]), 6)
+append_event(KEYS[3], KEYS[4], tonumber(ARGV[5]), 7)
 return 1
 """
 )
@@ -490,20 +520,22 @@ return 1
 
 @dataclass(frozen=True)
 class Completion:
-    """A delivered slot to record: ok unless `error`."""
+    """A delivered slot to record: ok unless `error`; with `fence`, only while that lease holds."""
 
     schedule_id: str
     slot: int
     tenant_id: str
     workspace_id: str
     error: str | None
+    fence: Fence | None = None
 
 
 async def complete_many(redis: aioredis.Redis, done: Sequence[Completion], *, max_len: int) -> list[Any]:
     """Record delivered slots, each with its SCHEDULE_FIRED event, once; one round trip.
 
-    Each item is True if recorded, False if it was already (a re-delivery) or its schedule
-    was deleted, or the Exception Redis answered for it (a record it cannot write): one
+    Each item is True if recorded, False if it was already (a re-delivery), its schedule
+    was deleted or its fence is stale (the slot stays in flight, for the shard's owner to
+    deliver again), or the Exception Redis answered for it (a record it cannot write): one
     item's error is never another's.
     """
     if not done:
@@ -519,9 +551,10 @@ async def complete_many(redis: aioredis.Redis, done: Sequence[Completion], *, ma
             }
             event = events.entry("SCHEDULE_FIRED", c.tenant_id, c.workspace_id, payload)
             lease = Lease(c.schedule_id, c.slot, 0)
-            args = [lease.member, now_rfc3339(), status, c.error or "", max_len, *events.flat(event)]
+            lease_keys, token = _fenced(c.fence)
+            args = [lease.member, now_rfc3339(), status, c.error or "", max_len, token, *events.flat(event)]
             inflight, stream = keys.schedules_inflight(shard_of(c.schedule_id)), keys.events(c.tenant_id)
-            script_keys = [keys.schedule(c.schedule_id), inflight, stream, keys.events_size(c.tenant_id)]
+            script_keys = [keys.schedule(c.schedule_id), inflight, stream, keys.events_size(c.tenant_id), *lease_keys]
             await _COMPLETE(redis, script_keys, args, pipe=pipe)
         found = await pipe.execute(raise_on_error=False)
     return [translated(r) if isinstance(r, Exception) else bool(r) for r in found]

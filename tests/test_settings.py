@@ -64,6 +64,9 @@ def test_api_node_is_the_head_an_address_or_a_node_id(value: str, node: str) -> 
         ("REDIS_MAXMEMORY", "lots"),
         ("REDIS_MAXMEMORY", "512kb"),
         ("REDIS_MAXMEMORY", "2tb"),
+        ("SCHEDULER_REPLICAS", "0"),
+        ("SHARD_LEASE_S", "0.5"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
     ],
 )
 def test_bad_value_names_the_key(key: str, value: str) -> None:
@@ -94,6 +97,14 @@ def test_quotas_and_maxmemory_are_read() -> None:
     assert Settings.from_env({"REDIS_MAXMEMORY": "2gb"}).redis_maxmemory == 2 * 1000**3
     assert Settings.from_env({"REDIS_MAXMEMORY": "1048576"}).redis_maxmemory == 1024**2
     assert Settings.from_env({}).redis_maxmemory is None  # the embedded Redis takes a quarter of the memory
+
+
+def test_replicas_and_a_redis_cluster_are_read() -> None:
+    s = Settings.from_env(
+        {"SCHEDULER_REPLICAS": "3", "SHARD_LEASE_S": "4", "REDIS_URL": "redis+cluster://127.0.0.1:7000"}
+    )
+    assert (s.scheduler_replicas, s.shard_lease_s, s.redis_url) == (3, 4.0, "redis+cluster://127.0.0.1:7000")
+    assert (Settings.from_env({}).scheduler_replicas, Settings.from_env({}).shard_lease_s) == (1, 10.0)
 
 
 def test_values_are_read() -> None:

@@ -176,6 +176,14 @@ class NamedActor:
         except RayTaskError as exc:
             raise RemoteError(exc.cause or exc) from None
 
+    def exists(self) -> bool:
+        """Whether an actor of this name is there (alive or being restarted)."""
+        try:
+            self.handle()
+        except ActorNotFound:
+            return False
+        return True
+
     def kill(self, *, restart: bool) -> bool:
         """Kill the actor; with `restart` Ray starts it again. Returns whether it existed."""
         try:

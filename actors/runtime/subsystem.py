@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -46,6 +47,7 @@ class SubsystemSpec:
     kill_after_s: float = 0.0
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     actor: str | None = None
+    group: str | None = None  # the subsystem a replica belongs to (its replica 0's name)
 
     def __post_init__(self) -> None:
         # Expectation validates the name and the interval/stale/kill thresholds.
@@ -57,6 +59,19 @@ class SubsystemSpec:
     def actor_name(self) -> str:
         """The name of the Ray actor that runs it (what the watchdog restarts)."""
         return self.actor or self.name
+
+    @property
+    def group_name(self) -> str:
+        """The subsystem it is a replica of (its own name for replica 0 or a subsystem with none)."""
+        return self.group or self.name
+
+    def replica(self, index: int) -> SubsystemSpec:
+        """Replica `index` of this subsystem: 0 keeps its names, the others are `<name>-<index>`."""
+        if index == 0:
+            return dataclasses.replace(self, group=self.group_name)
+        return dataclasses.replace(
+            self, name=f"{self.name}-{index}", actor=f"{self.actor_name}-{index}", group=self.group_name
+        )
 
     def expectation(self, namespace: str | None, registered_at: float = 0.0) -> Expectation:
         return Expectation(
@@ -109,6 +124,17 @@ class Subsystem:
     def spec_for(cls, settings: Settings) -> SubsystemSpec:
         """The spec this subsystem runs with under `settings`; by default the class's `spec`."""
         return cls.spec
+
+    @classmethod
+    def replicas(cls, settings: Settings) -> int:
+        """How many replicas of it run under `settings` (each its own actor); by default one."""
+        return 1
+
+    @classmethod
+    def specs_for(cls, settings: Settings) -> list[SubsystemSpec]:
+        """The spec of each of its replicas under `settings`."""
+        spec = cls.spec_for(settings)
+        return [spec.replica(i) for i in range(cls.replicas(settings))]
 
     def __init__(
         self,
