@@ -61,17 +61,23 @@ DRAIN_GRACE_S = 0.5
 SUBSYSTEMS: list[type[Subsystem]] = [Scheduler, Broadcaster, LivenessMonitor, HealthSweep, ChannelManager]
 
 
-async def prepare_store(url: str) -> int:
+class StartRefused(RuntimeError):
+    """The driver will not start as configured, and has touched nothing (a running deployment goes on)."""
+
+
+async def prepare_store(url: str, *, running: bool = False) -> int:
     """Check that REDIS_URL reaches the kind of Redis it names, and bring its key layout up to date
-    (store.layout) before any actor uses it; how many keys moved."""
+    (store.layout) before any actor uses it; how many keys moved. StartRefused if it cannot."""
     try:
         redis = connect(url)
     except ValueError as exc:
-        raise ValueError(f"REDIS_URL: {exc}") from None
+        raise StartRefused(f"REDIS_URL: {exc}") from None
     try:
-        return await layout.prepare(redis)
+        return await layout.prepare(redis, running=running)
     except RedisClusterException as exc:
-        raise ValueError(f"REDIS_URL names a Redis Cluster but reaches no cluster node: {exc}") from None
+        raise StartRefused(f"REDIS_URL names a Redis Cluster but reaches no cluster node: {exc}") from None
+    except (layout.WrongServer, layout.MoveWhileRunning) as exc:
+        raise StartRefused(str(exc)) from None
     finally:
         await redis.aclose()
 
@@ -136,14 +142,15 @@ class Deployment:
         if settings.redis_url is None:
             self.redis = EmbeddedRedis(settings.data_dir, maxmemory=settings.redis_maxmemory)
             settings = self.settings = dataclasses.replace(settings, redis_url=self.redis.start())
-        # In a thread of its own: `up` may be called from a running event loop (tests, notebooks).
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            moved = pool.submit(asyncio.run, prepare_store(settings.redis_url)).result()
-        if moved:
-            say(f"moved {moved} keys of the store into its sharded key layout")
         self.token, self.token_path = admin_token(settings)
         settings = self.settings = dataclasses.replace(settings, channel_secret_key=channel_secret_key(settings))
         connect_ray(settings)
+        running = NamedActor(HEALTH_ACTOR, settings.ray_namespace).exists()
+        # In a thread of its own: `up` may be called from a running event loop (tests, notebooks).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            moved = pool.submit(asyncio.run, prepare_store(settings.redis_url, running=running)).result()
+        if moved:
+            say(f"moved {moved} keys of the store into its sharded key layout")
         if alive_node(settings.api_node) is None:
             raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
         namespace = settings.ray_namespace
@@ -178,8 +185,17 @@ class Deployment:
         """
         spec = spec or cls.spec_for(self.settings)
         namespace = self.settings.ray_namespace
+        spread = spec.group_name != spec.name or cls.replicas(self.settings) > 1
         return deploy(
-            cls, self.settings, *args, name=spec.actor_name, namespace=namespace, node=node, spec=spec, **kwargs
+            cls,
+            self.settings,
+            *args,
+            name=spec.actor_name,
+            namespace=namespace,
+            node=node,
+            spread=spread,
+            spec=spec,
+            **kwargs,
         )
 
     def scale(self, cls: type[Subsystem], replicas: int) -> list[NamedActor]:
@@ -195,6 +211,14 @@ class Deployment:
             actor.call_sync("ping", timeout_s=START_TIMEOUT_S)
         self._retire_replicas(spec, replicas)
         return started
+
+    def _running_replicas(self, cls: type[Subsystem]) -> list[SubsystemSpec]:
+        """Replica 0 of the subsystem, then each further one that runs (up to the first that does not)."""
+        spec = cls.spec_for(self.settings)
+        found = [spec.replica(0)]
+        while NamedActor((extra := spec.replica(len(found))).actor_name, self.settings.ray_namespace).exists():
+            found.append(extra)
+        return found
 
     def _retire_replicas(self, spec: SubsystemSpec, keep: int) -> None:
         """Stop replicas `keep`, `keep + 1`, ... of `spec` that run (up to the first that does not)."""
@@ -232,7 +256,8 @@ class Deployment:
             time.sleep(min(DRAIN_GRACE_S, remaining() / 4))  # let readiness probes see the 503
         except Exception as exc:  # draining goes on without the API: stopping is what matters
             log.warning("could not mark the API draining: %s", exc)
-        names = [s.actor_name for cls in reversed(self.subsystems) for s in cls.specs_for(self.settings)]
+        # Every replica that runs (a scale() or an earlier run may have started more than settings say).
+        names = [s.actor_name for cls in reversed(self.subsystems) for s in self._running_replicas(cls)]
         names.append(API_ACTOR)
         for name in names:
             actor = NamedActor(name, namespace)
@@ -324,6 +349,9 @@ def main(argv: list[str]) -> int:
     deployment = Deployment(settings, SUBSYSTEMS)
     try:
         deployment.up()
+    except StartRefused as exc:
+        print(f"start error: {exc}", file=sys.stderr)
+        return 1
     except RuntimeError as exc:  # a start error the operator can act on: said plainly, nothing left running
         deployment.drain()
         print(f"start error: {exc}", file=sys.stderr)

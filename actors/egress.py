@@ -216,6 +216,7 @@ class Egress:
         self._force_close = force_close
         self._session: aiohttp.ClientSession | None = None
         self.refused = 0
+        self.stale_retries = 0  # requests sent again after a pooled connection turned out closed
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(resolver=self.resolver, limit=self._limit, force_close=self._force_close)
@@ -267,12 +268,22 @@ class Egress:
             raise EgressError(why)
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._session.request(
-                    method, url, json=json_body, headers=dict(headers or {}), allow_redirects=False
-                ) as response:
-                    if 300 <= response.status < 400:
-                        raise EgressError(f"redirect not followed (HTTP {response.status})")
-                    return Reply(response.status, await self._read(response))
+                for attempt in (1, 2):
+                    try:
+                        async with self._session.request(
+                            method, url, json=json_body, headers=dict(headers or {}), allow_redirects=False
+                        ) as response:
+                            if 300 <= response.status < 400:
+                                raise EgressError(f"redirect not followed (HTTP {response.status})")
+                            return Reply(response.status, await self._read(response))
+                    except aiohttp.ServerDisconnectedError:
+                        # The server closed a pooled keep-alive connection as the request went out
+                        # (no answer came back): once more, on a new connection. An agent whose
+                        # keep-alive timeout equals a schedule's period meets this at every fire.
+                        if attempt == 2:
+                            raise
+                        self.stale_retries += 1
+                raise AssertionError("unreachable")
         except TimeoutError:
             raise EgressError(f"no answer within {timeout_s:g} s") from None
         except aiohttp.ClientConnectorDNSError as exc:

@@ -241,7 +241,7 @@ class Scheduler(Subsystem):
         if isinstance(raw, Exception):
             raise raw
         if not raw:  # deleted meanwhile: nothing to deliver
-            await schedules.drop_lease(self.redis, schedule_id, slot)
+            await schedules.drop_lease(self.redis, schedule_id, slot, fence)
             return
         self._versions[schedule_id] = schedules.version(raw)
         self._index_of[schedule_id] = field(raw, "tenant_id")
@@ -322,7 +322,7 @@ class Scheduler(Subsystem):
         except Exception as exc:  # e.g. a corrupt record Redis refuses: drop the lease, never loop on it
             log.error("could not record fire of %s; lease dropped", message_id, exc_info=exc)
             try:
-                await schedules.drop_lease(self.redis, schedule_id, slot)
+                await schedules.drop_lease(self.redis, schedule_id, slot, fence)
             except TRANSIENT_ERRORS:
                 pass
             return

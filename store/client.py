@@ -35,7 +35,8 @@ def connect(url: str, *, timeout_s: float = 2.0) -> aioredis.Redis:
     ConnectionError for the recover loop (or a 503 from the API). A single Redis's pool
     holds at most MAX_CONNECTIONS; a burst beyond them waits for a free one (up to
     `timeout_s`) instead of failing with "Too many connections". A Cluster client holds
-    at most MAX_CONNECTIONS per node.
+    at most MAX_CONNECTIONS per node, and a burst beyond them fails at once
+    (MaxConnectionsError: redis-py's cluster client does not wait for one).
     """
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2)
     common: dict[str, Any] = {

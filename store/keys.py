@@ -43,9 +43,10 @@ lease:{S}:{ns}:{kind}                 hash  owner, token, expires, since, prev_o
 
 Global (each used by one-key commands only, so its slot never meets another's):
 tenant_token:{sha256}                 string  tenant id, looked up by the token's digest (the tenant hash confirms it)
-telegram_bot:{bot id}                 string  the channel polling that bot (one poller per bot)
+telegram_bot:{bot id}                 hash  channel, at: the channel polling that bot (one poller per bot)
 broadcaster:{ns}:started              string  when this deployment's broadcaster wrote its positions
 members:{ns}:{kind}                   zset  replica name -> until when it is live (Redis ms): who shares the shards
+incarnation:{ns}:{kind}:{replica}     string  counts the replica's processes: a lease owner is "<replica>#<n>"
 health:{ns}:expected                  hash  name -> Expectation JSON   (HealthActor registrations)
 health:{ns}:records                   hash  name -> Record JSON        (last ticks, restarts, errors)
 layout                                string  the key layout's version (store.layout moves older ones)
@@ -248,6 +249,10 @@ def broadcaster_started(namespace: str) -> str:
 
 def shard_members(namespace: str, kind: str) -> str:
     return f"members:{namespace}:{kind}"
+
+
+def shard_incarnation(namespace: str, kind: str, member: str) -> str:
+    return f"incarnation:{namespace}:{kind}:{member}"
 
 
 def health_expected(namespace: str) -> str:

@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from store import client, keys
 from store.keys import shard_of
+from store.scripts import Lua
 
 VERSION = 2
 
@@ -60,15 +61,40 @@ class WrongServer(ValueError):
     """REDIS_URL names one kind of server and reaches the other."""
 
 
-async def prepare(redis: aioredis.Redis) -> int:
-    """Check the server, move an older layout if there is one; returns how many keys were moved."""
+async def prepare(redis: aioredis.Redis, *, running: bool = False) -> int:
+    """Check the server, move an older layout if there is one; returns how many keys were moved.
+
+    `running`: the deployment's actors are up (a driver re-run). Then a store that still
+    needs moving is refused (MoveWhileRunning): actors of the release before would go on
+    writing the old names after the move.
+    """
     await _check_server(redis)
     found = await redis.get(keys.LAYOUT)
     if found is not None and int(found) >= VERSION:
         return 0
-    moved = 0 if client.is_cluster(redis) else await _move_layout_1(redis)
+    if client.is_cluster(redis):
+        moved = 0
+    else:
+        if running and await _has_layout_1(redis):
+            raise MoveWhileRunning(
+                "the store holds keys of the layout before shards and this deployment is running: "
+                "stop it first (python driver.py down), then start it again to move them"
+            )
+        moved = await _move_layout_1(redis)
     await redis.set(keys.LAYOUT, VERSION)
     return moved
+
+
+class MoveWhileRunning(RuntimeError):
+    """A store to move while the actors of the release before still use it."""
+
+
+async def _has_layout_1(redis: aioredis.Redis) -> bool:
+    async for raw in redis.scan_iter(count=1000):
+        name = raw.decode(errors="replace")
+        if _RECORD.fullmatch(name) or name in _SPLIT or name == _TELEGRAM_BOTS or _POSITIONS.fullmatch(name):
+            return True
+    return False
 
 
 async def _check_server(redis: aioredis.Redis) -> None:
@@ -100,9 +126,17 @@ async def _move_layout_1(redis: aioredis.Redis) -> int:
     return moved
 
 
+# KEYS: old, new. RENAMENX unless the old key is gone (it expired since the scan saw it).
+_RENAME = Lua("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('RENAMENX', KEYS[1], KEYS[2])
+""")
+
+
 async def _rename(redis: aioredis.Redis, old: bytes, new: str) -> int:
-    """RENAME keeps the value and its TTL; a key already there (a move cut short) is kept."""
-    return 1 if await redis.renamenx(old, new) else 0
+    """RENAME keeps the value and its TTL; a key already there (a move cut short) is kept, and one
+    that expired meanwhile (a liveness key, a debounce) is skipped."""
+    return int(await _RENAME(redis, [old.decode(errors="surrogateescape"), new]))
 
 
 async def _split(redis: aioredis.Redis, old: bytes, index: Callable[[int], str]) -> int:

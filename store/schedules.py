@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from croniter import croniter
 from redis.exceptions import ResponseError, WatchError
 
-from store import events, keys
+from store import client, events, keys
 from store.keys import ALL_SHARDS, shard_of
 from store.quotas import create_within
 from store.records import (
@@ -579,9 +579,22 @@ async def complete(
     return bool(result)
 
 
-async def drop_lease(redis: aioredis.Redis, schedule_id: str, slot: int) -> None:
-    """Forget a slot in flight without recording it (it cannot be recorded, or its schedule is gone)."""
-    await redis.zrem(keys.schedules_inflight(shard_of(schedule_id)), Lease(schedule_id, slot, 0).member)
+# KEYS: inflight, [the shard's lease]. ARGV: member, fence token.
+_DROP = Lua(
+    FENCED_FN
+    + """
+if fenced_out(2, ARGV[2]) then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+)
+
+
+async def drop_lease(redis: aioredis.Redis, schedule_id: str, slot: int, fence: Fence | None = None) -> None:
+    """Forget a slot in flight without recording it (it cannot be recorded, or its schedule is gone);
+    with `fence`, only while that lease holds (else the slot is its shard's new owner's)."""
+    lease_keys, token = _fenced(fence)
+    inflight = keys.schedules_inflight(shard_of(schedule_id))
+    await _DROP(redis, [inflight, *lease_keys], [Lease(schedule_id, slot, 0).member, token])
 
 
 async def quarantined_count(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> int:
@@ -708,17 +721,23 @@ async def quarantine(
 
     Its slots in flight are dropped, its record says `quarantined`, and its tenant gets a
     SCHEDULE_QUARANTINED event, in one transaction. A key that is no schedule record (gone,
-    or not a hash) is only taken out of the indexes. Returns whether a record was marked.
+    or not a hash) is only taken out of the indexes. `tenant_id` is "" for a slot found in
+    flight (no due index was read): then only the record and its slots are touched. On a
+    Redis Cluster, a record that names a tenant of another shard (corrupt) gets no event: that
+    tenant's stream is in another slot. Returns whether a record was marked.
     """
     shard = shard_of(schedule_id)
     inflight_key = keys.schedules_inflight(shard)
     inflight = await redis.zrange(inflight_key, 0, -1)
     stuck = [m for m in inflight if m.decode().rpartition(":")[0] == schedule_id]
 
+    indexed = is_id(tenant_id)
+
     async def write(pipe: Any, raw: dict[bytes, bytes]) -> None:
         key = keys.schedule(schedule_id)
-        pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
-        await _reindex(redis, pipe, tenant_id)
+        if indexed:
+            pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
+            await _reindex(redis, pipe, tenant_id)
         if stuck:
             pipe.zrem(inflight_key, *stuck)
         pipe.sadd(keys.schedules_quarantined(shard), schedule_id)
@@ -726,7 +745,7 @@ async def quarantine(
         pipe.hincrby(key, "consecutive_failures", 1)
         fields = decode_lenient(raw)
         owner = fields.get("tenant_id", "")
-        if is_id(owner):
+        if is_id(owner) and (shard_of(owner) == shard or not client.is_cluster(redis)):
             payload = {"schedule_id": schedule_id, "error": error}
             entry = events.entry("SCHEDULE_QUARANTINED", owner, fields.get("workspace_id", ""), payload)
             await events.append_in(redis, pipe, owner, entry, max_len)
@@ -736,8 +755,9 @@ async def quarantine(
     if await redis.type(keys.schedule(schedule_id)) != b"hash":
         # No record a PATCH could fix: just stop trying it.
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
-            await _reindex(redis, pipe, tenant_id)
+            if indexed:
+                pipe.zrem(keys.tenant_due(tenant_id), schedule_id)
+                await _reindex(redis, pipe, tenant_id)
             if stuck:
                 pipe.zrem(inflight_key, *stuck)
             await pipe.execute()

@@ -49,18 +49,25 @@ class Fence:
     lease_key: str
 
 
-# KEYS: the lease. ARGV: owner, ttl ms, the token it holds ("" for none).
+# KEYS: the lease. ARGV: owner ("<replica>#<incarnation>"), ttl ms, the token it holds ("" for none).
 # {1, token, expires}: held (renewed with the token it holds, or taken); {0, owner, expires}: another's.
-# A replica started again (same owner, no token) takes its own lease over at once: the process
-# before it, if it still runs, is fenced out, and its renewals (with the old token) are refused.
+# A renewal keeps the token even just after expiry (nobody took the lease meanwhile). A newer
+# incarnation of the same replica (Ray started it again) takes its lease over at once: the
+# process before it, if it still runs, is fenced out, and can never take the lease back.
 _ACQUIRE = Lua(
     FENCE_FN
     + """
+local function incarnation(owner)
+  local name, n = string.match(owner, '^(.*)#(%d+)$')
+  return name or owner, tonumber(n) or 0
+end
 local now = now_ms()
 local found = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires')
 local owner, token, expires = found[1] or '', found[2] or '', tonumber(found[3]) or 0
-local renewal = owner == ARGV[1] and token == ARGV[3] and ARGV[3] ~= '' and expires > now
-local restarted = owner == ARGV[1] and ARGV[3] == ''
+local renewal = owner == ARGV[1] and token == ARGV[3] and ARGV[3] ~= ''
+local me, mine = incarnation(ARGV[1])
+local holder, theirs = incarnation(owner)
+local restarted = owner ~= '' and holder == me and theirs < mine
 if owner ~= '' and expires > now and not renewal and not restarted then return {0, owner, expires} end
 local until_ms = now + tonumber(ARGV[2])
 if renewal then
@@ -161,7 +168,7 @@ async def release(redis: aioredis.Redis, namespace: str, kind: str, owner: str, 
 
 @dataclass(frozen=True)
 class Holder:
-    """A shard's lease as stored (times in Redis ms; owner "" when free)."""
+    """A shard's lease as stored (times in Redis ms; owner "" when free, else "<replica>#<incarnation>")."""
 
     owner: str
     token: int
@@ -169,6 +176,24 @@ class Holder:
     since: int
     prev_owner: str
     prev_end: int
+
+    @property
+    def replica(self) -> str:
+        return replica_of(self.owner)
+
+    @property
+    def prev_replica(self) -> str:
+        return replica_of(self.prev_owner)
+
+
+def replica_of(owner: str) -> str:
+    """The replica's name in a lease's owner ("<replica>#<incarnation>")."""
+    return owner.rpartition("#")[0] or owner
+
+
+async def incarnation(redis: aioredis.Redis, namespace: str, kind: str, member: str) -> str:
+    """A lease owner for a process of replica `member`: "<member>#<n>", n higher than any before it."""
+    return f"{member}#{await redis.incr(keys.shard_incarnation(namespace, kind, member))}"
 
 
 async def holders(

@@ -33,11 +33,12 @@ async def create_tenant(redis: aioredis.Redis, name: str) -> dict[str, Any]:
     tenant_id = new_id()
     token = secrets.token_urlsafe(32)
     record = {"id": tenant_id, "name": name, "created_at": now_rfc3339()}
+    # The token's key first: it opens nothing until the tenant's hash names its digest.
+    await redis.set(keys.tenant_token(token_digest(token)), tenant_id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.tenant(tenant_id), mapping={**record, "token_sha256": token_digest(token)})
         pipe.sadd(keys.tenants(shard_of(tenant_id)), tenant_id)
         await pipe.execute()
-    await redis.set(keys.tenant_token(token_digest(token)), tenant_id)
     return {**record, "token": token}
 
 

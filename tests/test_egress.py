@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import ipaddress
+import re
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -183,3 +184,36 @@ async def test_errors_never_carry_credentials_or_queries() -> None:
         with pytest.raises(EgressError) as failed:
             await client.request("GET", "http://user:hunter2@127.0.0.1:9/x?key=topsecret", timeout_s=2)
     assert "hunter2" not in str(failed.value) and "topsecret" not in str(failed.value)
+
+
+async def test_a_request_on_a_connection_the_server_closed_goes_again_once_on_a_new_one() -> None:
+    """A server that drops connections it is done with (its keep-alive timeout) as a request
+    arrives on one: the request goes again, once, on a fresh connection."""
+    drop_next = [2]  # the first two connections are dropped without an answer
+    requests = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+        requests.append(await reader.readexactly(length))
+        if drop_next[0] > 0:
+            drop_next[0] -= 1
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    try:
+        async with egress() as client:
+            with pytest.raises(EgressError, match="ServerDisconnectedError"):  # dropped twice: given up
+                await client.request("POST", url, json_body={"n": 1}, timeout_s=5)
+            assert client.stale_retries == 1 and len(requests) == 2
+            drop_next[0] = 1
+            reply = await client.request("POST", url, json_body={"n": 2}, timeout_s=5)
+            assert reply.status == 200 and client.stale_retries == 2 and requests[-2:] == [b'{"n": 2}'] * 2
+    finally:
+        server.close()
+        await server.wait_closed()

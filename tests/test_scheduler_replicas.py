@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from actors.runtime.handles import NamedActor
 from actors.scheduler import Scheduler
 from store import keys, shards
 from store.client import connect
 from store.keys import ALL_SHARDS
 from tests.a2a_agent import A2AAgent
-from tests.support import Platform, start_platform, wait_for
+from tests.support import Platform, start_platform, sync_redis, wait_for
 from tests.test_scheduler import schedule, slots_of, workspace
 
 LEASE_S = 3.0
@@ -72,7 +73,7 @@ class LeaseWatch:
                     if not lease.owner:
                         continue
                     # (a replica started again takes its own lease over: one replica, two processes)
-                    if lease.since < lease.prev_end and lease.prev_owner != lease.owner:
+                    if lease.since < lease.prev_end and lease.prev_replica != lease.replica:
                         self.problems.append(
                             f"shard {shard}: {lease.owner} took it at {lease.since}, "
                             f"before {lease.prev_owner}'s lease ended at {lease.prev_end}"
@@ -83,9 +84,9 @@ class LeaseWatch:
                     if lease.token < max(tokens[shard]):
                         self.problems.append(f"shard {shard}: token went back to {lease.token}")
                     if lease.expires > now:
-                        valid[shard] = lease.owner
+                        valid[shard] = lease.replica
                     seen = self.history.setdefault(shard, [])
-                    holder = lease.owner if lease.expires > now else ""
+                    holder = lease.replica if lease.expires > now else ""
                     if not seen or seen[-1][1:] != (holder, lease.token):
                         seen.append((now / 1000, holder, lease.token))
                 self.valid = valid
@@ -105,8 +106,9 @@ def test_scaling_1_3_1_misses_no_slot_and_never_doubles_a_lease(replicated: Plat
     for n in range(8):  # tenants in (most likely) eight different shards
         tenant = platform.new_tenant(f"steady-{n}")
         ws = workspace(platform, tenant, agent.url)
-        created += [schedule(platform, tenant, ws, cron=f"*/{PERIOD_S} * * * * *") for _ in range(2)]
-        tenant_of.update({c["id"]: tenant["id"] for c in created})
+        made = [schedule(platform, tenant, ws, cron=f"*/{PERIOD_S} * * * * *") for _ in range(2)]
+        created += made
+        tenant_of.update({c["id"]: tenant["id"] for c in made})
         tenants[tenant["id"]] = tenant
     first = (int(time.time()) // PERIOD_S + 1) * PERIOD_S  # the first slot after every schedule exists
     with LeaseWatch(platform.settings.redis_url, platform.settings.ray_namespace) as watch:
@@ -145,8 +147,21 @@ def test_scaling_1_3_1_misses_no_slot_and_never_doubles_a_lease(replicated: Plat
     except AssertionError:
         gaps = missing()
         moves = {keys.shard_of(tenant_of[i]): watch.history.get(keys.shard_of(tenant_of[i])) for i in gaps}
-        errors = {i: platform.tenant_get(tenants[tenant_of[i]], f"/schedules/{i}")[1]["last_error"] for i in gaps}
+        errors = {i: platform.tenant_get(tenants[tenant_of[i]], f"/schedules/{i}")[1] for i in gaps}
+        client = sync_redis(platform.settings.redis_url)
+        inflight = {i: client.zrange(keys.schedules_inflight(keys.shard_of(i)), 0, -1, withscores=True) for i in gaps}
+        errors = {"records": errors, "inflight": inflight, "progress": platform.subsystem("scheduler")["progress"]}
         raise AssertionError(
             f"slots never delivered: {gaps}; errors {errors}; scaled at {marks}; leases {moves}"
         ) from None
     assert sum(len(v) for v in expected.values()) >= 16 * 5
+
+
+def test_a_drain_stops_every_replica_however_many_were_started(replicated: Platform) -> None:
+    """Run last in the module: it drains the platform."""
+    platform = replicated
+    platform.deployment.scale(Scheduler, 2)  # more than the settings say (1)
+    namespace = platform.settings.ray_namespace
+    assert NamedActor("scheduler-1", namespace).exists()
+    platform.deployment.drain()
+    assert not NamedActor("scheduler-1", namespace).exists() and not NamedActor("scheduler", namespace).exists()

@@ -126,3 +126,18 @@ async def test_a_cluster_node_named_as_a_single_redis_is_refused_naming_the_sett
     assert await layout.prepare(cluster) == 0
     assert await cluster.get(keys.LAYOUT) == b"2"
     await cluster.aclose()
+
+
+async def test_a_move_is_refused_while_the_deployment_runs_and_a_key_gone_meanwhile_is_skipped(
+    fresh_redis: Callable[[], str],
+) -> None:
+    redis = connect(fresh_redis())
+    old = await write_layout_1(redis)
+    with pytest.raises(layout.MoveWhileRunning, match=r"driver\.py down"):
+        await layout.prepare(redis, running=True)  # its actors would go on writing the old names
+    assert await redis.exists(f"tenant:{old['t']}") and await redis.get(keys.LAYOUT) is None
+    # A liveness key that expires between the scan and its rename is skipped, not an error.
+    assert await layout._rename(redis, b"workspace:" + b"0" * 32 + b":alive", keys.workspace_alive("0" * 32)) == 0
+    assert await layout.prepare(redis) > 0
+    assert await layout.prepare(redis, running=True) == 0  # nothing to move: a running deployment is fine
+    await redis.aclose()

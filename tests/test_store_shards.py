@@ -42,11 +42,15 @@ async def test_a_lease_is_one_owners_until_released_or_expired_and_each_holder_g
 
 
 async def test_a_replica_started_again_takes_its_lease_and_its_old_process_is_fenced_out(store: aioredis.Redis) -> None:
-    old = await take(store, "a", 9)
-    new = await take(store, "a", 9)  # the same replica, a new process: no token yet
+    first = await shards.incarnation(store, NS, KIND, "a")
+    second = await shards.incarnation(store, NS, KIND, "a")  # Ray started replica a again
+    assert (first, second) == ("a#1", "a#2")
+    old = await take(store, first, 9)
+    new = await take(store, second, 9)
     assert new.held and new.token_or_owner != old.token_or_owner
-    stale = await take(store, "a", 9, old.token_or_owner)  # the old process tries to renew
-    assert not stale.held
+    assert not (await take(store, first, 9, old.token_or_owner)).held  # the old process cannot renew
+    assert not (await take(store, first, 9)).held  # nor take it back
+    assert not (await take(store, "b#1", 9)).held  # another replica waits as for any holder
 
 
 async def test_a_claim_and_a_completion_with_a_stale_fence_write_nothing(store: aioredis.Redis) -> None:
@@ -101,7 +105,7 @@ async def test_replicas_share_the_shards_and_hand_them_over_only_when_idle(store
     await b.refresh()
     assert set(b.owned()) == mine
     now, found = await shards.holders(store, NS, KIND)
-    holders = {shard: h.owner for shard, h in found.items() if h.expires > now}
+    holders = {shard: h.replica for shard, h in found.items() if h.expires > now}
     assert holders == {s: "scheduler-1" if s in mine else "scheduler" for s in ALL_SHARDS}
     await b.leave()
     clock[0] += 2.0

@@ -121,14 +121,18 @@ def _actor_class(cls: type) -> Any:
     return ray.remote(cls)
 
 
-def deploy(cls: type, *args: Any, name: str, namespace: str, node: str | None = None, **kwargs: Any) -> NamedActor:
+def deploy(
+    cls: type, *args: Any, name: str, namespace: str, node: str | None = None, spread: bool = False, **kwargs: Any
+) -> NamedActor:
     """Create `cls(*args, **kwargs)` as the detached actor `name`, restarted by Ray whenever it dies.
 
     An actor of that name that already exists is attached to instead (a re-run driver never
-    makes a second one). With `node` (see `placement`) it runs, and restarts, on that node.
-    Returns its handle; nothing waits for the constructor (call `ping` for that).
+    makes a second one). With `node` (see `placement`) it runs, and restarts, on that node;
+    with `spread` (a subsystem's replicas), Ray's SPREAD strategy places such actors over
+    the nodes, best effort. Returns its handle; nothing waits for the constructor (call
+    `ping` for that).
     """
-    options = {**ACTOR_OPTIONS, **(placement(node) if node else {})}
+    options = {**ACTOR_OPTIONS, **(placement(node) if node else {"scheduling_strategy": "SPREAD"} if spread else {})}
     handle = _actor_class(cls).options(name=name, namespace=namespace, **options).remote(*args, **kwargs)
     return NamedActor(name, namespace, handle)
 

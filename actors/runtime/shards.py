@@ -48,6 +48,7 @@ class ShardOwner:
         self.wanted: set[int] = set()
         self.members: list[str] = []
         self.handovers = 0
+        self.owner = ""  # "<member>#<incarnation>": this process, as its leases name it
         self._next_at = float("-inf")
 
     async def refresh(self, busy: Callable[[int], bool] = lambda shard: False) -> None:
@@ -57,15 +58,17 @@ class ShardOwner:
         if now < self._next_at:
             return
         lease_ms = int(self.lease_s * 1000)
+        if not self.owner:
+            self.owner = await shards.incarnation(self.redis, self.namespace, self.kind, self.member)
         self.members = await shards.announce(self.redis, self.namespace, self.kind, self.member, lease_ms)
         self.wanted = set(shards.assigned(self.members, ALL_SHARDS).get(self.member, ()))
         for shard in sorted(set(self.tokens) - self.wanted):
             if not busy(shard):
-                await shards.release(self.redis, self.namespace, self.kind, self.member, shard, self.tokens[shard])
+                await shards.release(self.redis, self.namespace, self.kind, self.owner, shard, self.tokens[shard])
                 self._drop(shard)
                 self.handovers += 1
         asked = {shard: self.tokens.get(shard, "") for shard in sorted(self.wanted | set(self.tokens))}
-        found = await shards.acquire(self.redis, self.namespace, self.kind, self.member, lease_ms, asked)
+        found = await shards.acquire(self.redis, self.namespace, self.kind, self.owner, lease_ms, asked)
         for shard, lease in found.items():
             if lease.held:
                 if self.tokens.get(shard) != lease.token_or_owner and shard in self.tokens:
@@ -99,6 +102,6 @@ class ShardOwner:
     async def leave(self) -> None:
         """Let go of every lease and leave the members (a replica stopping): the others take over at once."""
         for shard, token in list(self.tokens.items()):
-            await shards.release(self.redis, self.namespace, self.kind, self.member, shard, token)
+            await shards.release(self.redis, self.namespace, self.kind, self.owner, shard, token)
             self._drop(shard)
         await shards.leave(self.redis, self.namespace, self.kind, self.member)
