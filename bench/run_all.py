@@ -15,6 +15,7 @@ BENCHES = [
     "keepalive.py",
     "detection.py",
     "scheduler_burst.py",
+    "scheduler_replicas.py",
     "broadcaster.py",
     "workspace_liveness.py",
     "channels.py",

@@ -35,14 +35,16 @@ from tests.support import ADMIN_TOKEN, Platform, http, wait_for
 BASELINE_IN_FLIGHT = 64
 
 
-def serve_agent(port: int) -> None:
-    """A minimal JSON-RPC agent that records, per messageId, when it arrived."""
+def serve_agent(port: int, answer_after_s: float = 0.0) -> None:
+    """A minimal JSON-RPC agent that records, per messageId, when it arrived; it answers after `answer_after_s`."""
     seen: dict[str, float] = {}
 
     async def rpc(request: Request) -> JSONResponse:
         body = await request.json()
         message_id = body["params"]["message"]["messageId"]
         seen.setdefault(message_id, time.time())
+        if answer_after_s:
+            await asyncio.sleep(answer_after_s)
         return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "result": {"role": "agent", "parts": []}})
 
     async def stats(request: Request) -> JSONResponse:

@@ -20,12 +20,7 @@ import time
 import urllib.request
 
 import harness
-import uvicorn
-from scheduler_burst import agent_stats, create_all
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from scheduler_burst import agent_stats, create_all, serve_agent
 
 from actors.runtime.handles import NamedActor
 from actors.scheduler import Scheduler
@@ -37,27 +32,6 @@ from tests.support import ADMIN_TOKEN, Platform, http, wait_for
 
 IN_FLIGHT = 64
 ANSWER_S = 1.0
-
-
-def serve_slow_agent(port: int) -> None:
-    """A JSON-RPC agent that answers after ANSWER_S and records when each messageId arrived."""
-    seen: dict[str, float] = {}
-
-    async def rpc(request: Request) -> JSONResponse:
-        body = await request.json()
-        seen.setdefault(body["params"]["message"]["messageId"], time.time())
-        await asyncio.sleep(ANSWER_S)
-        return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "result": {"role": "agent", "parts": []}})
-
-    async def stats(request: Request) -> JSONResponse:
-        return JSONResponse(seen)
-
-    async def reset(request: Request) -> JSONResponse:
-        seen.clear()
-        return JSONResponse({})
-
-    app = Starlette(routes=[Route("/", rpc, methods=["POST"]), Route("/stats", stats), Route("/reset", reset)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
 
 
 def tenants_with_work(platform: Platform, url: str, count: int, cron: str, per_tenant: int) -> list[dict]:
@@ -151,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    agent = multiprocessing.get_context("spawn").Process(target=serve_slow_agent, args=(port,), daemon=True)
+    agent = multiprocessing.get_context("spawn").Process(target=serve_agent, args=(port, ANSWER_S), daemon=True)
     agent.start()
     wait_for(lambda: agent_stats(url) == {}, 30)
     try:

@@ -32,6 +32,7 @@ from store.records import (
     read_hashes,
     read_owned,
     to_hash,
+    union,
 )
 from store.scripts import Lua
 from store.secrets import SecretBox
@@ -646,11 +647,7 @@ async def release(redis: aioredis.Redis, box: SecretBox, channel_id: str, now: f
 
 async def ids(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
     """Every channel's id in `shards`, sorted."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard in shards:
-            pipe.smembers(keys.channels(shard))
-        found = await pipe.execute()
-    return sorted(m.decode() for members in found for m in members)
+    return await union(redis, keys.channels, shards)
 
 
 async def read(redis: aioredis.Redis, channel_ids: Sequence[str]) -> list[Any]:

@@ -79,6 +79,27 @@ async def read_hashes(redis: aioredis.Redis, hash_keys: Sequence[str]) -> list[A
         return await pipe.execute(raise_on_error=False)
 
 
+async def union(redis: aioredis.Redis, index: Callable[[int], str], shards: Sequence[int]) -> list[str]:
+    """Every member of the per-shard sets `index(shard)` of `shards`, sorted; one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.smembers(index(shard))
+        found = await pipe.execute()
+    return sorted(member.decode() for members in found for member in members)
+
+
+async def earliest(
+    redis: aioredis.Redis, index: Callable[[int], str], now: float, limit: int, shards: Sequence[int]
+) -> list[str]:
+    """Up to `limit` members scored at or before `now` in the per-shard sorted sets `index(shard)`
+    of `shards`, the lowest scores first; one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.zrangebyscore(index(shard), "-inf", now, start=0, num=limit, withscores=True)
+        found = await pipe.execute()
+    return [member.decode() for _, member in sorted((score, m) for rows in found for m, score in rows)[:limit]]
+
+
 def optional(value: str) -> str | None:
     return value if value != "" else None
 

@@ -30,6 +30,7 @@ from store.keys import ALL_SHARDS, shard_of
 from store.quotas import create_within
 from store.records import (
     decode_lenient,
+    earliest,
     is_id,
     list_owned,
     new_id,
@@ -38,6 +39,7 @@ from store.records import (
     read_hashes,
     read_owned,
     to_hash,
+    union,
 )
 from store.scripts import Lua, translated
 from store.shards import FENCE_FN, Fence
@@ -316,12 +318,7 @@ async def read(redis: aioredis.Redis, schedule_ids: Sequence[str]) -> list[Any]:
 
 async def due_tenants(redis: aioredis.Redis, now: float, limit: int, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
     """Up to `limit` tenants of `shards` with a slot due at or before `now`, the longest waiting first."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard in shards:
-            pipe.zrangebyscore(keys.schedules_due_tenants(shard), "-inf", now, start=0, num=limit, withscores=True)
-        found = await pipe.execute()
-    waiting = sorted((score, member) for rows in found for member, score in rows)
-    return [member.decode() for _, member in waiting[:limit]]
+    return await earliest(redis, keys.schedules_due_tenants, now, limit, shards)
 
 
 async def due(redis: aioredis.Redis, now: float, wants: Mapping[str, int]) -> dict[str, list[tuple[str, int]]]:
@@ -606,11 +603,7 @@ async def quarantined_count(redis: aioredis.Redis, shards: Sequence[int] = ALL_S
 
 async def quarantined(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[dict[str, Any]]:
     """Every quarantined schedule of `shards` as operators see it: key (its id), tenant_id, error, since, failures."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard in shards:
-            pipe.smembers(keys.schedules_quarantined(shard))
-        found = await pipe.execute()
-    ids = sorted(m.decode() for members in found for m in members)
+    ids = await union(redis, keys.schedules_quarantined, shards)
     items = []
     for schedule_id, raw in zip(ids, await read(redis, ids), strict=True):
         unreadable = isinstance(raw, Exception)

@@ -19,7 +19,7 @@ from redis.exceptions import WatchError
 
 from store import channels, keys
 from store.keys import ALL_SHARDS, shard_of
-from store.records import decode_lenient, field, is_id, new_id, now_rfc3339, read_hashes
+from store.records import decode_lenient, field, is_id, new_id, now_rfc3339, read_hashes, union
 
 
 def token_digest(token: str) -> str:
@@ -68,11 +68,7 @@ async def index_existing(redis: aioredis.Redis) -> int:
 
 async def ids(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
     """Every tenant's id in `shards`, sorted."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard in shards:
-            pipe.smembers(keys.tenants(shard))
-        found = await pipe.execute()
-    return sorted(member.decode() for members in found for member in members)
+    return await union(redis, keys.tenants, shards)
 
 
 def public(fields: dict[str, str]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +17,7 @@ from store.keys import ALL_SHARDS, shard_of
 from store.quotas import create_within
 from store.records import (
     decode_lenient,
+    earliest,
     is_id,
     list_owned,
     new_id,
@@ -25,6 +26,7 @@ from store.records import (
     read_hashes,
     read_owned,
     to_hash,
+    union,
 )
 from store.scripts import Lua
 from store.secrets import SecretBox
@@ -252,18 +254,7 @@ class OnlineScan:
 async def due(redis: aioredis.Redis, now: float, limit: int = 1000, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
     """Online workspaces of `shards` whose liveness key's deadline has passed (their key has expired or is
     about to), the earliest first."""
-    return await _earliest(redis, keys.workspaces_deadlines, now, limit, shards)
-
-
-async def _earliest(
-    redis: aioredis.Redis, index: Callable[[int], str], now: float, limit: int, shards: Sequence[int]
-) -> list[str]:
-    """Up to `limit` members scored at or before `now` in each shard's `index`, the earliest first."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard in shards:
-            pipe.zrangebyscore(index(shard), "-inf", now, 0, limit, withscores=True)
-        found = await pipe.execute()
-    return [member.decode() for _, member in sorted((score, m) for rows in found for m, score in rows)[:limit]]
+    return await earliest(redis, keys.workspaces_deadlines, now, limit, shards)
 
 
 def checked(workspace_id: str, raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -358,11 +349,7 @@ async def probe_failures(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHAR
 
 async def online(redis: aioredis.Redis, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
     """Ids of the workspaces of `shards` whose status is online, sorted."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard in shards:
-            pipe.smembers(keys.workspaces_online(shard))
-        found = await pipe.execute()
-    return sorted(raw.decode() for members in found for raw in members)
+    return await union(redis, keys.workspaces_online, shards)
 
 
 async def expired(redis: aioredis.Redis) -> AsyncIterator[str]:
@@ -384,7 +371,7 @@ async def expired(redis: aioredis.Redis) -> AsyncIterator[str]:
 
 async def restarts_due(redis: aioredis.Redis, now: float, limit: int, shards: Sequence[int] = ALL_SHARDS) -> list[str]:
     """Up to `limit` workspaces of `shards` whose restart request is due, the earliest first."""
-    return await _earliest(redis, keys.workspaces_restarts, now, limit, shards)
+    return await earliest(redis, keys.workspaces_restarts, now, limit, shards)
 
 
 async def debounce_restart(redis: aioredis.Redis, workspace_id: str, debounce_s: float) -> bool:
