@@ -47,7 +47,6 @@ class ShardOwner:
         self.valid_until: dict[int, float] = {}  # shard -> until when (this clock) to use it
         self.wanted: set[int] = set()
         self.members: list[str] = []
-        self.handovers = 0
         self.owner = ""  # "<member>#<incarnation>": this process, as its leases name it
         self._next_at = float("-inf")
 
@@ -66,7 +65,6 @@ class ShardOwner:
             if not busy(shard):
                 await shards.release(self.redis, self.namespace, self.kind, self.owner, shard, self.tokens[shard])
                 self._drop(shard)
-                self.handovers += 1
         asked = {shard: self.tokens.get(shard, "") for shard in sorted(self.wanted | set(self.tokens))}
         found = await shards.acquire(self.redis, self.namespace, self.kind, self.owner, lease_ms, asked)
         for shard, lease in found.items():
