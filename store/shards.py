@@ -2,8 +2,8 @@
 
 The replicas of a subsystem (a `kind`: scheduler, channel-manager, ...) of one deployment
 (`namespace`) announce themselves in `members:{ns}:{kind}` with an expiry, and each wants
-the shards that rendezvous hashing gives it among the live members: a shard goes to the
-member whose hash of (shard, member) is highest, so a member joining or leaving moves only
+the shards that rendezvous hashing with bounded loads gives it among the live members
+(`assigned`): each an even share, and a member joining or leaving moves little more than
 the shards it takes or gives. A replica owns a shard by its lease `lease:{S}:{ns}:{kind}`,
 in the shard's own slot. Taking a lease that is free, released or expired raises its
 fencing token, and every script that does a shard's work checks the token in the same
@@ -128,12 +128,30 @@ async def leave(redis: aioredis.Redis, namespace: str, kind: str, member: str) -
 
 
 def assigned(members: Sequence[str], shards: Sequence[int] = ALL_SHARDS) -> dict[str, list[int]]:
-    """Each member's shards by rendezvous hashing: each shard to the member whose hash of (shard, member) is highest."""
+    """Each member's shards: rendezvous hashing with bounded loads, so every member gets
+    len(shards) // len(members) shards or one more, and a member joining or leaving moves
+    few more shards than it takes or gives.
+
+    Every (shard, member) pair has a hash, and the pairs are taken from the highest down: a
+    shard goes to the first member that still has room, first up to the even share each,
+    then the shards left over one each. Every member computes the same answer from the same
+    members: it depends on nothing else.
+    """
     out: dict[str, list[int]] = {m: [] for m in members}
-    for shard in shards if members else ():
-        best = max(members, key=lambda m: hashlib.blake2b(f"{shard}/{m}".encode(), digest_size=8).digest())
-        out[best].append(shard)
-    return out
+    if not members:
+        return out
+    even = len(shards) // len(members)
+    pairs = sorted(
+        ((hashlib.blake2b(f"{shard}/{m}".encode(), digest_size=8).digest(), shard, m) for shard in shards for m in members),
+        reverse=True,
+    )
+    owner: dict[int, str] = {}
+    for room in (even, even + 1):
+        for _, shard, member in pairs:
+            if shard not in owner and len(out[member]) < room:
+                owner[shard] = member
+                out[member].append(shard)
+    return {m: sorted(got) for m, got in out.items()}
 
 
 @dataclass(frozen=True)
