@@ -37,6 +37,7 @@ from actors.runtime.handles import (
     NamedActor,
     alive_node,
     attach_ray,
+    cluster_cpus,
     connect_ray,
     deploy,
     ray_connected,
@@ -59,6 +60,11 @@ DRAIN_GRACE_S = 0.5
 # The platform's subsystems, in start order. The API actor is started after them and
 # stopped before them; it is registered like the others.
 SUBSYSTEMS: list[type[Subsystem]] = [Scheduler, Broadcaster, LivenessMonitor, HealthSweep, ChannelManager]
+
+
+def replicated(cls: type[Subsystem], spec: SubsystemSpec, settings: Settings) -> bool:
+    """Whether `spec` is one of several replicas of `cls`: spread over the nodes, asking REPLICA_CPUS."""
+    return spec.group_name != spec.name or cls.replicas(settings) > 1
 
 
 class StartRefused(RuntimeError):
@@ -145,6 +151,7 @@ class Deployment:
         self.token, self.token_path = admin_token(settings)
         settings = self.settings = dataclasses.replace(settings, channel_secret_key=channel_secret_key(settings))
         connect_ray(settings)
+        self._check_replica_cpus()
         running = NamedActor(HEALTH_ACTOR, settings.ray_namespace).exists()
         # In a thread of its own: `up` may be called from a running event loop (tests, notebooks).
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -185,7 +192,7 @@ class Deployment:
         """
         spec = spec or cls.spec_for(self.settings)
         namespace = self.settings.ray_namespace
-        spread = spec.group_name != spec.name or cls.replicas(self.settings) > 1
+        spread = replicated(cls, spec, self.settings)
         return deploy(
             cls,
             self.settings,
@@ -194,9 +201,35 @@ class Deployment:
             namespace=namespace,
             node=node,
             spread=spread,
+            num_cpus=self.settings.replica_cpus if spread else 0,
             spec=spec,
             **kwargs,
         )
+
+    def _check_replica_cpus(self) -> None:
+        """Replicas ask Ray for REPLICA_CPUS each. On a Ray of its own (no RAY_ADDRESS) nothing adds
+        nodes, so asking for more CPUs than it has would leave replicas waiting forever: refused,
+        with the settings to change. On a cluster, the autoscaler may add nodes for them."""
+        settings = self.settings
+        asks = [
+            (s.actor_name, settings.replica_cpus)
+            for cls in self.subsystems
+            for s in cls.specs_for(settings)
+            if replicated(cls, s, settings)
+        ]
+        wanted = sum(cpus for _, cpus in asks)
+        have = cluster_cpus()
+        if wanted <= have:
+            return
+        message = (
+            f"{len(asks)} replicas ask Ray for REPLICA_CPUS={settings.replica_cpus:g} CPU each ({wanted:g} in all), "
+            f"but the Ray cluster has {have:g} CPUs"
+        )
+        if not settings.ray_address:
+            raise StartRefused(
+                f"{message}: lower REPLICA_CPUS, or SCHEDULER_REPLICAS, CHANNEL_MANAGER_REPLICAS, LIVENESS_REPLICAS"
+            )
+        say(f"{message}; they wait until the autoscaler adds nodes")
 
     def scale(self, cls: type[Subsystem], replicas: int) -> list[NamedActor]:
         """Run `replicas` replicas of a subsystem now: the missing ones are registered and started, the

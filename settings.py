@@ -188,6 +188,9 @@ class Settings:
     tenant_events_per_s: float = 100.0
     redis_maxmemory: int | None = None  # bytes, embedded Redis only; None: a quarter of the machine's memory
     scheduler_replicas: int = 1
+    channel_manager_replicas: int = 1
+    liveness_replicas: int = 1  # the workspace liveness monitor's, and the health sweep's
+    replica_cpus: float = 0.25  # what each replica (of a subsystem run as more than one) asks Ray for
     shard_lease_s: float = 10.0  # a replica's hold on a shard without renewal (store.shards)
 
     def quotas(self) -> dict[str, float]:
@@ -270,5 +273,8 @@ class Settings:
             tenant_events_per_s=_number(env, "TENANT_EVENTS_PER_S", d.tenant_events_per_s, minimum=0.01),
             redis_maxmemory=_bytes(env, "REDIS_MAXMEMORY"),
             scheduler_replicas=_count(env, "SCHEDULER_REPLICAS", d.scheduler_replicas),
+            channel_manager_replicas=_count(env, "CHANNEL_MANAGER_REPLICAS", d.channel_manager_replicas),
+            liveness_replicas=_count(env, "LIVENESS_REPLICAS", d.liveness_replicas),
             shard_lease_s=_number(env, "SHARD_LEASE_S", d.shard_lease_s, minimum=1.0),
+            replica_cpus=_number(env, "REPLICA_CPUS", d.replica_cpus, minimum=0.0),
         )

@@ -8,6 +8,7 @@ rounds long: other tenants' rounds keep their pace, and the tick (which only sta
 rounds) returns at once and beats, however long any round takes. Failures in a row are
 counted in Redis, so a restart of the sweep keeps them. The offline transition is the
 liveness monitor's compare-and-set, so a workspace goes offline once whoever notices first.
+With LIVENESS_REPLICAS, each replica probes the workspaces of the shards it holds (ShardOwner).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from actors.egress import EgressError, egress_for
 from actors.runtime import metrics
+from actors.runtime.shards import ShardOwner
 from actors.runtime.subsystem import Every, Subsystem, SubsystemSpec
 from settings import Settings
 from store import workspaces
@@ -40,6 +42,10 @@ FAILURES_TO_OFFLINE = 3
 class HealthSweep(Subsystem):
     spec = HEALTH_SWEEP_SPEC
 
+    @classmethod
+    def replicas(cls, settings: Settings) -> int:
+        return settings.liveness_replicas
+
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
         self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
@@ -56,6 +62,9 @@ class HealthSweep(Subsystem):
         self.sweeps = 0
         self.rounds = 0
         self.rounds_skipped = 0
+        self.shards = ShardOwner(
+            self.redis, settings.ray_namespace, self.spec.group_name, self.name, lease_s=settings.shard_lease_s
+        )
 
     async def open(self) -> None:
         await self.egress.open()
@@ -64,6 +73,7 @@ class HealthSweep(Subsystem):
         for task in self._lanes.values():
             task.cancel()
         await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+        await self.shards.leave()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -76,17 +86,20 @@ class HealthSweep(Subsystem):
             "failing": self.failing,
             "offline_transitions": self.offline_transitions,
             "last_sweep_s": None if self.last_sweep_s is None else round(self.last_sweep_s, 3),
+            "shards": len(self.shards.held()),
         }
 
     async def tick(self) -> None:
+        await self.shards.refresh()
         if not self._sweep_every.due():
             return
         started = time.monotonic()
-        ids = await workspaces.online(self.redis)
+        owned = self.shards.owned()
+        ids = await workspaces.online(self.redis, owned)
         records = await workspaces.read(self.redis, ids)
         self.watched = len(ids)
-        await workspaces.forget_probe_failures(self.redis, set(ids))
-        self.failing = await workspaces.probe_failures(self.redis)
+        await workspaces.forget_probe_failures(self.redis, set(ids), owned)
+        self.failing = await workspaces.probe_failures(self.redis, owned)
         by_tenant: dict[str, list[tuple[str, Any]]] = defaultdict(list)
         for workspace_id, raw in zip(ids, records, strict=True):
             tenant_id = field(raw, "tenant_id") if isinstance(raw, dict) else ""

@@ -5,6 +5,12 @@ the tick runs a reconciliation scan of the online index (at every start and ever
 `LIVENESS_SCAN_INTERVAL_S`) that catches any expiry missed while Redis or the monitor was
 down. Both call the same compare-and-set (`store.workspaces.mark_offline`), which queues
 the restart request in Redis; the tick then sends queued requests, debounced per workspace.
+
+With LIVENESS_REPLICAS, each replica watches the workspaces of the shards it holds
+(ShardOwner): their deadlines, their scan and their restart requests. A notification for
+another replica's workspace is left to it. The transition is a compare-and-set and the
+restart request is debounced in Redis, so a replica that lost a shard and has not noticed
+yet can neither take a workspace offline twice nor send its restart twice.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from typing import Any
 
 from actors.egress import EgressError, egress_for, public_url
 from actors.runtime import metrics
+from actors.runtime.shards import ShardOwner
 from actors.runtime.subsystem import Every, Subsystem, SubsystemSpec
 from settings import Settings
 from store import workspaces
 from store.client import connect
+from store.keys import shard_of
 from store.records import decode_lenient, is_id
 from store.secrets import SecretBox
 
@@ -34,6 +42,10 @@ RESTART_ATTEMPTS = 5  # then the request is given up, and the event says so
 class LivenessMonitor(Subsystem):
     spec = LIVENESS_SPEC
 
+    @classmethod
+    def replicas(cls, settings: Settings) -> int:
+        return settings.liveness_replicas
+
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
         self.redis = self.own(connect(settings.redis_url, timeout_s=5.0))
@@ -45,10 +57,16 @@ class LivenessMonitor(Subsystem):
         self.notifications = 0
         self.restart_requests = 0
         self.restarts_debounced = 0
+        self.shards = ShardOwner(
+            self.redis, settings.ray_namespace, self.spec.group_name, self.name, lease_s=settings.shard_lease_s
+        )
         self.supervise(f"{self.name}.expired", self._listen)
 
     async def open(self) -> None:
         await self.egress.open()
+
+    async def close(self) -> None:
+        await self.shards.leave()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -57,25 +75,28 @@ class LivenessMonitor(Subsystem):
             "expired_notifications": self.notifications,
             "restart_requests": self.restart_requests,
             "restarts_debounced": self.restarts_debounced,
+            "shards": len(self.shards.held()),
         }
 
     async def setup(self) -> None:
         self._scan_every.reset()  # every (re)start begins with a full reconciliation scan
 
     async def tick(self) -> None:
+        await self.shards.refresh()
+        owned = self.shards.owned()
         # Deadlines first: each heartbeat records when its key expires, so a quiet workspace is
         # found within a tick of its expiry, whenever Redis gets round to expiring the key.
-        for workspace_id in await workspaces.due(self.redis, time.time()):
+        for workspace_id in await workspaces.due(self.redis, time.time(), shards=owned):
             await self._offline(workspace_id)
         if self._scan_every.due():
-            await self._reconcile()
-        await self._send_restarts()
+            await self._reconcile(owned)
+        await self._send_restarts(owned)
 
     # -- the offline transition --------------------------------------------------------------
 
-    async def _reconcile(self) -> None:
-        """Every online workspace whose liveness key is gone goes offline."""
-        scan = workspaces.OnlineScan(self.redis)
+    async def _reconcile(self, owned: list[int]) -> None:
+        """Every online workspace (of the shards it holds) whose liveness key is gone goes offline."""
+        scan = workspaces.OnlineScan(self.redis, shards=owned)
         async for workspace_id in scan.expired():
             await self._offline(workspace_id)
         self.watched = scan.watched
@@ -83,6 +104,8 @@ class LivenessMonitor(Subsystem):
     async def _listen(self) -> None:
         """Expired-key notifications for liveness keys (fast path; the scan catches what this misses)."""
         async for workspace_id in workspaces.expired(self.redis):
+            if shard_of(workspace_id) not in self.shards.owned():
+                continue  # another replica's: it finds the deadline on its own tick
             self.notifications += 1
             await self._offline(workspace_id)
 
@@ -105,8 +128,8 @@ class LivenessMonitor(Subsystem):
 
     # -- restart requests ----------------------------------------------------------------------
 
-    async def _send_restarts(self) -> None:
-        due = await workspaces.restarts_due(self.redis, time.time(), RESTARTS_PER_TICK)
+    async def _send_restarts(self, owned: list[int]) -> None:
+        due = await workspaces.restarts_due(self.redis, time.time(), RESTARTS_PER_TICK, shards=owned)
         await asyncio.gather(*(self._restart(workspace_id) for workspace_id in due))
 
     async def _restart(self, workspace_id: str) -> None:

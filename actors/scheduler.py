@@ -105,10 +105,7 @@ class Scheduler(Subsystem):
         for task in self._fires:
             task.cancel()
         await asyncio.gather(*self._fires, return_exceptions=True)
-        try:
-            await self.shards.leave()
-        except TRANSIENT_ERRORS as exc:  # the leases run out by themselves
-            log.warning("%s could not let go of its shards: %s", self.name, exc)
+        await self.shards.leave()
 
     def progress(self) -> dict[str, Any]:
         return {

@@ -24,12 +24,28 @@ from tests.support import Platform, start_platform  # noqa: E402
 
 
 @contextlib.contextmanager
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+def local_ray(nodes: int = 1) -> Iterator[None]:
+    """A local Ray of 2 CPUs; with `nodes` > 1, a cluster of that many nodes on this machine
+    (`ray.cluster_utils.Cluster`: a head of 2 CPUs and workers of 1, each its own raylet)."""
+    if nodes == 1:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
         yield
     finally:
         ray.shutdown()
+        cluster.shutdown()
 
 
 @contextlib.contextmanager
@@ -44,9 +60,10 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 
 @contextlib.contextmanager
-def platform(subsystems: Sequence[Any] = (), **overrides: Any) -> Iterator[Platform]:
-    """Ray + Redis + health and API actors (and `subsystems`, with settings `overrides`), torn down afterwards."""
-    with local_ray(), redis_server() as server, tempfile.TemporaryDirectory(prefix="bench-data") as data:
+def platform(subsystems: Sequence[Any] = (), nodes: int = 1, **overrides: Any) -> Iterator[Platform]:
+    """Ray (of `nodes` nodes) + Redis + health and API actors (and `subsystems`, with settings
+    `overrides`), torn down afterwards."""
+    with local_ray(nodes), redis_server() as server, tempfile.TemporaryDirectory(prefix="bench-data") as data:
         deployed = start_platform(server.url, Path(data), subsystems=subsystems, **overrides)
         try:
             yield deployed

@@ -36,6 +36,7 @@ from store.records import (
 )
 from store.scripts import Lua
 from store.secrets import SecretBox
+from store.shards import FENCED_FN, Fence, fenced_keys, valid
 
 TYPES = ("telegram", "slack")
 SECRET_FIELDS = {"telegram": ("bot_token",), "slack": ("bot_token", "signing_secret")}
@@ -428,6 +429,10 @@ class Conflict(RuntimeError):
     """The offset or the channel changed under a batch: another poller, or a delete."""
 
 
+class FencedOut(Conflict):
+    """The channel's shard is no longer this channel manager's (its lease was lost or taken)."""
+
+
 async def accept_batch(
     redis: aioredis.Redis,
     channel: Channel,
@@ -437,20 +442,26 @@ async def accept_batch(
     next_offset: int,
     max_len: int,
     now: float,
+    fence: Fence | None = None,
 ) -> int:
     """Append a polled batch to the inbox with its events and move the offset, atomically.
 
     Messages from chats the channel does not allow are dropped (the offset still moves past
     them). Raises Conflict if the stored offset is not `offset`, or the channel is gone or
-    now polls another bot, so two pollers can never both record a batch. Returns how many
-    were kept.
+    now polls another bot, so two pollers can never both record a batch; FencedOut if
+    `fence` (the lease of the channel's shard) is not valid or changes before the write.
+    Returns how many were kept.
     """
     kept = [m for m in messages if channel.allows(m.chat_id)]
     offset_key, key = keys.channel_offset(channel.id), keys.channel(channel.id)
+    watched = [offset_key, key] + ([fence.lease_key] if fence else [])
     async with redis.pipeline(transaction=True) as pipe:
         for _ in range(10):
             try:
-                await pipe.watch(offset_key, key)
+                await pipe.watch(*watched)
+                # The lease is watched: if another replica takes it before the write, nothing is written.
+                if fence is not None and not await valid(pipe, fence):
+                    raise FencedOut(f"channel {channel.id}: shard {fence.shard} is no longer this replica's")
                 stored = await pipe.get(offset_key)
                 # The channel must still be there and still this bot's: a PATCH to another bot
                 # resets the offset, and this bot's offset must not land in the new bot's place.
@@ -514,26 +525,39 @@ async def accept_once(
     return int(await _ACCEPT_ONCE(redis, accept_keys, args))
 
 
-# KEYS: inbox, events, the events' size key. ARGV: entry id, events maxlen, then the event's
-# field/value items. The entry is answered once: a second finish (a re-delivery after a
-# crash) writes nothing.
+# KEYS: inbox, events, the events' size key, [the shard's lease]. ARGV: entry id, events
+# maxlen, fence token, then the event's field/value items. The entry is answered once: a
+# second finish (a re-delivery after a crash) writes nothing. -1: fenced out.
 _FINISH = Lua(
     events.APPEND_FN
+    + FENCED_FN
     + """
+if fenced_out(4, ARGV[3]) then return -1 end
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-append_event(KEYS[2], KEYS[3], tonumber(ARGV[2]), 3)
+append_event(KEYS[2], KEYS[3], tonumber(ARGV[2]), 4)
 return 1
 """
 )
 
 
 async def finish(
-    redis: aioredis.Redis, channel: Channel, entry_id: str, payload: dict[str, Any], *, max_len: int
+    redis: aioredis.Redis,
+    channel: Channel,
+    entry_id: str,
+    payload: dict[str, Any],
+    *,
+    max_len: int,
+    fence: Fence | None = None,
 ) -> bool:
-    """Mark an inbox entry answered, with its CHANNEL_MESSAGE (out) event; once (a re-delivery writes nothing)."""
+    """Mark an inbox entry answered, with its CHANNEL_MESSAGE (out) event; once (a re-delivery
+    writes nothing). Raises FencedOut if `fence` is not valid: the entry stays for the shard's owner."""
     event = message_event(channel, "out", payload)
+    lease_keys, token = fenced_keys(fence)
     finish_keys = [keys.channel_inbox(channel.id), keys.events(channel.tenant_id), keys.events_size(channel.tenant_id)]
-    return bool(await _FINISH(redis, finish_keys, [entry_id, max_len, *events.flat(event)]))
+    done = int(await _FINISH(redis, finish_keys + lease_keys, [entry_id, max_len, token, *events.flat(event)]))
+    if done < 0:
+        raise FencedOut(f"channel {channel.id}: its shard is no longer this replica's; entry {entry_id} stays")
+    return bool(done)
 
 
 # KEYS: channel hash, and the events stream and its size key when there is an event. ARGV: revision, status,

@@ -42,7 +42,7 @@ from store.records import (
     union,
 )
 from store.scripts import Lua, translated
-from store.shards import FENCE_FN, Fence
+from store.shards import FENCED_FN, Fence, fenced_keys
 
 STATUSES = ("ok", "error", "skipped", "quarantined")
 
@@ -390,21 +390,8 @@ async def expired_leases(
     return sorted(leases, key=lambda lease: lease.expires)[:limit]
 
 
-def _fenced(fence: Fence | None) -> tuple[list[str], str]:
-    """The extra KEYS and the token ARGV of a write fenced by a shard's lease (none, "": not fenced)."""
-    return ([fence.lease_key], fence.token) if fence else ([], "")
-
-
-# Every verb that moves a slot takes the fence of its shard's lease (store.shards) when the
-# scheduler has replicas: the write happens only while that lease is the one it holds.
-FENCED_FN = (
-    FENCE_FN
-    + """
-local function fenced_out(lease_at, token)
-  return KEYS[lease_at] ~= nil and not fenced(KEYS[lease_at], token)
-end
-"""
-)
+# Every verb that moves a slot takes the fence of its shard's lease (store.shards): the
+# write happens only while that lease is the one it holds.
 
 # KEYS: inflight, [the shard's lease]. ARGV: member, expected lease, new lease, fence token.
 _RECLAIM = Lua(
@@ -422,7 +409,7 @@ return 1
 async def reclaim(redis: aioredis.Redis, lease: Lease, expires: int, fence: Fence | None = None) -> bool:
     """Take over an expired lease (until `expires`) unless another scheduler did first (or `fence` is stale)."""
     inflight = keys.schedules_inflight(shard_of(lease.schedule_id))
-    lease_keys, token = _fenced(fence)
+    lease_keys, token = fenced_keys(fence)
     return bool(await _RECLAIM(redis, [inflight, *lease_keys], [lease.member, lease.expires, expires, token]))
 
 
@@ -476,7 +463,7 @@ async def claim(redis: aioredis.Redis, claims: Sequence[Claim]) -> list[bool]:
                 now_rfc3339(c.following),
                 c.tenant_id,
             ]
-            lease_keys, token = _fenced(c.fence)
+            lease_keys, token = fenced_keys(c.fence)
             claim_keys = [
                 keys.tenant_due(c.tenant_id),
                 keys.schedules_inflight(shard_of(c.schedule_id)),
@@ -548,7 +535,7 @@ async def complete_many(redis: aioredis.Redis, done: Sequence[Completion], *, ma
             }
             event = events.entry("SCHEDULE_FIRED", c.tenant_id, c.workspace_id, payload)
             lease = Lease(c.schedule_id, c.slot, 0)
-            lease_keys, token = _fenced(c.fence)
+            lease_keys, token = fenced_keys(c.fence)
             args = [lease.member, now_rfc3339(), status, c.error or "", max_len, token, *events.flat(event)]
             inflight, stream = keys.schedules_inflight(shard_of(c.schedule_id)), keys.events(c.tenant_id)
             script_keys = [keys.schedule(c.schedule_id), inflight, stream, keys.events_size(c.tenant_id), *lease_keys]
@@ -589,7 +576,7 @@ return redis.call('ZREM', KEYS[1], ARGV[1])
 async def drop_lease(redis: aioredis.Redis, schedule_id: str, slot: int, fence: Fence | None = None) -> None:
     """Forget a slot in flight without recording it (it cannot be recorded, or its schedule is gone);
     with `fence`, only while that lease holds (else the slot is its shard's new owner's)."""
-    lease_keys, token = _fenced(fence)
+    lease_keys, token = fenced_keys(fence)
     inflight = keys.schedules_inflight(shard_of(schedule_id))
     await _DROP(redis, [inflight, *lease_keys], [Lease(schedule_id, slot, 0).member, token])
 

@@ -49,6 +49,33 @@ class Fence:
     lease_key: str
 
 
+def fenced_keys(fence: Fence | None) -> tuple[list[str], str]:
+    """The extra KEYS and the token ARGV of a write fenced by a shard's lease (none, "": not fenced)."""
+    return ([fence.lease_key], fence.token) if fence else ([], "")
+
+
+_VALID = FENCE_FN + "return fenced(KEYS[1], ARGV[1]) and 1 or 0"
+
+
+async def valid(redis: aioredis.Redis, fence: Fence) -> bool:
+    """Whether `fence` is its lease's token and the lease valid now (by Redis's clock): for a
+    transaction that WATCHes the lease (a script checks with FENCE_FN instead). One EVAL,
+    since a cluster's transaction cannot send TIME."""
+    return bool(await redis.eval(_VALID, 1, fence.lease_key, fence.token))
+
+
+# fenced_out(at, token): a script whose KEYS[at] is a lease (fenced_keys put it there) and
+# whose `token` is not that lease's valid token must not write; without KEYS[at], no fence.
+FENCED_FN = (
+    FENCE_FN
+    + """
+local function fenced_out(lease_at, token)
+  return KEYS[lease_at] ~= nil and not fenced(KEYS[lease_at], token)
+end
+"""
+)
+
+
 # KEYS: the lease. ARGV: owner ("<replica>#<incarnation>"), ttl ms, the token it holds ("" for none).
 # {1, token, expires}: held (renewed with the token it holds, or taken); {0, owner, expires}: another's.
 # A renewal keeps the token even just after expiry (nobody took the lease meanwhile). A newer
@@ -142,7 +169,11 @@ def assigned(members: Sequence[str], shards: Sequence[int] = ALL_SHARDS) -> dict
         return out
     even = len(shards) // len(members)
     pairs = sorted(
-        ((hashlib.blake2b(f"{shard}/{m}".encode(), digest_size=8).digest(), shard, m) for shard in shards for m in members),
+        (
+            (hashlib.blake2b(f"{shard}/{m}".encode(), digest_size=8).digest(), shard, m)
+            for shard in shards
+            for m in members
+        ),
         reverse=True,
     )
     owner: dict[int, str] = {}

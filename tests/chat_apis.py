@@ -45,6 +45,7 @@ class Bot:
     reply_retry_after: int | None = None  # the next sendMessage answers 429 with this retry_after
     replies_limited_at: list[float] = field(default_factory=list)
     generation: int = 0
+    conflicts: list[float] = field(default_factory=list)  # when a poll was ended by a second poller's (409)
     wakeup: asyncio.Event | None = None
 
 
@@ -154,6 +155,11 @@ class ChatApis:
         with self.lock:
             return len(bot.updates)
 
+    def conflicts(self) -> dict[str, int]:
+        """Each bot's polls ended by 409 because a second poller asked while it was open."""
+        with self.lock:
+            return {token: len(bot.conflicts) for token, bot in self.bots.items() if bot.conflicts}
+
     def posts(self, channel: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(p) for p in self.slack_posts if channel is None or p["channel"] == channel]
@@ -209,6 +215,10 @@ class ChatApis:
             if bot.revoked:
                 return _error(401, "Unauthorized")
             if bot.generation != generation:
+                # A poll whose client has gone (a poller stopped) is no concurrent poller.
+                if request.transport is not None and not request.transport.is_closing():
+                    with self.lock:
+                        bot.conflicts.append(time.time())
                 return _error(409, "Conflict: terminated by other getUpdates request")
 
     async def _send_message(self, request: web.Request) -> web.Response:

@@ -62,7 +62,7 @@ def test_the_job_is_given_the_heads_private_address_as_api_host(tmp_path: Path) 
     settings = Settings.from_env(env)
     assert (settings.api_host, settings.api_port, settings.api_node) == ("10.0.1.5", 8080, "head")
     assert settings.redis_url == "redis://:secret@10.0.1.5:6380/0"
-    assert settings.scheduler_replicas == 3
+    assert (settings.scheduler_replicas, settings.channel_manager_replicas, settings.liveness_replicas) == (3, 3, 3)
     assert args[-2:] == ["python", "driver.py"]
 
 

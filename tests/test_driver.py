@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import ray
 
-from driver import SUBSYSTEMS
+from actors.runtime.handles import HEALTH_ACTOR, NamedActor
+from actors.scheduler import Scheduler
+from driver import SUBSYSTEMS, Deployment, StartRefused
+from settings import Settings
 from store.embedded import EmbeddedRedis, answers, free_port
-from tests.support import http, stranger_redis, wait_for
+from tests.support import ADMIN_TOKEN, http, stranger_redis, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,3 +173,21 @@ def test_a_redis_without_the_password_on_the_recorded_port_stops_the_driver(tmp_
         assert result.returncode == 1, result.stderr[-2000:]
         assert "start error:" in result.stderr and "does not accept this platform's Redis password" in result.stderr
         assert plain.dbsize() == 0
+
+
+def test_replicas_that_ask_for_more_cpus_than_a_ray_of_its_own_has_are_refused_at_start(
+    ray_session: dict, redis_url: str, tmp_path: Path
+) -> None:
+    """Nothing would add nodes for them: they would wait forever. The error names the settings."""
+    settings = Settings(
+        ray_namespace="too-many-cpus",
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        api_port=free_port(),
+        admin_token=ADMIN_TOKEN,
+        scheduler_replicas=3,
+        replica_cpus=1.0,  # 3 CPUs; the session's Ray has 2
+    )
+    with pytest.raises(StartRefused, match=r"REPLICA_CPUS=1 CPU each \(3 in all\).* 2 CPUs: lower REPLICA_CPUS"):
+        Deployment(settings, [Scheduler]).up()
+    assert not NamedActor(HEALTH_ACTOR, "too-many-cpus").exists()  # nothing was started

@@ -65,6 +65,9 @@ def test_api_node_is_the_head_an_address_or_a_node_id(value: str, node: str) -> 
         ("REDIS_MAXMEMORY", "512kb"),
         ("REDIS_MAXMEMORY", "2tb"),
         ("SCHEDULER_REPLICAS", "0"),
+        ("CHANNEL_MANAGER_REPLICAS", "-1"),
+        ("LIVENESS_REPLICAS", "two"),
+        ("REPLICA_CPUS", "-0.5"),
         ("SHARD_LEASE_S", "0.5"),
         ("REDIS_URL", "http://127.0.0.1:6379"),
     ],
@@ -101,10 +104,20 @@ def test_quotas_and_maxmemory_are_read() -> None:
 
 def test_replicas_and_a_redis_cluster_are_read() -> None:
     s = Settings.from_env(
-        {"SCHEDULER_REPLICAS": "3", "SHARD_LEASE_S": "4", "REDIS_URL": "redis+cluster://127.0.0.1:7000"}
+        {
+            "SCHEDULER_REPLICAS": "3",
+            "CHANNEL_MANAGER_REPLICAS": "2",
+            "LIVENESS_REPLICAS": "4",
+            "REPLICA_CPUS": "1.5",
+            "SHARD_LEASE_S": "4",
+            "REDIS_URL": "redis+cluster://127.0.0.1:7000",
+        }
     )
-    assert (s.scheduler_replicas, s.shard_lease_s, s.redis_url) == (3, 4.0, "redis+cluster://127.0.0.1:7000")
-    assert (Settings.from_env({}).scheduler_replicas, Settings.from_env({}).shard_lease_s) == (1, 10.0)
+    assert (s.scheduler_replicas, s.channel_manager_replicas, s.liveness_replicas) == (3, 2, 4)
+    assert (s.shard_lease_s, s.replica_cpus, s.redis_url) == (4.0, 1.5, "redis+cluster://127.0.0.1:7000")
+    d = Settings.from_env({})
+    assert (d.scheduler_replicas, d.channel_manager_replicas, d.liveness_replicas, d.shard_lease_s) == (1, 1, 1, 10.0)
+    assert d.replica_cpus == 0.25
 
 
 def test_values_are_read() -> None:

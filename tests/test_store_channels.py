@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 
-from store import channels, keys
-from store.channels import BotTaken, Channel, Conflict, Inbound
+from store import channels, keys, shards
+from store.channels import BotTaken, Channel, Conflict, FencedOut, Inbound
 from store.records import new_id
 from store.secrets import SecretBox
 
@@ -202,3 +202,32 @@ async def test_an_operator_lists_and_releases_quarantined_channels(store: aiored
     assert await store.hget(keys.telegram_bot("311"), "channel") == revoked.id.encode()  # its bot bound again
     assert await channels.release(store, BOX, damaged.id, NOW) is True  # tried again as it is
     assert await channels.quarantined(store) == []
+
+
+async def test_a_batch_and_an_answer_with_a_stale_fence_write_nothing(store: aioredis.Redis) -> None:
+    """A channel manager that lost its channel's shard can neither record a poll nor mark an answer."""
+    channel = await created(store, new_id(), 111)
+    shard = keys.shard_of(channel.id)
+    old = (await shards.acquire(store, "ns", "channel-manager", "a#1", 10_000, {shard: ""}))[shard]
+    fence_a = shards.fence_of(shard, "ns", "channel-manager", old.token_or_owner)
+    await channels.accept_batch(
+        store, channel, [Inbound("1", "10", "q")], offset=0, next_offset=11, max_len=10, now=NOW, fence=fence_a
+    )
+    await shards.release(store, "ns", "channel-manager", "a#1", shard, old.token_or_owner)
+    new = (await shards.acquire(store, "ns", "channel-manager", "b#1", 10_000, {shard: ""}))[shard]
+    fence_b = shards.fence_of(shard, "ns", "channel-manager", new.token_or_owner)
+    with pytest.raises(FencedOut):
+        await channels.accept_batch(
+            store, channel, [Inbound("1", "11", "q2")], offset=11, next_offset=12, max_len=10, now=NOW, fence=fence_a
+        )
+    assert await channels.offset(store, channel.id) == 11  # nothing moved: b polls from here
+    ((entry_id, _),) = (await channels.inbox_after(store, {channel.id: "0-0"}, 10))[channel.id]
+    payload = {"chat_id": "1", "in_reply_to": "10", "text": "a", "status": "ok", "error": None}
+    with pytest.raises(FencedOut):
+        await channels.finish(store, channel, entry_id.decode(), payload, max_len=10, fence=fence_a)
+    assert len((await channels.inbox_after(store, {channel.id: "0-0"}, 10))[channel.id]) == 1  # still b's to answer
+    assert await channels.finish(store, channel, entry_id.decode(), payload, max_len=10, fence=fence_b) is True
+    await channels.accept_batch(
+        store, channel, [Inbound("1", "11", "q2")], offset=11, next_offset=12, max_len=10, now=NOW, fence=fence_b
+    )
+    assert await channels.offset(store, channel.id) == 12

@@ -7,6 +7,13 @@ the subsystem's loops: its failures back off that channel alone and show in the 
 channel's inbox (store.channels); relaying runs apart, in ChatQueues: in order per chat,
 at most RELAY_SLOTS at once and at most the tenant's `relays_in_flight` (TENANT_RELAYS_IN_FLIGHT)
 over all its channels, each call to a workspace with a deadline.
+
+With CHANNEL_MANAGER_REPLICAS, each replica runs the channels of the shards it holds
+(ShardOwner). Recording a polled batch and marking a message answered are fenced by the
+shard's lease, so a replica that lost a shard writes nothing for it. A shard another
+replica should have is handed over: its pollers stop (a bot is never polled by two
+replicas at once, which Telegram would answer with 409), the messages being answered are
+let finish, and only then is the lease let go.
 """
 
 from __future__ import annotations
@@ -26,13 +33,16 @@ from actors.channels.chat import ChatApiError
 from actors.channels.relay import ChatQueues
 from actors.egress import egress_for
 from actors.runtime import metrics
+from actors.runtime.shards import ShardOwner
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import LoopState, RecoverLoop
 from settings import Settings
 from store import channels, events, quotas, workspaces
-from store.channels import Channel, Inbound
+from store.channels import Channel, FencedOut, Inbound
 from store.client import connect
+from store.keys import shard_of
 from store.secrets import SecretBox
+from store.shards import Fence
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ POST_ATTEMPTS = 5
 POST_TIMEOUT_S = 10.0
 RETRY_AFTER_CAP_S = 300.0
 LOAD_PAGE = 500
+FENCED_RETRY_S = 1.0
+CLOSE_GRACE_S = 0.5  # inside the runtime's 1 s for close()
 NO_ANSWER = "Sorry, the agent could not answer this message."
 # The fields whose change means the channel must be parsed (and perhaps restarted) again.
 IDENTITY = (b"tenant_id", b"workspace_id", b"type", b"config", b"allowed_chats", b"enabled", b"revision")
@@ -66,6 +78,10 @@ class Run:
     reported: tuple[str, str] | None = None
     stopped: bool = False
 
+    @property
+    def shard(self) -> int:
+        return shard_of(self.channel.id)
+
     def status(self) -> tuple[str, str] | None:
         """(status, last_error) as the channel should read; None while it has not started."""
         if self.poller is None:
@@ -79,6 +95,10 @@ class Run:
 
 class ChannelManager(Subsystem):
     spec = CHANNEL_SPEC
+
+    @classmethod
+    def replicas(cls, settings: Settings) -> int:
+        return settings.channel_manager_replicas
 
     def __init__(self, settings: Settings, **runtime: Any) -> None:
         super().__init__(settings, **runtime)
@@ -102,6 +122,10 @@ class ChannelManager(Subsystem):
         self.malformed = 0
         self.in_flight = 0
         self._quarantined_count = 0
+        self.shards = ShardOwner(
+            self.redis, settings.ray_namespace, self.spec.group_name, self.name, lease_s=settings.shard_lease_s
+        )
+        self._handovers: dict[asyncio.Task[None], int] = {}  # a shard's runs being handed over -> the shard
         self.supervise(f"{self.name}.wake", self._listen)
 
     async def open(self) -> None:
@@ -110,11 +134,19 @@ class ChannelManager(Subsystem):
         await self.egress.open()  # the workspaces' URLs are the tenants': through the egress
 
     async def close(self) -> None:
-        """Every channel stops (its unanswered messages stay in its inbox) before its session closes."""
-        self._closed = True
+        """Every channel stops before its session closes: its poller at once, the messages being
+        answered given CLOSE_GRACE_S to finish (the rest stay in the inbox); then the shards are
+        let go, so the other replicas take them at once."""
         for run in list(self.runs.values()):
-            await self._retire(run)
+            self._hand_over(run)
+        if self._handovers:
+            _, late = await asyncio.wait(list(self._handovers), timeout=CLOSE_GRACE_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        self._closed = True
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.shards.leave()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -127,6 +159,7 @@ class ChannelManager(Subsystem):
             "quarantines": self.quarantines,
             "malformed": self.malformed,
             "rate_limited": sum(r.rate_limited for r in self.runs.values()),
+            "shards": len(self.shards.held()),
             # Each Telegram channel's poller loop, by channel id.
             "pollers": {cid: r.poller.status()["state"] for cid, r in self.runs.items() if r.poller is not None},
         }
@@ -145,7 +178,9 @@ class ChannelManager(Subsystem):
     # -- reconcile -------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        ids = await channels.ids(self.redis)
+        await self.shards.refresh(busy=lambda shard: shard in self._handovers.values())
+        owned = self.shards.owned()
+        ids = await channels.ids(self.redis, owned)
         raws = await channels.read(self.redis, ids)  # a key of the wrong type is that channel's problem
         wanted = set()
         quarantined = 0
@@ -161,7 +196,11 @@ class ChannelManager(Subsystem):
             elif outcome.skipped or outcome.quarantined_now or _quarantined(raw):
                 quarantined += 1
         for channel_id in set(self.runs) - wanted:
-            await self._retire(self.runs[channel_id])
+            run = self.runs[channel_id]
+            if run.shard in owned:
+                await self._retire(run)
+            else:
+                self._hand_over(run)
         self._parsed = {c: p for c, p in self._parsed.items() if c in wanted}
         self._quarantined = {c: r for c, r in self._quarantined.items() if c in self._parsed}
         self.watched, self._quarantined_count = len(ids), quarantined
@@ -236,6 +275,24 @@ class ChannelManager(Subsystem):
         await run.queues.close()
         log.info("channel %s stopped", run.channel.id)
 
+    def _hand_over(self, run: Run) -> None:
+        """Stop a run whose shard is no longer this replica's: the poller at once, the messages
+        being answered once they are; the shard's lease is let go after (busy until then)."""
+        run.stopped = True
+        del self.runs[run.channel.id]
+        if run.task is not None:
+            run.task.cancel()
+
+        async def finish() -> None:
+            if run.task is not None:
+                await asyncio.gather(run.task, return_exceptions=True)
+            await run.queues.close(finish_current=True)
+            log.info("channel %s handed over", run.channel.id)
+
+        task = asyncio.get_running_loop().create_task(finish(), name=f"hand over {run.channel.id}")
+        self._handovers[task] = run.shard
+        task.add_done_callback(lambda done: self._handovers.pop(done, None))
+
     async def _write_status(self, run: Run) -> None:
         status = run.status()
         if status is None or status == run.reported:
@@ -301,6 +358,7 @@ class ChannelManager(Subsystem):
 
     async def _poll_updates(self, run: Run) -> None:
         token = run.channel.secrets["bot_token"]
+        self._fence(run)  # a replica polls only the bots of shards it holds
         offset = await channels.offset(self.redis, run.channel.id)
         base, poll_s = self.settings.telegram_api_base, self.settings.telegram_poll_timeout_s
         first = True
@@ -335,6 +393,7 @@ class ChannelManager(Subsystem):
                 next_offset=next_offset,
                 max_len=self.settings.events_max_per_tenant,
                 now=time.time(),
+                fence=self._fence(run),
             )
             offset = next_offset
             await self._load(run)
@@ -386,6 +445,7 @@ class ChannelManager(Subsystem):
         """Ask the workspace, post its answer, then mark the message answered (with its event)."""
         if run.stopped:
             return  # the run is being retired; the message stays in the inbox for the next one
+        self._fence(run)  # raises while the shard is not held: retried until it is, or the run is handed over
         entry_id, inbound = item
         channel = run.channel
         work = metrics.work()
@@ -415,9 +475,31 @@ class ChannelManager(Subsystem):
             "status": "ok" if error is None else "error",
             "error": error,
         }
-        await channels.finish(self.redis, channel, entry_id, payload, max_len=self.settings.events_max_per_tenant)
+        while True:
+            try:
+                await channels.finish(
+                    self.redis,
+                    channel,
+                    entry_id,
+                    payload,
+                    max_len=self.settings.events_max_per_tenant,
+                    fence=self._fence(run),
+                )
+                break
+            except FencedOut as exc:
+                if run.stopped:  # handed over: the shard's new owner answers it again
+                    log.warning("%s", exc)
+                    return
+                await asyncio.sleep(FENCED_RETRY_S)  # a late renewal brings the lease back, or a handover stops the run
         self.relayed += 1
         self.relay_errors += error is not None
+
+    def _fence(self, run: Run) -> Fence:
+        """The lease of the run's shard; FencedOut if this replica no longer holds it."""
+        fence = self.shards.fence(run.shard)
+        if fence is None:
+            raise FencedOut(f"channel {run.channel.id}: shard {run.shard} is not this replica's now")
+        return fence
 
     async def _ask(self, channel: Channel, inbound: Inbound) -> Outcome:
         (raw,) = await workspaces.read(self.redis, [channel.workspace_id])

@@ -32,6 +32,8 @@ class ChatQueues(Generic[T]):
         self._sleep = sleep
         self._chats: dict[str, deque[T]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._handling: set[str] = set()  # chats whose `handle` is running now
+        self._closing = False
         self._has_room = asyncio.Event()
         self._has_room.set()
         self.backlog = 0
@@ -58,14 +60,20 @@ class ChatQueues(Generic[T]):
         queue = self._chats[chat]
         attempt = 0
         try:
-            while queue:
+            while queue and not self._closing:
+                self._handling.add(chat)
                 try:
                     await self._handle(queue[0])
+                    failed: Exception | None = None
                 except Exception as exc:  # the item stays at the head: retried, never skipped
+                    failed = exc
+                finally:
+                    self._handling.discard(chat)
+                if failed is not None:
                     self.retries += 1
                     delay = RETRY.base_delay_s(attempt)
                     attempt += 1
-                    log.warning("chat %s: handling failed (%s); retry in %.0f s", chat, describe(exc), delay)
+                    log.warning("chat %s: handling failed (%s); retry in %.0f s", chat, describe(failed), delay)
                     await self._sleep(delay)
                     continue
                 attempt = 0
@@ -79,9 +87,15 @@ class ChatQueues(Generic[T]):
             if not queue:
                 del self._chats[chat]
 
-    async def close(self) -> None:
-        """Cancel every chat's task and wait for them; unhandled items are dropped from memory."""
-        workers = list(self._workers.values())
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+    async def close(self, *, finish_current: bool = False) -> None:
+        """Stop every chat's task and wait for them; unhandled items are dropped from memory.
+
+        With `finish_current`, an item being handled now is let finish (nothing after it
+        starts); otherwise it is cancelled too.
+        """
+        self._closing = True
+        workers = list(self._workers.items())
+        for chat, task in workers:
+            if not (finish_current and chat in self._handling):
+                task.cancel()
+        await asyncio.gather(*(task for _, task in workers), return_exceptions=True)

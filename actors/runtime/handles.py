@@ -79,6 +79,11 @@ def alive_node(node: str) -> str | None:
     return None
 
 
+def cluster_cpus() -> float:
+    """The CPUs of every node of the connected Ray cluster."""
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
 def _is_address(node: str) -> bool:
     try:
         ipaddress.ip_address(node)
@@ -122,17 +127,26 @@ def _actor_class(cls: type) -> Any:
 
 
 def deploy(
-    cls: type, *args: Any, name: str, namespace: str, node: str | None = None, spread: bool = False, **kwargs: Any
+    cls: type,
+    *args: Any,
+    name: str,
+    namespace: str,
+    node: str | None = None,
+    spread: bool = False,
+    num_cpus: float = 0,
+    **kwargs: Any,
 ) -> NamedActor:
     """Create `cls(*args, **kwargs)` as the detached actor `name`, restarted by Ray whenever it dies.
 
     An actor of that name that already exists is attached to instead (a re-run driver never
     makes a second one). With `node` (see `placement`) it runs, and restarts, on that node;
     with `spread` (a subsystem's replicas), Ray's SPREAD strategy places such actors over
-    the nodes, best effort. Returns its handle; nothing waits for the constructor (call
-    `ping` for that).
+    the nodes, best effort. `num_cpus` is what it asks Ray for (none by default: the actors
+    here wait on I/O). Returns its handle; nothing waits for the constructor (call `ping`
+    for that).
     """
     options = {**ACTOR_OPTIONS, **(placement(node) if node else {"scheduling_strategy": "SPREAD"} if spread else {})}
+    options["num_cpus"] = num_cpus
     handle = _actor_class(cls).options(name=name, namespace=namespace, **options).remote(*args, **kwargs)
     return NamedActor(name, namespace, handle)
 

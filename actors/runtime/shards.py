@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
+from actors.runtime.subsystem import TRANSIENT_ERRORS
 from store import shards
 from store.keys import ALL_SHARDS
 from store.shards import Fence
@@ -98,8 +99,12 @@ class ShardOwner:
         return shards.fence_of(shard, self.namespace, self.kind, self.tokens[shard])
 
     async def leave(self) -> None:
-        """Let go of every lease and leave the members (a replica stopping): the others take over at once."""
-        for shard, token in list(self.tokens.items()):
-            await shards.release(self.redis, self.namespace, self.kind, self.owner, shard, token)
-            self._drop(shard)
-        await shards.leave(self.redis, self.namespace, self.kind, self.member)
+        """Let go of every lease and leave the members (a replica stopping): the others take over
+        at once. Best effort: if Redis cannot be reached, the leases run out by themselves."""
+        try:
+            for shard, token in list(self.tokens.items()):
+                await shards.release(self.redis, self.namespace, self.kind, self.owner, shard, token)
+                self._drop(shard)
+            await shards.leave(self.redis, self.namespace, self.kind, self.member)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("%s could not let go of its shards: %s", self.member, exc)
