@@ -32,10 +32,10 @@ from actors.health_sweep import HealthSweep
 from actors.liveness_monitor import LivenessMonitor
 from actors.runtime.handles import (
     ACTOR_UNAVAILABLE,
-    API_ACTOR,
     HEALTH_ACTOR,
     NamedActor,
     alive_node,
+    alive_nodes,
     attach_ray,
     cluster_cpus,
     connect_ray,
@@ -131,7 +131,8 @@ class Deployment:
 
     def __init__(self, settings: Settings, subsystems: Sequence[type[Subsystem]] = ()) -> None:
         self.settings = settings
-        self.subsystems = list(subsystems)
+        # With an API on every node, each reads its own clients' streams: no broadcaster.
+        self.subsystems = [cls for cls in subsystems if not (settings.api_per_node and cls is Broadcaster)]
         self.redis: EmbeddedRedis | None = None
         self.token = ""
         self.token_path: Path | None = None
@@ -158,8 +159,7 @@ class Deployment:
             moved = pool.submit(asyncio.run, prepare_store(settings.redis_url, running=running)).result()
         if moved:
             say(f"moved {moved} keys of the store into its sharded key layout")
-        if alive_node(settings.api_node) is None:
-            raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
+        api_nodes = self.api_nodes()
         namespace = settings.ray_namespace
         health = deploy(HealthActor, settings, name=HEALTH_ACTOR, namespace=namespace)
         self.actors = [health]
@@ -168,13 +168,13 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"health registry could not load from Redis within {START_TIMEOUT_S:g} s")
             time.sleep(0.1)
-        specs = [s for cls in [*self.subsystems, ApiActor] for s in cls.specs_for(settings)]
+        specs = [s for cls in self.subsystems for s in cls.specs_for(settings)] + [s for s, _ in api_nodes]
         expectations = [dataclasses.asdict(s.expectation(namespace)) for s in specs]
         health.call_sync("register", expectations, True, timeout_s=START_TIMEOUT_S)
         self.actors += [self.start(cls, spec=s) for cls in self.subsystems for s in cls.specs_for(settings)]
         for cls in self.subsystems:  # a re-run with fewer replicas stops the ones past the count
             self._retire_replicas(cls.spec_for(settings), len(cls.specs_for(settings)))
-        self.actors.append(self.start(ApiActor, self.token, node=settings.api_node))
+        self.actors += [self.start(ApiActor, self.token, spec=spec, node=node) for spec, node in api_nodes]
         for actor in self.actors:
             actor.call_sync("ping", timeout_s=max(0.1, deadline - time.monotonic()))
 
@@ -192,7 +192,7 @@ class Deployment:
         """
         spec = spec or cls.spec_for(self.settings)
         namespace = self.settings.ray_namespace
-        spread = replicated(cls, spec, self.settings)
+        spread = node is None and replicated(cls, spec, self.settings)  # a replica placed on a node stays there
         return deploy(
             cls,
             self.settings,
@@ -205,6 +205,18 @@ class Deployment:
             spec=spec,
             **kwargs,
         )
+
+    def api_nodes(self) -> list[tuple[SubsystemSpec, str]]:
+        """Each API actor's spec and node: `api` on API_NODE, and with API_PER_NODE `api-1`,
+        `api-2`, ... on the other alive nodes, in the order of their ids."""
+        settings = self.settings
+        first = alive_node(settings.api_node)
+        if first is None:
+            raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
+        if not settings.api_per_node:
+            return [(ApiActor.spec, settings.api_node)]
+        nodes = [first, *sorted(set(alive_nodes()) - {first})]
+        return [(ApiActor.spec.replica(i), node) for i, node in enumerate(nodes)]
 
     def _check_replica_cpus(self) -> None:
         """Replicas ask Ray for REPLICA_CPUS each. On a Ray of its own (no RAY_ADDRESS) nothing adds
@@ -283,15 +295,16 @@ class Deployment:
         def remaining() -> float:
             return max(0.1, deadline - time.monotonic())
 
-        api = NamedActor(API_ACTOR, namespace)
-        try:
-            api.call_sync("set_draining", True, timeout_s=remaining())
-            time.sleep(min(DRAIN_GRACE_S, remaining() / 4))  # let readiness probes see the 503
-        except Exception as exc:  # draining goes on without the API: stopping is what matters
-            log.warning("could not mark the API draining: %s", exc)
+        apis = [s.actor_name for s in self._running_replicas(ApiActor)]
+        for name in apis:
+            try:
+                NamedActor(name, namespace).call_sync("set_draining", True, timeout_s=remaining())
+            except Exception as exc:  # draining goes on without the API: stopping is what matters
+                log.warning("could not mark %s draining: %s", name, exc)
+        time.sleep(min(DRAIN_GRACE_S, remaining() / 4))  # let readiness probes see the 503
         # Every replica that runs (a scale() or an earlier run may have started more than settings say).
         names = [s.actor_name for cls in reversed(self.subsystems) for s in self._running_replicas(cls)]
-        names.append(API_ACTOR)
+        names += apis
         for name in names:
             actor = NamedActor(name, namespace)
             try:

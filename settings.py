@@ -157,6 +157,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_node: str = "head"
+    api_per_node: bool = False  # an API actor on every node, each reading its clients' tenants' streams
     admin_token: str | None = field(default=None, repr=False)
     enable_fault_injection: bool = False
     metrics_export_port: int | None = None
@@ -240,6 +241,7 @@ class Settings:
             api_host=host,
             api_port=_port(env, "API_PORT", d.api_port),
             api_node=_node(env, "API_NODE"),
+            api_per_node=_flag(env, "API_PER_NODE", d.api_per_node),
             admin_token=token,
             enable_fault_injection=_flag(env, "ENABLE_FAULT_INJECTION", d.enable_fault_injection),
             metrics_export_port=metrics_port,

@@ -33,6 +33,7 @@ from api.context import ApiContext
 from api.listener import listening_socket, tcp_options
 from api.recent import Recent
 from settings import Settings
+from store import events
 from store.client import connect, memory
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ HEALTH_WATCH_INTERVAL_S = 1.0
 LIVENESS_FRESH_S = 0.25
 LIVENESS_MAX_AGE_S = 1.0
 STORE_DEADLINE_S = 1.0
+# API_PER_NODE: each API reads its clients' tenants' streams, blocking up to READ_BLOCK_S;
+# a tick finds the reader stuck if it has not come round for READER_STALE_S.
+READ_BLOCK_S = 1.0
+READ_COUNT = 1000
+READER_STALE_S = 10.0
+SCREEN_EVERY_S = 5.0  # a tenant whose events key is not a stream is looked at again this often
 
 
 class PlatformBackend:
@@ -183,6 +190,11 @@ class ApiActor(Subsystem):
 
     It also watches the HealthActor: silent for HEALTH_KILL_AFTER_S, it is killed for Ray to
     restart, at most once per that period.
+
+    With API_PER_NODE there is one on every node, each listening on API_HOST:API_PORT of its
+    own node (SO_REUSEPORT, so several nodes on one machine share the port), and each reads
+    the streams of the tenants its own WebSocket clients follow: no broadcaster, and no one
+    process carries every tenant's events. Its tick also checks that this reader comes round.
     """
 
     spec = API_SPEC
@@ -201,8 +213,16 @@ class ApiActor(Subsystem):
         self._session: aiohttp.ClientSession | None = None
         self.chat_session: aiohttp.ClientSession | None = None
         self._server: uvicorn.Server | None = None
-        self.supervise("api.http", self._serve)
-        self.supervise("api.health-watch", self._watch_health)
+        self._probe_url = self.base_url
+        self.events_read = 0
+        self.malformed = 0
+        self._read_at: float | None = None  # when the reader last came round (API_PER_NODE)
+        self.supervise(f"{self.name}.http", self._serve)
+        self.supervise(f"{self.name}.health-watch", self._watch_health)
+        if settings.api_per_node:
+            self.stream_redis = self.own(connect(settings.redis_url, timeout_s=READ_BLOCK_S + 2.0))
+            self.read_count = max(1, min(READ_COUNT, settings.ws_queue_size // 4))
+            self.supervise(f"{self.name}.events", self._read_events)
 
     async def open(self) -> None:
         self._session = self.own(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SELF_PROBE_TIMEOUT_S)))
@@ -222,15 +242,20 @@ class ApiActor(Subsystem):
             ws_ping_timeout=self.settings.ws_ping_timeout_s,
         )
         server = self._server = uvicorn.Server(config)
-        sock = self._listen()
+        sockets = [self._listen()]
+        if self.settings.api_per_node:
+            # Its own self-probe must reach this process, not whichever shares the port.
+            sockets.append(listening_socket("127.0.0.1", 0, user_timeout_s=SELF_PROBE_TIMEOUT_S))
+            self._probe_url = f"http://127.0.0.1:{sockets[1].getsockname()[1]}"
         try:
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=sockets)
         except asyncio.CancelledError:
             if server.started:  # stopping: WebSocket clients get 1012 (service restart), open requests end
-                await server.shutdown(sockets=[sock])
+                await server.shutdown(sockets=sockets)
             raise
         finally:
-            sock.close()
+            for sock in sockets:
+                sock.close()
         raise RuntimeError("HTTP server stopped")
 
     def _listen(self) -> socket.socket:
@@ -238,7 +263,9 @@ class ApiActor(Subsystem):
         # A peer that has not taken our data for a ping interval plus its timeout is gone.
         user_timeout_s = settings.ws_ping_interval_s + settings.ws_ping_timeout_s
         try:
-            return listening_socket(settings.api_host, settings.api_port, user_timeout_s=user_timeout_s)
+            return listening_socket(
+                settings.api_host, settings.api_port, user_timeout_s=user_timeout_s, reuse_port=settings.api_per_node
+            )
         except OSError as exc:
             raise RuntimeError(f"cannot serve on {self.base_url} (API_HOST/API_PORT): {exc}") from None
 
@@ -252,9 +279,12 @@ class ApiActor(Subsystem):
 
     async def tick(self) -> None:
         assert self._session is not None
-        async with self._session.get(f"{self.base_url}/livez") as response:
+        async with self._session.get(f"{self._probe_url}/livez") as response:
             if response.status != 200:
                 raise RuntimeError(f"self-probe GET /livez answered {response.status}")
+        if self.settings.api_per_node and self._read_at is not None:
+            if (quiet := time.monotonic() - self._read_at) > READER_STALE_S:
+                raise RuntimeError(f"the event reader has not come round for {quiet:.0f} s")
         self._export_metrics()
 
     def _export_metrics(self) -> None:
@@ -274,6 +304,7 @@ class ApiActor(Subsystem):
             "ws_clients": self.hub.clients,
             "ws_connections": self.hub.connections,
             "ws_overflows": self.hub.overflows,
+            **({"events_read": self.events_read, "malformed": self.malformed} if self.settings.api_per_node else {}),
         }
 
     async def _watch_health(self) -> None:
@@ -308,6 +339,68 @@ class ApiActor(Subsystem):
                 continue
             found.append({"peer": list(transport.get_extra_info("peername") or ()), **tcp_options(sock)})
         return found
+
+    async def _read_events(self) -> None:
+        """API_PER_NODE: read the streams of the tenants this API's clients follow and queue what
+        comes on them. A tenant is read from the oldest point any of its clients has when it is
+        first followed (the hub drops, per client, what it already has), so a client misses
+        nothing between its replay and the live events; a tenant that gets its first client
+        cuts a read short so that it is read at once. A tenant whose events key is not a
+        stream is left out (and looked at again every SCREEN_EVERY_S): it must not stop the others.
+        """
+        reader = events.StreamReader(self.stream_redis)
+        hub = self.hub
+        positions: dict[str, str] = {}
+        bad: set[str] = set()
+        screened_at = time.monotonic()
+        try:
+            while True:
+                self._read_at = time.monotonic()
+                hub.followed_changed.clear()
+                if bad and time.monotonic() - screened_at > SCREEN_EVERY_S:
+                    bad, screened_at = set(), time.monotonic()
+                followed = hub.followed()
+                positions = {t: positions.get(t) or f"{key[0]}-{key[1]}" for t, key in followed.items() if t not in bad}
+                reading = asyncio.ensure_future(
+                    reader.read(positions, count=self.read_count, block_ms=int(READ_BLOCK_S * 1000))
+                )
+                changed = asyncio.ensure_future(hub.followed_changed.wait())
+                await asyncio.wait((reading, changed), return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if not reading.done():  # a new tenant to read: read again with it
+                    reading.cancel()
+                    reader.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
+                    continue
+                try:
+                    found = reading.result()
+                except redis.exceptions.ResponseError as exc:
+                    if "WRONGTYPE" not in str(exc):
+                        raise
+                    kinds = await events.kinds(self.stream_redis, sorted(positions))
+                    bad |= {t for t, kind in kinds.items() if kind not in ("stream", "none")}
+                    log.warning("%s: events keys that are not streams left out: %s", self.name, sorted(bad))
+                    continue
+                self._publish(found, positions)
+        finally:
+            reader.cancel()
+
+    def _publish(self, found: list[tuple[str, events.Entries]], positions: dict[str, str]) -> None:
+        batch: dict[str, list[tuple[str, str]]] = {}
+        for tenant_id, entries in found:
+            if tenant_id not in positions or not entries:
+                continue
+            out = batch[tenant_id] = []
+            for raw_id, fields in entries:
+                stream_id = raw_id.decode()
+                text = events.envelope(tenant_id, stream_id, fields)
+                if text is None:
+                    self.malformed += 1
+                else:
+                    out.append((stream_id, text))
+            positions[tenant_id] = entries[-1][0].decode()
+            self.events_read += len(entries)
+        self.hub.publish(batch)
 
     async def deliver(self, batch: dict[str, list[tuple[str, str]]]) -> int:
         """The broadcaster's delivery: queue each tenant's events on its clients; returns the client count."""

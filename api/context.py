@@ -30,6 +30,7 @@ class ApiContext:
     admin_token: str
     namespace: str
     fault_injection: bool
+    own_reader: bool  # this API reads its clients' streams itself (API_PER_NODE): no broadcaster to wait for
     workspace_ttl_s: float
     events_max_per_tenant: int
     quotas: Mapping[str, float]  # every tenant's, unless overridden (store.quotas)
@@ -65,6 +66,7 @@ class ApiContext:
             admin_token=admin_token,
             namespace=settings.ray_namespace,
             fault_injection=settings.enable_fault_injection,
+            own_reader=settings.api_per_node,
             workspace_ttl_s=settings.workspace_ttl_s,
             events_max_per_tenant=settings.events_max_per_tenant,
             quotas=settings.quotas(),

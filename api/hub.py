@@ -65,6 +65,7 @@ class Hub:
         self.appended = 0  # events appended through POST /events
         self.connections = 0  # open WebSocket handlers, registered or not
         self.admitted: Counter[str] = Counter()  # open connections per tenant, counted against its quota
+        self.followed_changed = asyncio.Event()  # a tenant got its first client (a reader reads it from now)
 
     def admit(self, tenant_id: str, limit: float) -> bool:
         """Count one more connection of the tenant, unless it has `limit` open already."""
@@ -82,10 +83,20 @@ class Hub:
     def clients(self) -> int:
         return sum(len(clients) for clients in self._tenants.values())
 
-    def register(self, tenant_id: str) -> Client:
+    def register(self, tenant_id: str, newest: EventKey = (0, 0)) -> Client:
+        """A client of the tenant whose events up to `newest` need not be queued (it has them, or
+        reads them from the stream itself)."""
         client = Client(tenant_id, self.queue_size)
+        client.newest = newest
+        if tenant_id not in self._tenants:
+            self.followed_changed.set()
         self._tenants.setdefault(tenant_id, set()).add(client)
         return client
+
+    def followed(self) -> dict[str, EventKey]:
+        """Each tenant with clients, and the oldest `newest` among them: a reader of this hub's
+        tenants that starts a tenant there misses nothing any of its clients still needs."""
+        return {t: min(c.newest for c in clients) for t, clients in self._tenants.items() if clients}
 
     def readmit(self, client: Client) -> None:
         """Queue for an overflowed client again; it re-reads the stream from its own position."""

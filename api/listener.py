@@ -8,8 +8,12 @@ from asyncio.trsock import TransportSocket
 BACKLOG = 2048
 
 
-def listening_socket(host: str, port: int, *, user_timeout_s: float) -> socket.socket:
+def listening_socket(host: str, port: int, *, user_timeout_s: float, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to (host, port) and listening; raises OSError if it cannot bind.
+
+    With `reuse_port` (SO_REUSEPORT), other sockets that ask for it too may listen on the same
+    address, and the kernel spreads new connections over them: the API actors of several Ray
+    nodes on one machine serve one port, as they would each on their own machine.
 
     It is created with protocol IPPROTO_TCP, not 0: asyncio turns TCP_NODELAY on for an
     accepted socket only when its protocol says TCP (`base_events._set_nodelay`), and
@@ -24,6 +28,8 @@ def listening_socket(host: str, port: int, *, user_timeout_s: float) -> socket.s
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:  # as socket.create_server: IPv6 only, no dual stack
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

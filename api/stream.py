@@ -86,11 +86,11 @@ async def _serve(websocket: WebSocket, hub: Hub) -> None:
         if not hub.admit(tenant_id, limit):
             raise Refused(OVER_QUOTA, str(QuotaExceeded("ws_connections", limit)))
         admitted = tenant_id
-        client = hub.register(tenant_id)
         # The start is fixed before the handshake completes: whatever is appended after the
-        # client sees it open reaches the client.
+        # client sees it open reaches the client (read by the replay below, or queued by the hub
+        # from the moment it registers, which is before the replay starts).
         cursor = Cursor(last_event_id or await _newest(websocket, tenant_id))
-        client.newest = cursor.key
+        client = hub.register(tenant_id, cursor.key)
         await websocket.accept()
         code, reason = await _until_closed(websocket, client, cursor)
     except Refused as refused:
@@ -148,7 +148,7 @@ async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
         raise Refused(BAD_REQUEST, "last_event_id must be a stream id such as 1700000000000-0")
     # Until the broadcaster has its positions, events appended now might never be delivered live.
     ctx = context(websocket)
-    if not await broadcast.started(ctx.redis, ctx.namespace):
+    if not ctx.own_reader and not await broadcast.started(ctx.redis, ctx.namespace):
         raise Refused(TRY_AGAIN, "the broadcaster is starting; reconnect shortly")
     return tenant_id, last
 

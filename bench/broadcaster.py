@@ -9,6 +9,10 @@
 Baseline in the same run: one process with no Ray in between (uvicorn + Starlette, the same
 WebSocket stack) that XREADs the same streams with redis-py and sends each event to the
 same clients. The clients run in two processes of their own.
+
+`--api-per-node` runs the platform with API_PER_NODE (each API actor reads its own
+clients' streams: no broadcaster), on a Ray of `--nodes` nodes on this machine: with 3,
+three API actors share the port and the kernel spreads the clients over them.
 """
 
 from __future__ import annotations
@@ -183,8 +187,11 @@ def main() -> None:
     parser.add_argument("--per-tenant", type=int, default=2_000)
     parser.add_argument("--replay", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=None, help="events/s for the latency runs (default: half)")
+    parser.add_argument("--api-per-node", action="store_true", help="API_PER_NODE=1: an API on every node")
+    parser.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine")
     args = parser.parse_args()
-    with harness.platform([Broadcaster]) as platform:
+    print(f"platform: API_PER_NODE={int(args.api_per_node)} on {args.nodes} node(s)", flush=True)
+    with harness.platform([Broadcaster], args.nodes, api_per_node=args.api_per_node) as platform:
         tenants = [platform.new_tenant(f"bench-{n}") for n in range(TENANTS)]
         ids = [t["id"] for t in tenants]
         writer = Writer(platform.settings.redis_url)

@@ -1,7 +1,9 @@
-"""`ray job submit` against a three-node cluster this module starts; `ray job stop` drains it."""
+"""`ray job submit` against a three-node cluster this module starts; `ray job stop` drains it.
+Scheduler replicas run one per node, and lose no slot when a node's raylet is killed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -10,15 +12,21 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from store import keys, shards
+from store.client import connect
 from store.embedded import free_port
-from tests.support import ADMIN_TOKEN, http, wait_for
+from tests.a2a_agent import A2AAgent
+from tests.support import ADMIN_TOKEN, http, sync_redis, wait_for
+from tests.test_scheduler_faults import message_counts
+from tests.ws_client import Subscriber, Writer
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,7 +89,8 @@ def cluster() -> Iterator[dict[str, Any]]:
             metrics.append(worker_ports["metrics"])
             wait_for(lambda n=n: f"n{n}" in node_ids(address), 120, interval_s=0.5, what=f"node n{n} joined")
         ids = node_ids(address)
-        yield {"address": address, "metrics": metrics, "nodes": ids}
+        processes = dict(zip(("n0", "n1", "n2"), nodes, strict=True))
+        yield {"address": address, "metrics": metrics, "nodes": ids, "processes": processes}
     finally:
         for process in reversed(nodes):  # workers first, the head last
             stop_node(process)
@@ -211,3 +220,184 @@ def test_the_api_runs_on_the_node_api_node_names(cluster: dict[str, Any], tmp_pa
     finally:
         assert job_cli(address, "stop", "api-on-n2").returncode == 0
     assert wait_finished(address, "api-on-n2") in ("STOPPED", "SUCCEEDED")
+
+
+def test_an_api_on_every_node_and_a_rolling_restart_deliver_each_event_once_in_order(
+    cluster: dict[str, Any], fresh_redis: Callable[[], str], tmp_path: Path
+) -> None:
+    """Acceptance d: API_PER_NODE runs an API actor on each of the three nodes, all on one port
+    (this machine's kernel spreads the clients over them); each is restarted in turn while
+    events flow, and every client, reconnecting with `last_event_id`, gets every event of
+    its tenant once and in order."""
+    address, api_port, job_id = cluster["address"], free_port(), "api-per-node"
+    url, redis_url = f"http://127.0.0.1:{api_port}", fresh_redis()
+    env = {
+        "API_PORT": str(api_port),
+        "DATA_DIR": str(tmp_path),
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "REDIS_URL": redis_url,
+        "RAY_NAMESPACE": "per-node",
+        "API_PER_NODE": "1",
+        "ENABLE_FAULT_INJECTION": "1",
+    }
+    submit(address, job_id, env, on="n0")
+    names = ["api", "api-1", "api-2"]
+
+    def liveness() -> dict[str, Any]:
+        return http("GET", url + "/admin/liveness", token=ADMIN_TOKEN)[1]["subsystems"]
+
+    try:
+        wait_ready(address, job_id, url)
+        apis = wait_for(lambda: (s := liveness()) and all(s[n]["state"] == "RUNNING" for n in names) and s, 60)
+        assert sorted(apis[n]["node"] for n in names) == sorted(cluster["nodes"].values())
+        assert "broadcaster" not in apis
+        tenants = [http("POST", url + "/admin/tenants", {"name": f"ws-{n}"}, token=ADMIN_TOKEN)[1] for n in range(3)]
+        per_tenant = 3_000
+
+        async def run() -> tuple[list[list[str]], dict[str, list[Subscriber]]]:
+            clients = {t["id"]: [Subscriber(url, t["token"], reconnect=True) for _ in range(4)] for t in tenants}
+            readers = [asyncio.create_task(c.run(per_tenant, timeout_s=180)) for cs in clients.values() for c in cs]
+            await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for cs in clients.values() for c in cs)), 30)
+            writing = asyncio.create_task(
+                Writer(redis_url).paced([t["id"] for t in tenants], per_tenant, batch=20, pause_s=0.02)
+            )
+            for name in names:  # a rolling restart, one API actor at a time, while events flow
+                before = await asyncio.to_thread(wait_for, lambda n=name: liveness()[n]["pid"], 30)
+                await asyncio.to_thread(restart, url, name)
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda n=name, p=before: (a := liveness()[n])["pid"] != p and a["state"] == "RUNNING",
+                    60,
+                    what=f"{name} running again",
+                )
+            written = await writing
+            await asyncio.gather(*readers)
+            return written, clients
+
+        written, clients = asyncio.run(run())
+        for tenant, ids in zip(tenants, written, strict=True):
+            for client in clients[tenant["id"]]:
+                assert client.ids == ids  # every event, once, in order, across its reconnects
+        reconnected = sum(c.connections - 1 for cs in clients.values() for c in cs)
+        assert reconnected >= 1, "no client was on a restarted API"
+    finally:
+        job_cli(address, "stop", job_id)
+        wait_finished(address, job_id)
+
+
+def restart(url: str, name: str) -> None:
+    """The `exit` fault: the actor's process exits at once, and Ray starts it again on its node.
+    Asked of whichever API answers on the shared port (one that is restarting may not)."""
+
+    def asked() -> bool:
+        try:
+            body = {"subsystem": name, "fault": "exit"}
+            return http("POST", url + "/admin/faults", body, token=ADMIN_TOKEN)[0] == 202
+        except OSError:
+            return False
+
+    wait_for(asked, 30, interval_s=0.2, what=f"the exit fault of {name} taken")
+
+
+def raylet_pid(node: subprocess.Popen[bytes]) -> int:
+    """The raylet that a `ray start --block` process started (its child)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            line = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, rest = line[line.index("(") + 1 : line.rindex(")")], line[line.rindex(")") + 2 :].split()
+        if name == "raylet" and int(rest[1]) == node.pid:
+            return int(stat.parent.name)
+    raise AssertionError(f"no raylet under pid {node.pid}")
+
+
+def test_scheduler_replicas_run_one_per_node_and_a_raylet_killed_mid_burst_loses_no_slot(
+    cluster: dict[str, Any], fresh_redis: Callable[[], str], tmp_path: Path
+) -> None:
+    """Acceptance a (one replica per node) and b. Runs last in the module: node n2 does not come back."""
+    address, api_port, job_id = cluster["address"], free_port(), "replicas-on-three-nodes"
+    url, redis_url = f"http://127.0.0.1:{api_port}", fresh_redis()
+    agent = A2AAgent(delay_s=1.0).start()  # 600 fires at 3 x 64 in flight take about 4 s
+    env = {
+        "API_PORT": str(api_port),
+        "DATA_DIR": str(tmp_path),
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "REDIS_URL": redis_url,
+        "RAY_NAMESPACE": "replicas",
+        "SCHEDULER_REPLICAS": "3",
+        "SHARD_LEASE_S": "5",
+        "FIRE_TIMEOUT_S": "10",  # a fire lost with its node is delivered again 15 s after its claim
+        "EGRESS_ALLOW_CIDRS": "127.0.0.0/8",
+    }
+    submit(address, job_id, env, on="n0")
+    try:
+        wait_ready(address, job_id, url)
+        names = ["scheduler", "scheduler-1", "scheduler-2"]
+
+        def placed() -> dict[str, str] | None:
+            subsystems = http("GET", url + "/admin/liveness", token=ADMIN_TOKEN)[1]["subsystems"]
+            running = all(subsystems[n]["state"] == "RUNNING" and subsystems[n]["progress"]["shards"] for n in names)
+            return {n: subsystems[n]["node"] for n in names} if running else None
+
+        nodes = wait_for(placed, 60, what="three replicas running with shards")
+        assert sorted(nodes.values()) == sorted(cluster["nodes"].values())  # one on each node
+        victim = next(n for n, node in nodes.items() if node == cluster["nodes"]["n2"])
+
+        made = []
+        for n in range(20):
+            tenant = http("POST", url + "/admin/tenants", {"name": f"burst-{n}"}, token=ADMIN_TOKEN)[1]
+            status, ws = http("POST", url + "/workspaces", {"name": "w", "url": agent.url}, token=tenant["token"])
+            assert status == 201, ws
+            made.append((tenant, ws))
+        slot = int(time.time()) + 30
+        cron = f"{slot % 60} {slot // 60 % 60} * * * *"  # once an hour: one slot each
+        expected = set()
+        for tenant, ws in made:
+            for _ in range(30):
+                body = {"workspace_id": ws["id"], "name": "s", "cron": cron, "prompt": "tick"}
+                status, created = http("POST", url + "/schedules", body, token=tenant["token"])
+                assert status == 201, created
+                expected.add(f"cron-{created['id']}-{slot}")
+        assert time.time() < slot - 2, "the schedules took longer to make than the lead time"
+
+        owners = asyncio.run(lease_owners(redis_url, "replicas"))
+        held = [shard for shard, name in owners.items() if name == victim]
+        pid = http("GET", url + "/admin/liveness", token=ADMIN_TOKEN)[1]["subsystems"][victim]["pid"]
+        wait_for(lambda: len(agent.requests) >= 60, 60, interval_s=0.02, what="the burst under way")
+        os.kill(raylet_pid(cluster["processes"]["n2"]), signal.SIGKILL)
+        # What the victim had claimed and not recorded, until its process is gone with its node.
+        client = sync_redis(redis_url)
+        in_flight: set[str] = set()
+        deadline = time.monotonic() + 30
+        while True:
+            alive = Path(f"/proc/{pid}").exists()
+            for shard in held:
+                members = client.zrange(keys.schedules_inflight(shard), 0, -1)
+                in_flight |= {"cron-" + m.decode().replace(":", "-") for m in members}
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists(), "the replica outlived its raylet"
+
+        wait_for(lambda: expected <= set(message_counts(agent)), 120, interval_s=0.5, what="all 600 delivered")
+        counts = message_counts(agent)
+        assert set(counts) == expected  # every slot, and nothing else
+        again = {m for m, c in counts.items() if c > 1}
+        assert again <= in_flight, again - in_flight  # only what was in flight on the lost node, same messageId
+        assert max(counts.values()) <= 2, counts.most_common(3)
+        assert in_flight, "the kill came after the burst"
+    finally:
+        job_cli(address, "stop", job_id)
+        wait_finished(address, job_id)
+        agent.stop()
+
+
+async def lease_owners(redis_url: str, namespace: str) -> dict[int, str]:
+    """Each scheduler shard's valid lease holder (a replica's name)."""
+    redis = connect(redis_url)
+    try:
+        now, found = await shards.holders(redis, namespace, "scheduler")
+    finally:
+        await redis.aclose()
+    return {s: h.replica for s, h in found.items() if h.owner and h.expires > now}

@@ -79,6 +79,11 @@ def alive_node(node: str) -> str | None:
     return None
 
 
+def alive_nodes() -> list[str]:
+    """The ids of the alive nodes of the connected Ray cluster."""
+    return [info["NodeID"] for info in ray.nodes() if info.get("Alive")]
+
+
 def cluster_cpus() -> float:
     """The CPUs of every node of the connected Ray cluster."""
     return float(ray.cluster_resources().get("CPU", 0))
