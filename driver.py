@@ -152,7 +152,12 @@ class Deployment:
         self.token, self.token_path = admin_token(settings)
         settings = self.settings = dataclasses.replace(settings, channel_secret_key=channel_secret_key(settings))
         connect_ray(settings)
-        self._check_replica_cpus()
+        try:
+            self._check_replica_cpus()
+        except StartRefused:
+            if self.redis is not None:  # started just now: nothing else was
+                self.redis.stop()
+            raise
         running = NamedActor(HEALTH_ACTOR, settings.ray_namespace).exists()
         # In a thread of its own: `up` may be called from a running event loop (tests, notebooks).
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -174,6 +179,10 @@ class Deployment:
         self.actors += [self.start(cls, spec=s) for cls in self.subsystems for s in cls.specs_for(settings)]
         for cls in self.subsystems:  # a re-run with fewer replicas stops the ones past the count
             self._retire_replicas(cls.spec_for(settings), len(cls.specs_for(settings)))
+        if settings.api_per_node and self._retire(Broadcaster.spec):  # left by a run without API_PER_NODE
+            say("stopped the broadcaster: with API_PER_NODE each API reads its own clients' streams")
+        if not settings.api_per_node:  # APIs on other nodes, left by a run with API_PER_NODE
+            self._retire_replicas(ApiActor.spec, 1)
         self.actors += [self.start(ApiActor, self.token, spec=spec, node=node) for spec, node in api_nodes]
         for actor in self.actors:
             actor.call_sync("ping", timeout_s=max(0.1, deadline - time.monotonic()))
@@ -267,17 +276,33 @@ class Deployment:
 
     def _retire_replicas(self, spec: SubsystemSpec, keep: int) -> None:
         """Stop replicas `keep`, `keep + 1`, ... of `spec` that run (up to the first that does not)."""
-        namespace = self.settings.ray_namespace
         index = max(keep, 1)
-        while (extra := spec.replica(index)) and NamedActor(extra.actor_name, namespace).exists():
-            actor = NamedActor(extra.actor_name, namespace)
-            try:
-                actor.call_sync("stop", timeout_s=STOP_TIMEOUT_S)
-            except Exception as exc:  # killed all the same; its leases run out
-                log.warning("%s did not stop cleanly: %s", extra.actor_name, exc)
-            actor.kill(restart=False)
-            NamedActor(HEALTH_ACTOR, namespace).call_sync("unregister", extra.name, timeout_s=30)
+        while (extra := spec.replica(index)) and self._retire(extra):
             index += 1
+
+    def _retire(self, spec: SubsystemSpec) -> bool:
+        """Stop the actor of `spec` if it runs, and forget it; whether it ran."""
+        namespace = self.settings.ray_namespace
+        actor = NamedActor(spec.actor_name, namespace)
+        if not actor.exists():
+            return False
+        # Its shards first go to the others as their work in flight ends (handed over, not cut
+        # short), within a bound: what is left then is delivered again by the next holder.
+        deadline = time.monotonic() + 2 * self.settings.shard_lease_s
+        try:
+            held = actor.call_sync("leave_shards", timeout_s=STOP_TIMEOUT_S)
+            while held and time.monotonic() < deadline:
+                time.sleep(0.2)
+                held = actor.call_sync("shards_held", timeout_s=STOP_TIMEOUT_S)
+        except Exception as exc:  # stopped all the same below
+            log.warning("%s did not hand its shards over: %s", spec.actor_name, exc)
+        try:
+            actor.call_sync("stop", timeout_s=STOP_TIMEOUT_S)
+        except Exception as exc:  # killed all the same; its leases run out
+            log.warning("%s did not stop cleanly: %s", spec.actor_name, exc)
+        actor.kill(restart=False)
+        NamedActor(HEALTH_ACTOR, namespace).call_sync("unregister", spec.name, timeout_s=30)
+        return True
 
     def drain(self) -> None:
         """Readiness 503, then stop actors within the drain timeout, then Redis.

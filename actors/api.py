@@ -48,10 +48,11 @@ LIVENESS_FRESH_S = 0.25
 LIVENESS_MAX_AGE_S = 1.0
 STORE_DEADLINE_S = 1.0
 # API_PER_NODE: each API reads its clients' tenants' streams, blocking up to READ_BLOCK_S;
-# a tick finds the reader stuck if it has not come round for READER_STALE_S.
+# a tick finds the reader stuck if one read has not returned for READER_STALE_S.
 READ_BLOCK_S = 1.0
 READ_COUNT = 1000
 READER_STALE_S = 10.0
+NEW_TENANTS_S = 0.005  # new tenants' first clients gathered before a read is cut short for them
 SCREEN_EVERY_S = 5.0  # a tenant whose events key is not a stream is looked at again this often
 
 
@@ -216,7 +217,7 @@ class ApiActor(Subsystem):
         self._probe_url = self.base_url
         self.events_read = 0
         self.malformed = 0
-        self._read_at: float | None = None  # when the reader last came round (API_PER_NODE)
+        self._reading_since: float | None = None  # when its read under way began
         self.supervise(f"{self.name}.http", self._serve)
         self.supervise(f"{self.name}.health-watch", self._watch_health)
         if settings.api_per_node:
@@ -282,9 +283,10 @@ class ApiActor(Subsystem):
         async with self._session.get(f"{self._probe_url}/livez") as response:
             if response.status != 200:
                 raise RuntimeError(f"self-probe GET /livez answered {response.status}")
-        if self.settings.api_per_node and self._read_at is not None:
-            if (quiet := time.monotonic() - self._read_at) > READER_STALE_S:
-                raise RuntimeError(f"the event reader has not come round for {quiet:.0f} s")
+        # A read stuck past its block and its socket timeout is a wedged reader (a reader backing
+        # off because Redis is down is not: that is Redis's state, shown by the store's).
+        if self._reading_since is not None and (stuck := time.monotonic() - self._reading_since) > READER_STALE_S:
+            raise RuntimeError(f"the event reader's read has not returned for {stuck:.0f} s")
         self._export_metrics()
 
     def _export_metrics(self) -> None:
@@ -343,9 +345,11 @@ class ApiActor(Subsystem):
     async def _read_events(self) -> None:
         """API_PER_NODE: read the streams of the tenants this API's clients follow and queue what
         comes on them. A tenant is read from the oldest point any of its clients has when it is
-        first followed (the hub drops, per client, what it already has), so a client misses
-        nothing between its replay and the live events; a tenant that gets its first client
-        cuts a read short so that it is read at once. A tenant whose events key is not a
+        first followed (the hub drops, per client, what it already has), but never from beyond
+        its stream's newest event (a client's `last_event_id` may name one that does not exist
+        yet), so a client misses nothing between its replay and the live events. A tenant that
+        gets its first client cuts a read short (after NEW_TENANTS_S, so that a burst of new
+        clients costs one) so that it is read at once. A tenant whose events key is not a
         stream is left out (and looked at again every SCREEN_EVERY_S): it must not stop the others.
         """
         reader = events.StreamReader(self.stream_redis)
@@ -353,25 +357,34 @@ class ApiActor(Subsystem):
         positions: dict[str, str] = {}
         bad: set[str] = set()
         screened_at = time.monotonic()
+        reading: asyncio.Future[list[tuple[str, events.Entries]]] | None = None
+        changed: asyncio.Future[bool] | None = None
         try:
             while True:
-                self._read_at = time.monotonic()
                 hub.followed_changed.clear()
                 if bad and time.monotonic() - screened_at > SCREEN_EVERY_S:
                     bad, screened_at = set(), time.monotonic()
-                followed = hub.followed()
-                positions = {t: positions.get(t) or f"{key[0]}-{key[1]}" for t, key in followed.items() if t not in bad}
+                followed = {t: key for t, key in hub.followed().items() if t not in bad}
+                positions = {t: p for t, p in positions.items() if t in followed}
+                if new := [t for t in followed if t not in positions]:
+                    heads = await events.heads(self.stream_redis, new)
+                    for tenant_id in new:
+                        start = min(followed[tenant_id], events.parse_id(heads[tenant_id]) or (0, 0))
+                        positions[tenant_id] = f"{start[0]}-{start[1]}"
                 reading = asyncio.ensure_future(
                     reader.read(positions, count=self.read_count, block_ms=int(READ_BLOCK_S * 1000))
                 )
                 changed = asyncio.ensure_future(hub.followed_changed.wait())
+                self._reading_since = time.monotonic()
                 await asyncio.wait((reading, changed), return_when=asyncio.FIRST_COMPLETED)
-                changed.cancel()
+                self._reading_since = None
                 if not reading.done():  # a new tenant to read: read again with it
+                    await asyncio.sleep(NEW_TENANTS_S)
                     reading.cancel()
                     reader.cancel()
                     await asyncio.gather(reading, return_exceptions=True)
                     continue
+                changed.cancel()
                 try:
                     found = reading.result()
                 except redis.exceptions.ResponseError as exc:
@@ -383,6 +396,10 @@ class ApiActor(Subsystem):
                     continue
                 self._publish(found, positions)
         finally:
+            self._reading_since = None
+            for task in (reading, changed):
+                if task is not None:
+                    task.cancel()
             reader.cancel()
 
     def _publish(self, found: list[tuple[str, events.Entries]], positions: dict[str, str]) -> None:
@@ -390,14 +407,8 @@ class ApiActor(Subsystem):
         for tenant_id, entries in found:
             if tenant_id not in positions or not entries:
                 continue
-            out = batch[tenant_id] = []
-            for raw_id, fields in entries:
-                stream_id = raw_id.decode()
-                text = events.envelope(tenant_id, stream_id, fields)
-                if text is None:
-                    self.malformed += 1
-                else:
-                    out.append((stream_id, text))
+            batch[tenant_id], malformed = events.envelopes(tenant_id, entries)
+            self.malformed += len(malformed)
             positions[tenant_id] = entries[-1][0].decode()
             self.events_read += len(entries)
         self.hub.publish(batch)

@@ -159,15 +159,10 @@ class Broadcaster(Subsystem):
         full = False
         for tenant_id, entries in reply:
             full = full or len(entries) >= self.read_count
-            out = batch[tenant_id] = []
-            for raw_id, fields in entries:
-                stream_id = raw_id.decode()
-                text = events.envelope(tenant_id, stream_id, fields)
-                if text is None:
-                    self.malformed += 1
-                    log.warning("skipping malformed entry %s of %s", stream_id, events.stream_name(tenant_id))
-                else:
-                    out.append((stream_id, text))
+            batch[tenant_id], malformed = events.envelopes(tenant_id, entries)
+            self.malformed += len(malformed)
+            for stream_id in malformed:
+                log.warning("skipping malformed entry %s of %s", stream_id, events.stream_name(tenant_id))
             if entries:
                 newest[tenant_id] = entries[-1][0].decode()
                 first_ms = float(entries[0][0].split(b"-")[0])

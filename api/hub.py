@@ -102,6 +102,8 @@ class Hub:
         """Queue for an overflowed client again; it re-reads the stream from its own position."""
         client.overflowed = False
         client.take()
+        if client.tenant_id not in self._tenants:
+            self.followed_changed.set()
         self._tenants.setdefault(client.tenant_id, set()).add(client)
 
     def revoke(self, tenant_id: str, reason: str) -> int:

@@ -25,11 +25,10 @@ from scheduler_burst import agent_stats, create_all, serve_agent
 
 from actors.runtime.handles import NamedActor
 from actors.scheduler import Scheduler
-from store import shards
-from store.client import connect
+from settings import Settings
 from store.embedded import free_port
 from store.keys import ALL_SHARDS
-from tests.support import ADMIN_TOKEN, Platform, http, wait_for
+from tests.support import ADMIN_TOKEN, Platform, http, lease_holders, wait_for
 
 IN_FLIGHT = 64
 ANSWER_S = 1.0
@@ -52,13 +51,8 @@ def tenants_with_work(platform: Platform, url: str, count: int, cron: str, per_t
         asyncio.run(create_all(platform.settings.redis_url, tenant_id, workspace_id, cron, per_tenant))
 
 
-async def holders(redis_url: str, namespace: str) -> dict[int, str]:
-    redis = connect(redis_url)
-    try:
-        now, found = await shards.holders(redis, namespace, "scheduler")
-    finally:
-        await redis.aclose()
-    return {s: h.replica for s, h in found.items() if h.owner and h.expires > now}
+def holders(settings: Settings) -> dict[int, str]:
+    return lease_holders(settings.redis_url, settings.ray_namespace, "scheduler")
 
 
 def burst(url: str, replicas: int, tenant_count: int, slots: int, nodes: int) -> float:
@@ -67,7 +61,7 @@ def burst(url: str, replicas: int, tenant_count: int, slots: int, nodes: int) ->
         [Scheduler], nodes, scheduler_replicas=replicas, scheduler_fires_in_flight=IN_FLIGHT, fire_timeout_s=30.0
     ) as platform:
         settings = platform.settings
-        wait_for(lambda: len(asyncio.run(holders(settings.redis_url, settings.ray_namespace))) == 64, 60)
+        wait_for(lambda: len(holders(settings)) == 64, 60)
         made = tenants(platform, url, tenant_count)
         slot = int(time.time()) + 20
         cron = f"{slot % 60} {slot // 60 % 60} * * * *"
@@ -77,7 +71,7 @@ def burst(url: str, replicas: int, tenant_count: int, slots: int, nodes: int) ->
 
         asyncio.run(schedules())
         assert time.time() < slot, "creation took longer than the lead time"
-        owners = asyncio.run(holders(settings.redis_url, settings.ray_namespace))
+        owners = holders(settings)
         share = {name: sum(1 for s in ALL_SHARDS if owners.get(s) == name) for name in sorted(set(owners.values()))}
         names = ["scheduler"] + [f"scheduler-{i}" for i in range(1, replicas)]
         placed = len({platform.subsystem(name)["node"] for name in names})
@@ -100,28 +94,26 @@ def rebalance(url: str, tenant_count: int, nodes: int) -> None:
     ) as platform:
         settings = platform.settings
         tenants_with_work(platform, url, tenant_count, "* * * * * *", 5)
-        wait_for(lambda: len(set(asyncio.run(holders(settings.redis_url, settings.ray_namespace)).values())) == 3, 60)
+        wait_for(lambda: len(set(holders(settings).values())) == 3, 60)
         time.sleep(3)
         victim = platform.subsystem("scheduler-1")
         os.kill(victim["pid"], signal.SIGKILL)
         killed = time.monotonic()
         wait_for(lambda: platform.subsystem("scheduler-1")["pid"] != victim["pid"], 60, interval_s=0.05)
-        wait_for(
-            lambda: len(asyncio.run(holders(settings.redis_url, settings.ray_namespace))) == 64, 60, interval_s=0.05
-        )
+        wait_for(lambda: len(holders(settings)) == 64, 60, interval_s=0.05)
         print(
             f"  SIGKILL of scheduler-1: every shard held again {time.monotonic() - killed:.2f} s later "
             f"(Ray restarts the replica; it takes its own leases back at once)"
         )
         # A replica that cannot come back (its node is gone): the others take its shards when
         # its membership and its leases run out.
-        before = asyncio.run(holders(settings.redis_url, settings.ray_namespace))
+        before = holders(settings)
         lost = sorted(s for s, owner in before.items() if owner == "scheduler-2")
         NamedActor("scheduler-2", settings.ray_namespace).kill(restart=False)
         gone = time.monotonic()
 
         def taken() -> bool:
-            now = asyncio.run(holders(settings.redis_url, settings.ray_namespace))
+            now = holders(settings)
             return all(now.get(s) not in (None, "scheduler-2") for s in lost)
 
         wait_for(taken, 120, interval_s=0.05)

@@ -154,6 +154,20 @@ def envelope(tenant_id: str, stream_id: str, fields: Mapping[bytes, bytes]) -> s
         return None
 
 
+def envelopes(tenant_id: str, entries: Entries) -> tuple[list[tuple[str, str]], list[str]]:
+    """Each read entry as (stream id, event JSON), and the ids of those this platform did not write."""
+    out: list[tuple[str, str]] = []
+    malformed: list[str] = []
+    for raw_id, fields in entries:
+        stream_id = raw_id.decode()
+        text = envelope(tenant_id, stream_id, fields)
+        if text is None:
+            malformed.append(stream_id)
+        else:
+            out.append((stream_id, text))
+    return out, malformed
+
+
 async def head(redis: aioredis.Redis, tenant_id: str) -> str | None:
     """The id of the tenant's newest event, or None for an empty stream."""
     newest = await redis.xrevrange(keys.events(tenant_id), count=1)

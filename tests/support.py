@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -23,6 +24,7 @@ from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.runtime.supervised import RestartPolicy
 from driver import Deployment
 from settings import Settings
+from store import shards
 from store.client import CLUSTER_SCHEMES, connect
 from store.embedded import free_port, redis_binary
 
@@ -37,6 +39,20 @@ def sync_redis(url: str) -> redis.Redis:
     if scheme in CLUSTER_SCHEMES:
         return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")  # type: ignore[return-value]
     return redis.Redis.from_url(url)
+
+
+def lease_holders(redis_url: str, namespace: str, kind: str) -> dict[int, str]:
+    """Each shard of `kind` whose lease is valid now, and its holder (a replica's name), read from Redis."""
+
+    async def read() -> dict[int, str]:
+        redis = connect(redis_url)
+        try:
+            now, found = await shards.holders(redis, namespace, kind)
+        finally:
+            await redis.aclose()
+        return {s: h.replica for s, h in found.items() if h.owner and h.expires > now}
+
+    return asyncio.run(read())
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float, interval_s: float = 0.1, what: str = "") -> T:

@@ -11,6 +11,8 @@ import pytest
 from actors.health_sweep import HealthSweep
 from actors.liveness_monitor import LivenessMonitor
 from actors.runtime.handles import NamedActor
+from store.keys import shard_of
+from store.shards import assigned
 from tests.support import Platform, start_platform, wait_for
 from tests.test_health_sweep import Workspaces
 from tests.test_liveness_monitor import RestartEndpoint, beat, events_of, new_workspace, status
@@ -27,7 +29,7 @@ def replicated(ray_session: dict, redis_url: str, tmp_path_factory: pytest.TempP
         subsystems=[LivenessMonitor, HealthSweep],
         liveness_replicas=3,
         shard_lease_s=3.0,
-        workspace_ttl_s=3.0,
+        workspace_ttl_s=5.0,
         liveness_scan_interval_s=1.0,
         health_sweep_interval_s=1.0,
         restart_debounce_s=60.0,
@@ -41,7 +43,12 @@ def test_replicas_share_the_workspaces_and_each_quiet_one_goes_offline_once(repl
     endpoint, servers = RestartEndpoint(), Workspaces()
     stop = threading.Event()
     try:
-        tenants = [platform.new_tenant(f"lively-{n}") for n in range(8)]  # in (most likely) 8 shards
+        # Tenants until each replica of both kinds has some in its shards (ids are random).
+        shares = [set(got) for names in (MONITORS, SWEEPS) for got in assigned(names).values()]
+        tenants: list[dict] = []
+        while not all(any(shard_of(t["id"]) in share for t in tenants) for share in shares):
+            assert len(tenants) < 100
+            tenants.append(platform.new_tenant(f"lively-{len(tenants)}"))
         steady = []  # beating all along, healthy: never offline
         for n, tenant in enumerate(tenants):
             for k in range(5):

@@ -114,3 +114,28 @@ async def test_replicas_share_the_shards_and_hand_them_over_only_when_idle(store
     clock[0] += 2.0
     await a.refresh()
     assert a.owned() == list(ALL_SHARDS)  # b left: a has everything again, at once
+
+
+async def test_a_leaving_replica_lets_every_shard_go_once_idle_and_the_others_take_them(store: aioredis.Redis) -> None:
+    clock = [0.0]
+    a = ShardOwner(store, NS, KIND, "scheduler", lease_s=5.0, clock=lambda: clock[0])
+    b = ShardOwner(store, NS, KIND, "scheduler-1", lease_s=5.0, clock=lambda: clock[0])
+    await a.refresh()
+    await b.refresh()
+    clock[0] += 2.0
+    await a.refresh()
+    await b.refresh()
+    assert a.owned() and b.owned()
+    busy = min(a.owned())
+    a.start_leaving()
+    await a.refresh(busy=lambda shard: shard == busy)  # at once, not at its next third of a lease
+    assert a.owned() == [] and a.held() == [busy]  # no new work anywhere; one shard still finishing
+    assert await shards.announce(store, NS, KIND, "scheduler-1", 5000) == ["scheduler-1"]
+    clock[0] += 2.0  # b's next refresh
+    await b.refresh()
+    assert set(b.owned()) == set(ALL_SHARDS) - {busy}
+    await a.refresh()  # idle now (a leaving replica refreshes every WAITING_RETRY_S)
+    assert a.tokens == {}
+    clock[0] += 0.5
+    await b.refresh()
+    assert b.owned() == list(ALL_SHARDS)

@@ -125,7 +125,7 @@ class ChannelManager(Subsystem):
         self.shards = ShardOwner(
             self.redis, settings.ray_namespace, self.spec.group_name, self.name, lease_s=settings.shard_lease_s
         )
-        self._handovers: dict[asyncio.Task[None], int] = {}  # a shard's runs being handed over -> the shard
+        self._handovers: dict[str, asyncio.Task[None]] = {}  # channel id -> its run being handed over
         self.supervise(f"{self.name}.wake", self._listen)
 
     async def open(self) -> None:
@@ -140,7 +140,7 @@ class ChannelManager(Subsystem):
         for run in list(self.runs.values()):
             self._hand_over(run)
         if self._handovers:
-            _, late = await asyncio.wait(list(self._handovers), timeout=CLOSE_GRACE_S)
+            _, late = await asyncio.wait(list(self._handovers.values()), timeout=CLOSE_GRACE_S)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -178,7 +178,7 @@ class ChannelManager(Subsystem):
     # -- reconcile -------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        await self.shards.refresh(busy=lambda shard: shard in self._handovers.values())
+        await self.shards.refresh(busy=self._busy)
         owned = self.shards.owned()
         ids = await channels.ids(self.redis, owned)
         raws = await channels.read(self.redis, ids)  # a key of the wrong type is that channel's problem
@@ -206,6 +206,13 @@ class ChannelManager(Subsystem):
         self.watched, self._quarantined_count = len(ids), quarantined
         await self._size_tenant_slots()
         await self._load_all()
+
+    def _busy(self, shard: int) -> bool:
+        """Whether a channel of the shard still runs here, or is being handed over: its lease is
+        kept until none does (the next holder must find its pollers stopped, its answers recorded)."""
+        return any(run.shard == shard for run in self.runs.values()) or any(
+            shard_of(channel_id) == shard for channel_id in self._handovers
+        )
 
     async def _size_tenant_slots(self) -> None:
         """Each running channel's tenant's relay slots, sized by its `relays_in_flight` as set now.
@@ -239,8 +246,8 @@ class ChannelManager(Subsystem):
         if not channel.enabled or _quarantined(raw) or self._quarantined.get(channel.id) == channel.revision:
             return False
         run = self.runs.get(channel.id)
-        if run is not None and run.stopped:
-            return False  # being retired
+        if (run is not None and run.stopped) or channel.id in self._handovers:
+            return False  # being retired, or handed over: it starts again once that is done
         if run is not None and run.channel.secrets != channel.secrets:
             await self._retire(run)  # a new token: a new poller, and the inbox read again
             run = None
@@ -286,12 +293,17 @@ class ChannelManager(Subsystem):
         async def finish() -> None:
             if run.task is not None:
                 await asyncio.gather(run.task, return_exceptions=True)
-            await run.queues.close(finish_current=True)
+            try:
+                # Bounded: the next holder waits for it, and the shard's other channels with it.
+                await asyncio.wait_for(run.queues.close(finish_current=True), self.settings.shard_lease_s)
+            except TimeoutError:
+                log.warning("channel %s: answers still in flight cancelled at its handover", run.channel.id)
             log.info("channel %s handed over", run.channel.id)
 
-        task = asyncio.get_running_loop().create_task(finish(), name=f"hand over {run.channel.id}")
-        self._handovers[task] = run.shard
-        task.add_done_callback(lambda done: self._handovers.pop(done, None))
+        channel_id = run.channel.id
+        task = asyncio.get_running_loop().create_task(finish(), name=f"hand over {channel_id}")
+        self._handovers[channel_id] = task
+        task.add_done_callback(lambda _: self._handovers.pop(channel_id, None))
 
     async def _write_status(self, run: Run) -> None:
         status = run.status()
@@ -451,6 +463,8 @@ class ChannelManager(Subsystem):
         work = metrics.work()
         work.channel_messages.inc(tags={"subsystem": self.name, "direction": "in"})
         async with run.slots, self._tenant_slot(channel.tenant_id), self._slots:
+            if run.stopped:
+                return  # stopped while it waited for a slot: the message stays for the next run
             self.in_flight += 1
             try:
                 outcome = await self._ask(channel, inbound)

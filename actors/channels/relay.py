@@ -70,6 +70,8 @@ class ChatQueues(Generic[T]):
                 finally:
                     self._handling.discard(chat)
                 if failed is not None:
+                    if self._closing:
+                        break  # closing: the item stays unhandled, for whoever runs it next
                     self.retries += 1
                     delay = RETRY.base_delay_s(attempt)
                     attempt += 1

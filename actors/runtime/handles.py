@@ -150,7 +150,10 @@ def deploy(
     here wait on I/O). Returns its handle; nothing waits for the constructor (call `ping`
     for that).
     """
-    options = {**ACTOR_OPTIONS, **(placement(node) if node else {"scheduling_strategy": "SPREAD"} if spread else {})}
+    options = {
+        **ACTOR_OPTIONS,
+        **(placement(node) if node else {"scheduling_strategy": "SPREAD"} if spread else {}),
+    }
     options["num_cpus"] = num_cpus
     handle = _actor_class(cls).options(name=name, namespace=namespace, **options).remote(*args, **kwargs)
     return NamedActor(name, namespace, handle)

@@ -49,19 +49,24 @@ class ShardOwner:
         self.wanted: set[int] = set()
         self.members: list[str] = []
         self.owner = ""  # "<member>#<incarnation>": this process, as its leases name it
+        self.leaving = False
         self._next_at = float("-inf")
 
     async def refresh(self, busy: Callable[[int], bool] = lambda shard: False) -> None:
-        """Renew, take and give up leases, if it is time to (every third of a lease, more often
-        while a wanted shard is still another's)."""
+        """Renew, take and give up leases, if it is time to (every third of a lease; more often
+        while a wanted shard is still another's, or one to give up is still `busy`)."""
         now = self.clock()
         if now < self._next_at:
             return
         lease_ms = int(self.lease_s * 1000)
         if not self.owner:
             self.owner = await shards.incarnation(self.redis, self.namespace, self.kind, self.member)
-        self.members = await shards.announce(self.redis, self.namespace, self.kind, self.member, lease_ms)
-        self.wanted = set(shards.assigned(self.members, ALL_SHARDS).get(self.member, ()))
+        if self.leaving:  # the others take its shards as it lets go of them
+            await shards.leave(self.redis, self.namespace, self.kind, self.member)
+            self.members, self.wanted = [], set()
+        else:
+            self.members = await shards.announce(self.redis, self.namespace, self.kind, self.member, lease_ms)
+            self.wanted = set(shards.assigned(self.members, ALL_SHARDS).get(self.member, ()))
         for shard in sorted(set(self.tokens) - self.wanted):
             if not busy(shard):
                 await shards.release(self.redis, self.namespace, self.kind, self.owner, shard, self.tokens[shard])
@@ -76,8 +81,14 @@ class ShardOwner:
                 self.valid_until[shard] = now + self.lease_s * SAFETY
             else:
                 self._drop(shard)
-        waiting = bool(self.wanted - set(self.tokens))
+        waiting = bool(self.wanted - set(self.tokens)) or bool(set(self.tokens) - self.wanted)
         self._next_at = now + (WAITING_RETRY_S if waiting else self.lease_s / 3)
+
+    def start_leaving(self) -> None:
+        """Want no shard from now on (a replica scaled away): each is let go, from the next
+        refresh, once its work in flight is done; `tokens` empties as they go."""
+        self.leaving = True
+        self._next_at = float("-inf")
 
     def _drop(self, shard: int) -> None:
         self.tokens.pop(shard, None)

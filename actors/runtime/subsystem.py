@@ -318,6 +318,24 @@ class Subsystem:
         """The tenant an item of `self.items` belongs to, if its key says (by default it does not)."""
         return None
 
+    async def leave_shards(self) -> int:
+        """A replica scaled away: take no new work, and let each shard go to the others once its
+        work in flight is done (the ticks go on doing that); how many shards it still holds."""
+        owner = self.shard_owner
+        if owner is None:
+            return 0
+        owner.start_leaving()
+        return len(owner.tokens)
+
+    async def shards_held(self) -> int:
+        owner = self.shard_owner
+        return 0 if owner is None else len(owner.tokens)
+
+    @property
+    def shard_owner(self) -> Any:
+        """Its ShardOwner (actors.runtime.shards), for a subsystem that works shards; else None."""
+        return getattr(self, "shards", None)
+
     async def release_item(self, key: str) -> bool:
         """Operator release of a quarantined item (POST /admin/quarantine/release): it is worked
         again from the next tick; returns whether it was quarantined."""
