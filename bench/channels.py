@@ -29,10 +29,12 @@ import psutil
 from actors.a2a_client import reply_texts, send
 from actors.channels import telegram
 from actors.channels.manager import RELAY_SLOTS, ChannelManager
+from actors.egress import egress_for
+from settings import Settings
 from store.channels import Inbound
 from tests.a2a_agent import A2AAgent
 from tests.chat_apis import ChatApis
-from tests.support import Platform, wait_for
+from tests.support import LOOPBACK, Platform, wait_for
 
 TENANTS, CHANNELS, CHATS_PER_CHANNEL = 20, 100, 5
 BURST = 2_000
@@ -53,11 +55,15 @@ def baseline_relay(base: str, tokens: list[str], agent_of: dict[str, str], stop:
     async def main() -> None:
         slots = asyncio.Semaphore(RELAY_SLOTS)
         locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        # The agents' calls go through the platform's own A2A client and egress (loopback allowed),
+        # as the channel manager's do; the Bot API calls through a plain session.
+        egress = egress_for(Settings(egress_allow_cidrs=LOOPBACK), limit=RELAY_SLOTS)
+        await egress.open()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
             async def handle(bot: str, message: Inbound) -> None:
                 async with locks[(bot, message.chat_id)], slots:
-                    outcome = await send(session, agent_of[bot], "1.0", message.message_id, message.text, 60)
+                    outcome = await send(egress, agent_of[bot], "1.0", message.message_id, message.text, 60)
                     text = "\n\n".join(reply_texts(outcome.result)) or "(no reply)"
                     await telegram.send_message(session, base, bot, message, text, 10)
 
