@@ -72,7 +72,7 @@ def test_the_stand_in_answers_409_to_a_poll_a_second_poller_ends_and_counts_only
     async def two_pollers() -> tuple[int, int]:
         loop = asyncio.get_running_loop()
         first = loop.run_in_executor(None, get_updates, apis.telegram_base, token, 5.0)
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(wait_for, lambda: len(apis.bot(token).polls) == 1, 5, what="the first poll open")
         second = loop.run_in_executor(None, get_updates, apis.telegram_base, token, 1.0)
         return (await first)[0], (await second)[0]
 
@@ -85,7 +85,7 @@ def test_the_stand_in_answers_409_to_a_poll_a_second_poller_ends_and_counts_only
         head = f"POST /bot{token}/getUpdates HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         writer.write(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(wait_for, lambda: len(apis.bot(token).polls) == 3, 5, what="the third poll open")
         writer.close()  # the poller stops: its connection closes
         await asyncio.sleep(1.0)
         return (await asyncio.get_running_loop().run_in_executor(None, get_updates, apis.telegram_base, token, 1.0))[0]
