@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
 import secrets
@@ -40,6 +41,7 @@ from actors.runtime.handles import (
     cluster_cpus,
     connect_ray,
     deploy,
+    named_actors,
     ray_connected,
 )
 from actors.runtime.health import HealthActor
@@ -56,6 +58,8 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0  # a replica scaled away: its fires in flight end (or are delivered again by another)
 # How long /readyz answers 503 (draining) before anything stops.
 DRAIN_GRACE_S = 0.5
+# How often the driver looks for nodes that joined or left (API_PER_NODE).
+NODE_FOLLOW_S = 5.0
 
 # The platform's subsystems, in start order. The API actor is started after them and
 # stopped before them; it is registered like the others.
@@ -137,6 +141,7 @@ class Deployment:
         self.token = ""
         self.token_path: Path | None = None
         self.actors: list[NamedActor] = []
+        self.api_placed: dict[str, str] = {}  # API actor name -> the node this driver started it on
 
     @property
     def api_url(self) -> str:
@@ -164,7 +169,6 @@ class Deployment:
             moved = pool.submit(asyncio.run, prepare_store(settings.redis_url, running=running)).result()
         if moved:
             say(f"moved {moved} keys of the store into its sharded key layout")
-        api_nodes = self.api_nodes()
         namespace = settings.ray_namespace
         health = deploy(HealthActor, settings, name=HEALTH_ACTOR, namespace=namespace)
         self.actors = [health]
@@ -173,6 +177,7 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"health registry could not load from Redis within {START_TIMEOUT_S:g} s")
             time.sleep(0.1)
+        api_nodes = self.api_nodes()
         specs = [s for cls in self.subsystems for s in cls.specs_for(settings)] + [s for s, _ in api_nodes]
         expectations = [dataclasses.asdict(s.expectation(namespace)) for s in specs]
         health.call_sync("register", expectations, True, timeout_s=START_TIMEOUT_S)
@@ -184,6 +189,10 @@ class Deployment:
         if not settings.api_per_node:  # APIs on other nodes, left by a run with API_PER_NODE
             self._retire_replicas(ApiActor.spec, 1)
         self.actors += [self.start(ApiActor, self.token, spec=spec, node=node) for spec, node in api_nodes]
+        if settings.api_per_node:  # past the count of nodes: a node left since the last run
+            for spec in self._running_replicas(ApiActor.spec):
+                if spec.actor_name not in self.api_placed:
+                    self._retire(spec)
         for actor in self.actors:
             actor.call_sync("ping", timeout_s=max(0.1, deadline - time.monotonic()))
 
@@ -202,6 +211,8 @@ class Deployment:
         spec = spec or cls.spec_for(self.settings)
         namespace = self.settings.ray_namespace
         spread = node is None and replicated(cls, spec, self.settings)  # a replica placed on a node stays there
+        if cls is ApiActor and node is not None:
+            self.api_placed[spec.actor_name] = node
         return deploy(
             cls,
             self.settings,
@@ -216,16 +227,61 @@ class Deployment:
         )
 
     def api_nodes(self) -> list[tuple[SubsystemSpec, str]]:
-        """Each API actor's spec and node: `api` on API_NODE, and with API_PER_NODE `api-1`,
-        `api-2`, ... on the other alive nodes, in the order of their ids."""
+        """Each API actor's spec and node: `api` on API_NODE; with API_PER_NODE one on each other
+        alive node as well, where the API already running there keeps its name and a node
+        without one gets the lowest free `api-N` (in the order of the nodes' ids)."""
         settings = self.settings
         first = alive_node(settings.api_node)
         if first is None:
             raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
         if not settings.api_per_node:
             return [(ApiActor.spec, settings.api_node)]
-        nodes = [first, *sorted(set(alive_nodes()) - {first})]
-        return [(ApiActor.spec.replica(i), node) for i, node in enumerate(nodes)]
+        alive = set(alive_nodes())
+        placed = {ApiActor.spec.actor_name: first}
+        for name, node in sorted(self._api_nodes_now().items(), key=lambda item: replica_index(item[0])):
+            if node in alive and node not in placed.values():
+                placed[name] = node
+        free = (i for i in itertools.count(1) if ApiActor.spec.replica(i).actor_name not in placed)
+        for node in sorted(alive - set(placed.values())):
+            placed[ApiActor.spec.replica(next(free)).actor_name] = node
+        return sorted(((ApiActor.spec.replica(replica_index(n)), node) for n, node in placed.items()), key=_by_index)
+
+    def _api_nodes_now(self) -> dict[str, str | None]:
+        """The node of each API actor that runs: where this driver started it, else where it last
+        beat from (it is kept on its node); None if neither is known."""
+        beats = self._health().call_sync("snapshot", timeout_s=STOP_TIMEOUT_S)["subsystems"]
+        return {
+            spec.actor_name: self.api_placed.get(spec.actor_name) or (beats.get(spec.name) or {}).get("node")
+            for spec in self._running_replicas(ApiActor.spec)
+        }
+
+    def follow_nodes(self) -> None:
+        """With API_PER_NODE the APIs follow the Ray cluster's nodes: a node that joined gets an
+        API, and the API of a node that left (its actor went with the node it is kept on) is no
+        longer expected, so liveness and /readyz stop waiting for it."""
+        if not self.settings.api_per_node:
+            return
+        namespace = self.settings.ray_namespace
+        placement = self.api_nodes()
+        wanted = {spec.actor_name for spec, _ in placement}
+        expected = self._health().call_sync("snapshot", timeout_s=STOP_TIMEOUT_S)["subsystems"]
+        known = {s.actor_name for s in self._running_replicas(ApiActor.spec)}
+        known |= {name for name in expected if replica_index(name) is not None}
+        for name in sorted(known - wanted, key=replica_index):
+            ran = self._retire(ApiActor.spec.replica(replica_index(name)))
+            self.api_placed.pop(name, None)
+            say(f"{name}: {'stopped' if ran else 'no longer expected'}: its node left the Ray cluster")
+        new = [(spec, node) for spec, node in placement if not NamedActor(spec.actor_name, namespace).exists()]
+        if not new:
+            return
+        expectations = [dataclasses.asdict(spec.expectation(namespace)) for spec, _ in new]
+        self._health().call_sync("register", expectations, timeout_s=30)
+        for spec, node in new:
+            self.start(ApiActor, self.token, spec=spec, node=node)
+            say(f"{spec.name}: started on node {node}")
+
+    def _health(self) -> NamedActor:
+        return NamedActor(HEALTH_ACTOR, self.settings.ray_namespace)
 
     def _check_replica_cpus(self) -> None:
         """Replicas ask Ray for REPLICA_CPUS each. On a Ray of its own (no RAY_ADDRESS) nothing adds
@@ -266,25 +322,24 @@ class Deployment:
         self._retire_replicas(spec, replicas)
         return started
 
-    def _running_replicas(self, cls: type[Subsystem]) -> list[SubsystemSpec]:
-        """Replica 0 of the subsystem, then each further one that runs (up to the first that does not)."""
-        spec = cls.spec_for(self.settings)
-        found = [spec.replica(0)]
-        while NamedActor((extra := spec.replica(len(found))).actor_name, self.settings.ray_namespace).exists():
-            found.append(extra)
-        return found
+    def _running_replicas(self, spec: SubsystemSpec) -> list[SubsystemSpec]:
+        """Replica 0 of the subsystem, then each further one that runs, by index (the APIs of an
+        API per node may have gaps: a node that left took its API)."""
+        names = named_actors(self.settings.ray_namespace)
+        indexes = sorted(i for name in names if (i := replica_index(name, spec)) is not None and i > 0)
+        return [spec.replica(i) for i in [0, *indexes]]
 
     def _retire_replicas(self, spec: SubsystemSpec, keep: int) -> None:
-        """Stop replicas `keep`, `keep + 1`, ... of `spec` that run (up to the first that does not)."""
-        index = max(keep, 1)
-        while (extra := spec.replica(index)) and self._retire(extra):
-            index += 1
+        """Stop the replicas of `spec` that run past the first `keep`."""
+        for extra in self._running_replicas(spec)[max(keep, 1) :]:
+            self._retire(extra)
 
     def _retire(self, spec: SubsystemSpec) -> bool:
         """Stop the actor of `spec` if it runs, and forget it; whether it ran."""
         namespace = self.settings.ray_namespace
         actor = NamedActor(spec.actor_name, namespace)
         if not actor.exists():
+            self._health().call_sync("unregister", spec.name, timeout_s=30)
             return False
         # Its shards first go to the others as their work in flight ends (handed over, not cut
         # short), within a bound: what is left then is delivered again by the next holder.
@@ -320,7 +375,7 @@ class Deployment:
         def remaining() -> float:
             return max(0.1, deadline - time.monotonic())
 
-        apis = [s.actor_name for s in self._running_replicas(ApiActor)]
+        apis = [s.actor_name for s in self._running_replicas(ApiActor.spec)]
         for name in apis:
             try:
                 NamedActor(name, namespace).call_sync("set_draining", True, timeout_s=remaining())
@@ -328,7 +383,8 @@ class Deployment:
                 log.warning("could not mark %s draining: %s", name, exc)
         time.sleep(min(DRAIN_GRACE_S, remaining() / 4))  # let readiness probes see the 503
         # Every replica that runs (a scale() or an earlier run may have started more than settings say).
-        names = [s.actor_name for cls in reversed(self.subsystems) for s in self._running_replicas(cls)]
+        specs = [cls.spec_for(self.settings) for cls in reversed(self.subsystems)]
+        names = [s.actor_name for spec in specs for s in self._running_replicas(spec)]
         names += apis
         for name in names:
             actor = NamedActor(name, namespace)
@@ -345,6 +401,18 @@ class Deployment:
         health.kill(restart=False)
         if self.redis is not None:
             self.redis.stop(timeout_s=remaining())
+
+
+def replica_index(actor_name: str, spec: SubsystemSpec = ApiActor.spec) -> int | None:
+    """Which replica of `spec` (the API by default) an actor of that name is; None if none."""
+    if actor_name == spec.actor_name:
+        return 0
+    suffix = actor_name.removeprefix(f"{spec.actor_name}-")
+    return int(suffix) if suffix != actor_name and suffix.isdigit() else None
+
+
+def _by_index(placed: tuple[SubsystemSpec, str]) -> int:
+    return replica_index(placed[0].actor_name) or 0
 
 
 def down(settings: Settings) -> None:
@@ -438,7 +506,11 @@ def main(argv: list[str]) -> int:
         say(f"API: {deployment.api_url}")
         say(f"admin token: {deployment.token_path or 'from ADMIN_TOKEN'}")
         say(f"Ray namespace: {deployment.settings.ray_namespace}; Ctrl-C or SIGTERM drains and stops")
-        stop.wait()
+        while not stop.wait(NODE_FOLLOW_S):
+            try:
+                deployment.follow_nodes()
+            except Exception as exc:  # tried again at the next look; the platform runs on meanwhile
+                log.warning("could not follow the Ray cluster's nodes: %s", exc)
         say("draining")
     finally:
         deployment.drain()

@@ -1,5 +1,6 @@
 """`ray job submit` against a three-node cluster this module starts; `ray job stop` drains it.
-Scheduler replicas run one per node, and lose no slot when a node's raylet is killed."""
+Scheduler replicas run one per node, and lose no slot when a node's raylet is killed; the
+APIs of an API per node follow nodes that join and leave."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def cluster() -> Iterator[dict[str, Any]]:
             wait_for(lambda n=n: f"n{n}" in node_ids(address), 120, interval_s=0.5, what=f"node n{n} joined")
         ids = node_ids(address)
         processes = dict(zip(("n0", "n1", "n2"), nodes, strict=True))
-        yield {"address": address, "metrics": metrics, "nodes": ids, "processes": processes}
+        yield {"address": address, "gcs": f"127.0.0.1:{gcs}", "metrics": metrics, "nodes": ids, "processes": processes}
     finally:
         for process in reversed(nodes):  # workers first, the head last
             stop_node(process)
@@ -109,8 +110,8 @@ def node_ids(address: str) -> dict[str, str]:
     return {
         marker: node["node_id"]
         for node in nodes
-        for marker in ("n0", "n1", "n2")
-        if marker in (node.get("resources_total") or {})
+        for marker in (node.get("resources_total") or {})
+        if re.fullmatch(r"n\d+", marker)
     }
 
 
@@ -397,3 +398,52 @@ def test_scheduler_replicas_run_one_per_node_and_a_raylet_killed_mid_burst_loses
         job_cli(address, "stop", job_id)
         wait_finished(address, job_id)
         agent.stop()
+
+
+def test_the_apis_follow_a_node_that_joins_and_one_that_leaves(
+    cluster: dict[str, Any], fresh_redis: Callable[[], str], tmp_path: Path
+) -> None:
+    """With API_PER_NODE a node that joins after the start gets an API of its own, and when that
+    node is lost its API is no longer expected: /readyz answers 200 again without a restart."""
+    address, api_port, job_id = cluster["address"], free_port(), "apis-follow-nodes"
+    url = f"http://127.0.0.1:{api_port}"
+    env = {
+        "API_PORT": str(api_port),
+        "DATA_DIR": str(tmp_path),
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "REDIS_URL": fresh_redis(),
+        "RAY_NAMESPACE": "follow",
+        "API_PER_NODE": "1",
+    }
+
+    def apis() -> dict[str, dict[str, Any]]:
+        subsystems = http("GET", url + "/admin/liveness", token=ADMIN_TOKEN)[1]["subsystems"]
+        return {name: s for name, s in subsystems.items() if re.fullmatch(r"api(-\d+)?", name)}
+
+    submit(address, job_id, env, on="n0")
+    joined: subprocess.Popen[bytes] | None = None
+    try:
+        wait_ready(address, job_id, url)
+        before = set(node_ids(address).values())
+        wait_for(lambda: {a["node"] for a in apis().values()} == before, 60, what="an API on each node")
+        joined = ray_start(f"--address={cluster['gcs']}", "--num-cpus=1", '--resources={"n9": 1}')[0]
+        node = wait_for(lambda: node_ids(address).get("n9"), 120, interval_s=0.5, what="node n9 joined")
+        on_it = wait_for(
+            lambda: [n for n, a in apis().items() if a["node"] == node and a["state"] == "RUNNING"],
+            60,
+            what="an API started on the node that joined",
+        )
+        assert len(apis()) == len(before) + 1 and http("GET", url + "/readyz")[0] == 200
+
+        os.kill(raylet_pid(joined), signal.SIGKILL)
+        wait_for(lambda: on_it[0] not in apis(), 120, interval_s=0.5, what=f"{on_it[0]} no longer expected")
+        assert {a["node"] for a in apis().values()} == before
+        wait_for(lambda: http("GET", url + "/readyz")[0] == 200, 30, what="readyz 200 without the lost node's API")
+        logs = job_cli(address, "logs", job_id).stdout
+        assert f"{on_it[0]}: started on node {node}" in logs
+        assert f"{on_it[0]}: no longer expected: its node left the Ray cluster" in logs
+    finally:
+        job_cli(address, "stop", job_id)
+        wait_finished(address, job_id)
+        if joined is not None:
+            stop_node(joined)

@@ -84,6 +84,11 @@ def alive_nodes() -> list[str]:
     return [info["NodeID"] for info in ray.nodes() if info.get("Alive")]
 
 
+def named_actors(namespace: str) -> set[str]:
+    """The names of the named actors of `namespace` that are alive or restarting."""
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace}
+
+
 def cluster_cpus() -> float:
     """The CPUs of every node of the connected Ray cluster."""
     return float(ray.cluster_resources().get("CPU", 0))
