@@ -33,7 +33,7 @@ from api.context import ApiContext
 from api.listener import listening_socket, tcp_options
 from api.recent import Recent
 from settings import Settings
-from store import events
+from store import connections, events
 from store.client import connect, memory
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ READ_COUNT = 1000
 READER_STALE_S = 10.0
 NEW_TENANTS_S = 0.005  # new tenants' first clients gathered before a read is cut short for them
 SCREEN_EVERY_S = 5.0  # a tenant whose events key is not a stream is looked at again this often
+# How often this API's WebSockets count again for their tenants, and their tokens are checked.
+RENEW_S = 2.0
 
 
 class PlatformBackend:
@@ -220,6 +222,7 @@ class ApiActor(Subsystem):
         self._reading_since: float | None = None  # when its read under way began
         self.supervise(f"{self.name}.http", self._serve)
         self.supervise(f"{self.name}.health-watch", self._watch_health)
+        self.supervise(f"{self.name}.ws-count", self._renew_connections)
         if settings.api_per_node:
             self.stream_redis = self.own(connect(settings.redis_url, timeout_s=READ_BLOCK_S + 2.0))
             self.read_count = max(1, min(READ_COUNT, settings.ws_queue_size // 4))
@@ -327,6 +330,21 @@ class ApiActor(Subsystem):
                     self.health_kills += 1
                     last_kill = now
                     log.error("health registry silent for %.0f s; killed for restart", now - last_answer)
+
+    async def _renew_connections(self) -> None:
+        """Every RENEW_S this API's WebSockets count for another lease in Redis (their tenant's
+        `ws_connections` quota holds over every API), and those whose token no longer opens
+        their tenant (replaced, or the tenant deleted, through any API) are closed 4401."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            try:
+                revoked = await connections.renew(self.redis, self.hub.held())
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("%s: WebSocket counts not renewed: %s", self.name, exc)  # tried again next round
+                continue
+            for tenant_id, found in revoked.items():
+                reason = "the tenant was deleted" if found.deleted else "the tenant's token was replaced"
+                self.hub.revoke(tenant_id, reason, found.members)
 
     async def connections(self) -> list[dict[str, Any]]:
         """Each open HTTP or WebSocket connection: its peer and TCP options (see api.listener)."""

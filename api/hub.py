@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+import itertools
+import os
+import socket
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
 
 from store.events import EventKey, parse_id
 
@@ -23,9 +26,11 @@ class Client:
     (read the stream again while replaying, close 1013 once live).
     """
 
-    def __init__(self, tenant_id: str, limit: int) -> None:
+    def __init__(self, tenant_id: str, limit: int, member: str = "", digest: str = "") -> None:
         self.tenant_id = tenant_id
         self.limit = limit
+        self.member = member  # what counts it among its tenant's connections (store.connections)
+        self.digest = digest  # of the token it was opened with
         self.overflowed = False
         self.revoked: str | None = None  # why its token stopped working (the connection closes 4401)
         self.ready = asyncio.Event()
@@ -64,34 +69,38 @@ class Hub:
         self.delivered = 0  # events sent to clients (one per client), for the API actor's metrics
         self.appended = 0  # events appended through POST /events
         self.connections = 0  # open WebSocket handlers, registered or not
-        self.admitted: Counter[str] = Counter()  # open connections per tenant, counted against its quota
         self.followed_changed = asyncio.Event()  # a tenant got its first client (a reader reads it from now)
+        # Every client until its connection ends, queued for or not (an overflowed one is not).
+        self._held: dict[str, dict[str, Client]] = {}
+        self._members = itertools.count(1)
+        self._prefix = f"{socket.gethostname()}#{os.getpid()}"
 
-    def admit(self, tenant_id: str, limit: float) -> bool:
-        """Count one more connection of the tenant, unless it has `limit` open already."""
-        if self.admitted[tenant_id] >= limit:
-            return False
-        self.admitted[tenant_id] += 1
-        return True
-
-    def release(self, tenant_id: str) -> None:
-        self.admitted[tenant_id] -= 1
-        if self.admitted[tenant_id] <= 0:
-            del self.admitted[tenant_id]
+    def new_member(self) -> str:
+        """A name for one connection among its tenant's, unique across the APIs of a deployment
+        (its host and process, then a count)."""
+        return f"{self._prefix}:{next(self._members)}"
 
     @property
     def clients(self) -> int:
         return sum(len(clients) for clients in self._tenants.values())
 
-    def register(self, tenant_id: str, newest: EventKey = (0, 0)) -> Client:
+    def register(self, tenant_id: str, newest: EventKey = (0, 0), member: str = "", digest: str = "") -> Client:
         """A client of the tenant whose events up to `newest` need not be queued (it has them, or
-        reads them from the stream itself)."""
-        client = Client(tenant_id, self.queue_size)
+        reads them from the stream itself); held until `close`."""
+        client = Client(tenant_id, self.queue_size, member, digest)
         client.newest = newest
         if tenant_id not in self._tenants:
             self.followed_changed.set()
         self._tenants.setdefault(tenant_id, set()).add(client)
+        self._held.setdefault(tenant_id, {})[member or str(id(client))] = client
         return client
+
+    def held(self) -> dict[str, dict[str, str]]:
+        """Each tenant's connections on this hub: member -> the digest of its token."""
+        return {t: {m: c.digest for m, c in clients.items()} for t, clients in self._held.items()}
+
+    def open_connections(self, tenant_id: str) -> int:
+        return len(self._held.get(tenant_id, ()))
 
     def followed(self) -> dict[str, EventKey]:
         """Each tenant with clients, and the oldest `newest` among them: a reader of this hub's
@@ -102,17 +111,31 @@ class Hub:
         """Queue for an overflowed client again; it re-reads the stream from its own position."""
         client.overflowed = False
         client.take()
+        if client.revoked is not None:  # revoked while it re-read: it closes instead
+            client.ready.set()
+            return
         if client.tenant_id not in self._tenants:
             self.followed_changed.set()
         self._tenants.setdefault(client.tenant_id, set()).add(client)
 
-    def revoke(self, tenant_id: str, reason: str) -> int:
-        """Close every connection of the tenant (4401 with `reason`): its token stopped working. How many."""
-        clients = self._tenants.pop(tenant_id, set())
+    def revoke(self, tenant_id: str, reason: str, members: Collection[str] | None = None) -> int:
+        """Close the tenant's connections (4401 with `reason`), all or those of `members`: their
+        token stopped working. How many."""
+        held = self._held.get(tenant_id, {})
+        clients = [c for m, c in held.items() if members is None or m in members]
         for client in clients:
+            self.unregister(client)
             client.revoked = reason
             client.ready.set()
         return len(clients)
+
+    def close(self, client: Client) -> None:
+        """The client's connection ended: neither queued for nor held."""
+        self.unregister(client)
+        held = self._held.get(client.tenant_id, {})
+        held.pop(client.member or str(id(client)), None)
+        if not held:
+            self._held.pop(client.tenant_id, None)
 
     def unregister(self, client: Client) -> None:
         clients = self._tenants.get(client.tenant_id)

@@ -14,15 +14,17 @@ import asyncio
 import hmac
 import logging
 
+import redis.asyncio as aioredis
 import redis.exceptions
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from api.auth import bearer_token, tenant_of
+from api.auth import bearer_token
 from api.context import context
 from api.hub import Client, Hub
-from store import broadcast, events
+from store import broadcast, connections, events, tenants
+from store.connections import Admission
 from store.events import EventKey
 from store.quotas import QuotaExceeded
 
@@ -78,19 +80,25 @@ async def subscribe(websocket: WebSocket) -> None:
 
 async def _serve(websocket: WebSocket, hub: Hub) -> None:
     client: Client | None = None
-    admitted: str | None = None
+    admitted: tuple[str, str] | None = None  # (tenant, member) counted in Redis
     code, reason = 0, ""
+    redis = context(websocket).redis
     try:
-        tenant_id, last_event_id = await _admit(websocket)
+        tenant_id, digest, last_event_id = await _admit(websocket)
         limit = (await context(websocket).share(tenant_id))["ws_connections"]
-        if not hub.admit(tenant_id, limit):
+        # Counted in Redis, so the quota holds over every API a tenant's clients reach.
+        member = hub.new_member()
+        admission = await connections.admit(redis, tenant_id, digest, member, limit)
+        if admission is Admission.REFUSED_TOKEN:
+            raise Refused(UNAUTHORIZED, "invalid token")
+        if admission is Admission.OVER_QUOTA:
             raise Refused(OVER_QUOTA, str(QuotaExceeded("ws_connections", limit)))
-        admitted = tenant_id
+        admitted = tenant_id, member
         # The start is fixed before the handshake completes: whatever is appended after the
         # client sees it open reaches the client (read by the replay below, or queued by the hub
         # from the moment it registers, which is before the replay starts).
         cursor = Cursor(last_event_id or await _newest(websocket, tenant_id))
-        client = hub.register(tenant_id, cursor.key)
+        client = hub.register(tenant_id, cursor.key, member, digest)
         await websocket.accept()
         code, reason = await _until_closed(websocket, client, cursor)
     except Refused as refused:
@@ -105,11 +113,18 @@ async def _serve(websocket: WebSocket, hub: Hub) -> None:
         code, reason = INTERNAL, "internal error"
     finally:
         if client is not None:
-            hub.unregister(client)
+            hub.close(client)
         if admitted is not None:
-            hub.release(admitted)
+            await _release(redis, *admitted)
     if code:
         await _close(websocket, code, reason)
+
+
+async def _release(redis: aioredis.Redis, tenant_id: str, member: str) -> None:
+    try:
+        await connections.release(redis, tenant_id, member)
+    except STORAGE_ERRORS as exc:  # it stops counting when its lease runs out
+        log.warning("could not release a WebSocket's count: %s", exc)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
@@ -127,8 +142,10 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
         pass  # the client left first
 
 
-async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
-    """The tenant of a valid token and the parsed `last_event_id`; raises Refused otherwise."""
+async def _admit(websocket: WebSocket) -> tuple[str, str, EventKey | None]:
+    """The tenant the token is filed under, the token's digest and the parsed `last_event_id`;
+    raises Refused otherwise. The tenant's own record confirms the token as the connection is
+    counted (store.connections.admit)."""
     params = websocket.query_params
     for name in params:
         if name not in PARAMETERS:
@@ -139,9 +156,12 @@ async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
     if header is not None and query is not None and not hmac.compare_digest(header.encode(), query.encode()):
         raise Refused(UNAUTHORIZED, "the header and query tokens differ")
     token = header or query
-    tenant_id = await tenant_of(websocket, token)
+    if token is None:
+        raise Refused(UNAUTHORIZED, "missing or invalid tenant token")
+    digest = tenants.token_digest(token)
+    tenant_id = await tenants.claimed_tenant(context(websocket).redis, digest)
     if tenant_id is None:
-        raise Refused(UNAUTHORIZED, "missing or invalid tenant token" if token is None else "invalid token")
+        raise Refused(UNAUTHORIZED, "invalid token")
     raw = params.get("last_event_id")
     last = events.parse_id(raw) if raw is not None else None
     if raw is not None and last is None:
@@ -150,7 +170,7 @@ async def _admit(websocket: WebSocket) -> tuple[str, EventKey | None]:
     ctx = context(websocket)
     if not ctx.own_reader and not await broadcast.started(ctx.redis, ctx.namespace):
         raise Refused(TRY_AGAIN, "the broadcaster is starting; reconnect shortly")
-    return tenant_id, last
+    return tenant_id, digest, last
 
 
 async def _newest(websocket: WebSocket, tenant_id: str) -> EventKey:
@@ -205,7 +225,7 @@ async def _replay(websocket: WebSocket, client: Client, cursor: Cursor) -> None:
     """
     ctx = context(websocket)
     count = await events.page_size(ctx.redis, client.tenant_id, REPLAY_PAGE_BYTES, REPLAY_PAGE)
-    while True:
+    while client.revoked is None:  # a revoked client closes (see _send) instead of reading on
         page = await events.after(ctx.redis, client.tenant_id, cursor.id, count)
         for stream_id, fields in page:
             key = events.parse_id(stream_id)

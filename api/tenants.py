@@ -13,7 +13,7 @@ from api import validate
 from api.auth import require_admin, require_tenant
 from api.context import context
 from api.errors import ApiError, read_json
-from store import quotas, records, tenants
+from store import connections, quotas, records, tenants
 
 MAX_QUOTA = 10_000_000
 
@@ -50,7 +50,7 @@ async def _described(request: Request, tenant_id: str) -> dict[str, Any]:
         raise ApiError(404, "tenant not found")
     share = await ctx.share(tenant_id)
     used = await tenants.usage(ctx.redis, tenant_id)
-    used["ws_connections"] = ctx.hub.admitted[tenant_id]
+    used["ws_connections"] = await connections.count(ctx.redis, tenant_id)
     return {**found, "quotas": quotas.public(share), "weight": share.weight, "usage": used}
 
 

@@ -17,6 +17,7 @@ tenant:{T}:{id}:channels              set   the tenant's channel ids
 tenant:{T}:{id}:due                   zset  the tenant's enabled schedule ids -> next slot (unix seconds)
 tenant:{T}:{id}:events_size           hash  bytes, added: the size of the tenant's event stream, kept by every append
 tenant:{T}:{id}:event_rate            hash with a TTL  tokens, at: the tenant's POST /events token bucket
+tenant:{T}:{id}:ws_connections        zset with a TTL  "<api>#<pid>:<n>" -> until when that WebSocket counts (Redis ms)
 events:{T}:{tenant_id}                stream  the tenant's events                                    (contract)
 workspace:{T}:{id}                    hash  id, tenant_id, name, url, a2a_version, restart_url, ...
 workspace:{T}:{id}:alive              string with a TTL: set by each workspace heartbeat
@@ -128,6 +129,10 @@ def events_size(tenant_id: str) -> str:
 
 def tenant_event_rate(tenant_id: str) -> str:
     return f"{tenant(tenant_id)}:event_rate"
+
+
+def tenant_ws_connections(tenant_id: str) -> str:
+    return f"{tenant(tenant_id)}:ws_connections"
 
 
 EVENTS_PREFIX = "events:"

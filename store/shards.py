@@ -26,18 +26,25 @@ from store import keys
 from store.keys import ALL_SHARDS
 from store.scripts import Lua
 
-# now_ms(): Redis's clock in milliseconds. fenced(lease, token): whether `token` is that of
-# the lease, and the lease valid now: its holder may write for the shard.
-FENCE_FN = """
+# now_ms(): Redis's clock in milliseconds.
+NOW_FN = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+# fenced(lease, token): whether `token` is that of the lease, and the lease valid now: its
+# holder may write for the shard.
+FENCE_FN = (
+    NOW_FN
+    + """
 local function fenced(lease, token)
   local found = redis.call('HMGET', lease, 'token', 'expires')
   return found[1] == token and (tonumber(found[2]) or 0) > now_ms()
 end
 """
+)
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,17 @@ async def create_tenant(redis: aioredis.Redis, name: str) -> dict[str, Any]:
 async def tenant_for_token(redis: aioredis.Redis, token: str) -> str | None:
     """The tenant whose valid token this is, or None."""
     digest = token_digest(token)
-    raw = await redis.get(keys.tenant_token(digest))
-    if raw is None:
+    tenant_id = await claimed_tenant(redis, digest)
+    if tenant_id is None:
         return None
-    tenant_id = raw.decode()
     return tenant_id if await redis.hget(keys.tenant(tenant_id), "token_sha256") == digest.encode() else None
+
+
+async def claimed_tenant(redis: aioredis.Redis, digest: str) -> str | None:
+    """The tenant a token's digest is filed under, not yet confirmed by the tenant's own record
+    (`tenant_for_token` confirms it; a WebSocket's admission script does, in store.connections)."""
+    raw = await redis.get(keys.tenant_token(digest))
+    return None if raw is None else raw.decode()
 
 
 async def index_existing(redis: aioredis.Redis) -> int:
@@ -206,6 +212,7 @@ async def delete(redis: aioredis.Redis, tenant_id: str, namespace: str) -> bool:
         pipe.delete(
             keys.tenant_due(tenant_id),
             keys.tenant_event_rate(tenant_id),
+            keys.tenant_ws_connections(tenant_id),
             keys.events_size(tenant_id),
             keys.events(tenant_id),
             keys.tenant_workspaces(tenant_id),

@@ -63,3 +63,22 @@ async def test_unregistered_clients_get_nothing() -> None:
 def test_queue_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="queue_size"):
         Hub(queue_size=0)
+
+
+async def test_a_revocation_reaches_the_named_connections_overflowed_or_not_and_close_lets_go() -> None:
+    hub = Hub(queue_size=1)
+    old, behind, new = (hub.register("a", member=m, digest=d) for m, d in (("m1", "x"), ("m2", "x"), ("m3", "y")))
+    hub.publish({"a": events(1)})
+    hub.publish({"a": events(2)})  # every one of them is behind now: none is queued for
+    assert old.overflowed and behind.overflowed and hub.clients == 0
+    assert hub.held() == {"a": {"m1": "x", "m2": "x", "m3": "y"}}  # held until their connections end
+    assert hub.revoke("a", "replaced", {"m1", "m2"}) == 2
+    assert old.revoked == behind.revoked == "replaced" and new.revoked is None
+    hub.readmit(behind)  # it had re-read the stream: it closes instead of being queued for
+    assert behind.ready.is_set() and hub.clients == 0
+    hub.readmit(new)
+    assert hub.clients == 1
+    for client in (old, behind, new):
+        hub.close(client)
+    assert hub.held() == {} and hub.clients == 0
+    assert len({hub.new_member(), hub.new_member()}) == 2

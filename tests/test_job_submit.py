@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from store import keys
 from store.embedded import free_port
 from tests.a2a_agent import A2AAgent
 from tests.support import ADMIN_TOKEN, http, lease_holders, sync_redis, wait_for
 from tests.test_scheduler_faults import message_counts
-from tests.ws_client import Subscriber, Writer
+from tests.ws_client import Subscriber, Writer, ws_url
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -222,18 +225,17 @@ def test_the_api_runs_on_the_node_api_node_names(cluster: dict[str, Any], tmp_pa
     assert wait_finished(address, "api-on-n2") in ("STOPPED", "SUCCEEDED")
 
 
-def test_an_api_on_every_node_and_a_rolling_restart_deliver_each_event_once_in_order(
-    cluster: dict[str, Any], fresh_redis: Callable[[], str], tmp_path: Path
-) -> None:
-    """Acceptance d: API_PER_NODE runs an API actor on each of the three nodes, all on one port
-    (this machine's kernel spreads the clients over them); each is restarted in turn while
-    events flow, and every client, reconnecting with `last_event_id`, gets every event of
-    its tenant once and in order."""
+@pytest.fixture(scope="class")
+def per_node(
+    cluster: dict[str, Any], fresh_redis: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """A platform with API_PER_NODE=1 on the three nodes: `api`, `api-1` and `api-2` RUNNING, one
+    on each node, all serving one port. For one class: its job holds n0 until it stops."""
     address, api_port, job_id = cluster["address"], free_port(), "api-per-node"
     url, redis_url = f"http://127.0.0.1:{api_port}", fresh_redis()
     env = {
         "API_PORT": str(api_port),
-        "DATA_DIR": str(tmp_path),
+        "DATA_DIR": str(tmp_path_factory.mktemp("per-node")),
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "REDIS_URL": redis_url,
         "RAY_NAMESPACE": "per-node",
@@ -251,6 +253,23 @@ def test_an_api_on_every_node_and_a_rolling_restart_deliver_each_event_once_in_o
         apis = wait_for(lambda: (s := liveness()) and all(s[n]["state"] == "RUNNING" for n in names) and s, 60)
         assert sorted(apis[n]["node"] for n in names) == sorted(cluster["nodes"].values())
         assert "broadcaster" not in apis
+        yield {"url": url, "redis_url": redis_url, "names": names, "liveness": liveness}
+    finally:
+        job_cli(address, "stop", job_id)
+        wait_finished(address, job_id)
+
+
+class TestAnApiOnEveryNode:
+    """Three API actors on three nodes, one platform for the class."""
+
+    def test_an_api_on_every_node_and_a_rolling_restart_deliver_each_event_once_in_order(
+        self, per_node: dict[str, Any]
+    ) -> None:
+        """Acceptance d: API_PER_NODE runs an API actor on each of the three nodes, all on one port
+        (this machine's kernel spreads the clients over them); each is restarted in turn with the
+        `exit` fault while events flow, and every client, reconnecting with `last_event_id`, gets
+        every event of its tenant once and in order."""
+        url, redis_url, names, liveness = (per_node[k] for k in ("url", "redis_url", "names", "liveness"))
         tenants = [http("POST", url + "/admin/tenants", {"name": f"ws-{n}"}, token=ADMIN_TOKEN)[1] for n in range(3)]
         per_tenant = 1_500  # in batches of 5 every 50 ms: about 15 s, longer than the rolling restart
         during: list[bool] = []
@@ -287,9 +306,57 @@ def test_an_api_on_every_node_and_a_rolling_restart_deliver_each_event_once_in_o
         reconnected = sum(c.connections - 1 for cs in clients.values() for c in cs)
         assert reconnected >= 1, "no client was on a restarted API"
         assert any(during), "every restart came after the events: only replays were tested"
-    finally:
-        job_cli(address, "stop", job_id)
-        wait_finished(address, job_id)
+
+    def test_a_tenants_websockets_are_counted_and_revoked_across_the_apis(self, per_node: dict[str, Any]) -> None:
+        """36 connections of one tenant spread over the three APIs: its `ws_connections` quota of 12
+        admits 12 in all (not 12 on each), and its token replaced through one API closes all 12
+        (4401) on every API, after which none counts."""
+        url = per_node["url"]
+        tenant = http("POST", url + "/admin/tenants", {"name": "sockets"}, token=ADMIN_TOKEN)[1]
+        status, body = http(
+            "PATCH", f"{url}/admin/tenants/{tenant['id']}", {"quotas": {"ws_connections": 12}}, token=ADMIN_TOKEN
+        )
+        assert status == 200, body
+        headers = {"Authorization": f"Bearer {tenant['token']}"}
+
+        async def run() -> tuple[list[int | None], list[int | None]]:
+            opened = [await ws_connect(ws_url(url), additional_headers=headers, open_timeout=10) for _ in range(36)]
+            closing = [asyncio.create_task(closed_with(c)) for c in opened]
+            pending = set(closing)
+            try:
+                async with asyncio.timeout(30):  # the 24 past the quota are closed at once
+                    while len(pending) > 12:
+                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                raise AssertionError(f"{36 - len(pending)} of 36 connections refused, not 24") from None
+            await asyncio.sleep(1)  # any further refusal would come now (they are all made by now)
+            refused_tasks = [t for t in closing if t.done()]
+            refused = [t.result() for t in refused_tasks]
+            usage = (await asyncio.to_thread(http, "GET", url + "/tenant", token=tenant["token"]))[1]["usage"]
+            assert usage["ws_connections"] == 12, usage
+            status, _ = await asyncio.to_thread(
+                http, "POST", f"{url}/admin/tenants/{tenant['id']}/token", token=ADMIN_TOKEN
+            )
+            assert status == 200
+            _, still_open = await asyncio.wait(pending, timeout=30)
+            assert not still_open, f"{len(still_open)} of 12 connections still open after the token was replaced"
+            revoked = [t.result() for t in closing if t not in refused_tasks]
+            return refused, revoked
+
+        refused, revoked = asyncio.run(run())
+        assert refused == [4429] * 24  # 12 in all, over every API
+        assert revoked == [4401] * 12  # on whichever API each was
+        admin_view = f"{url}/admin/tenants/{tenant['id']}"
+        wait_for(lambda: http("GET", admin_view, token=ADMIN_TOKEN)[1]["usage"]["ws_connections"] == 0, 10)
+
+
+async def closed_with(connection: ClientConnection) -> int | None:
+    """The close code of a connection that gets no event: when it is closed."""
+    try:
+        while True:
+            await connection.recv()
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
 
 
 def restart(url: str, name: str) -> None:
@@ -322,7 +389,8 @@ def raylet_pid(node: subprocess.Popen[bytes]) -> int:
 def test_scheduler_replicas_run_one_per_node_and_a_raylet_killed_mid_burst_loses_no_slot(
     cluster: dict[str, Any], fresh_redis: Callable[[], str], tmp_path: Path
 ) -> None:
-    """Acceptance a (one replica per node) and b. Runs last in the module: node n2 does not come back."""
+    """Acceptance a (one replica per node) and b. Node n2 does not come back: only the test after it
+    (which adds a node of its own) runs without it."""
     address, api_port, job_id = cluster["address"], free_port(), "replicas-on-three-nodes"
     url, redis_url = f"http://127.0.0.1:{api_port}", fresh_redis()
     agent = A2AAgent(delay_s=1.0).start()  # 600 fires at 3 x 64 in flight take about 4 s
