@@ -47,7 +47,7 @@ from actors.runtime.handles import (
 from actors.runtime.health import HealthActor
 from actors.runtime.subsystem import Subsystem, SubsystemSpec
 from actors.scheduler import Scheduler
-from settings import Settings, is_fernet_key
+from settings import NODE_HOST, Settings, is_fernet_key
 from store import layout
 from store.client import connect
 from store.embedded import EmbeddedRedis
@@ -503,7 +503,9 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        say(f"API: {deployment.api_url}")
+        settings = deployment.settings
+        on_nodes = f"port {settings.api_port} of each API's node (API_HOST={NODE_HOST})"
+        say(f"API: {on_nodes if settings.api_host == NODE_HOST else deployment.api_url}")
         say(f"admin token: {deployment.token_path or 'from ADMIN_TOKEN'}")
         say(f"Ray namespace: {deployment.settings.ray_namespace}; Ctrl-C or SIGTERM drains and stops")
         while not stop.wait(NODE_FOLLOW_S):

@@ -130,6 +130,9 @@ def _count(environ: Mapping[str, str], key: str, default: int) -> int:
     return int(raw)
 
 
+# API_HOST=node: each API actor listens on the address of the node it runs on (Ray's node IP).
+NODE_HOST = "node"
+
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
@@ -154,7 +157,7 @@ class Settings:
     ray_namespace: str = "supervised"
     redis_url: str | None = None
     data_dir: Path = Path(".data")
-    api_host: str = "127.0.0.1"
+    api_host: str = "127.0.0.1"  # or NODE_HOST: each API actor on its own node's address
     api_port: int = 8080
     api_node: str = "head"
     api_per_node: bool = False  # an API actor on every node, each reading its clients' tenants' streams
@@ -208,7 +211,11 @@ class Settings:
 
     @property
     def api_url(self) -> str:
-        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        """The API's URL; with API_HOST=node, each API's is on its own node (`api_url_on`)."""
+        return self.api_url_on(self.api_host)
+
+    def api_url_on(self, host: str) -> str:
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.api_port}"
 
     @classmethod
@@ -227,8 +234,11 @@ class Settings:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            if host != "localhost":
-                raise ValueError(f"API_HOST must be an IP address or 'localhost', got {host!r}") from None
+            if host not in ("localhost", NODE_HOST):
+                raise ValueError(
+                    f"API_HOST must be an IP address, 'localhost' or '{NODE_HOST}' (the address of the node "
+                    f"each API actor runs on), got {host!r}"
+                ) from None
         token = _text(env, "ADMIN_TOKEN")
         if token is not None and len(token) < 16:
             raise ValueError("ADMIN_TOKEN must be at least 16 characters")

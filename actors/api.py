@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import aiohttp
+import ray
 import redis.exceptions
 import uvicorn
 
@@ -32,7 +33,7 @@ from api.backend import (
 from api.context import ApiContext
 from api.listener import listening_socket, tcp_options
 from api.recent import Recent
-from settings import Settings
+from settings import NODE_HOST, Settings
 from store import connections, events
 from store.client import connect, memory
 
@@ -210,7 +211,8 @@ class ApiActor(Subsystem):
         context = ApiContext.build(settings, backend=self.backend, redis=self.redis, admin_token=admin_token)
         self.app = create_app(context)
         self.hub = context.hub
-        self.base_url = settings.api_url
+        self.host = ray.util.get_node_ip_address() if settings.api_host == NODE_HOST else settings.api_host
+        self.base_url = settings.api_url_on(self.host)
         self.health_kills = 0
         self._exported = metrics.Exported()
         self._session: aiohttp.ClientSession | None = None
@@ -268,7 +270,7 @@ class ApiActor(Subsystem):
         user_timeout_s = settings.ws_ping_interval_s + settings.ws_ping_timeout_s
         try:
             return listening_socket(
-                settings.api_host, settings.api_port, user_timeout_s=user_timeout_s, reuse_port=settings.api_per_node
+                self.host, settings.api_port, user_timeout_s=user_timeout_s, reuse_port=settings.api_per_node
             )
         except OSError as exc:
             raise RuntimeError(f"cannot serve on {self.base_url} (API_HOST/API_PORT): {exc}") from None

@@ -38,7 +38,7 @@ def test_validation_catches_a_bad_config() -> None:
         raise AssertionError("an unknown field passed validation")
 
 
-def test_the_job_is_given_the_heads_private_address_as_api_host(tmp_path: Path) -> None:
+def test_the_job_runs_an_api_on_every_node_on_its_own_address_and_redis_on_the_heads(tmp_path: Path) -> None:
     """The head's job submission, run by bash as the launcher runs it, with `ray` and `hostname` stubbed."""
     config = prepare_config(yaml.safe_load(CONFIG.read_text()))
     command = next(c for c in config["head_start_ray_commands"] if "ray job submit" in c)
@@ -60,7 +60,12 @@ def test_the_job_is_given_the_heads_private_address_as_api_host(tmp_path: Path) 
     args = json.loads(result.stdout)
     env = json.loads(args[args.index("--runtime-env-json") + 1])["env_vars"]
     settings = Settings.from_env(env)
-    assert (settings.api_host, settings.api_port, settings.api_node) == ("10.0.1.5", 8080, "head")
+    assert (settings.api_host, settings.api_port, settings.api_node, settings.api_per_node) == (
+        "node",
+        8080,
+        "head",
+        True,
+    )
     assert settings.redis_url == "redis://:secret@10.0.1.5:6380/0"
     assert (settings.scheduler_replicas, settings.channel_manager_replicas, settings.liveness_replicas) == (3, 3, 3)
     assert args[-2:] == ["python", "driver.py"]

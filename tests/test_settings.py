@@ -28,6 +28,12 @@ def test_api_node_is_the_head_an_address_or_a_node_id(value: str, node: str) -> 
     assert Settings.from_env({"API_NODE": value}).api_node == node
 
 
+def test_api_host_node_is_each_apis_own_node_address() -> None:
+    s = Settings.from_env({"API_HOST": "node", "API_PORT": "8081"})
+    assert s.api_host == "node" and s.api_url_on("10.0.1.7") == "http://10.0.1.7:8081"
+    assert s.api_url_on("fd00::7") == "http://[fd00::7]:8081"
+
+
 @pytest.mark.parametrize(
     "key, value",
     [
