@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,50 +228,47 @@ class Deployment:
 
     def api_nodes(self) -> list[tuple[SubsystemSpec, str]]:
         """Each API actor's spec and node: `api` on API_NODE; with API_PER_NODE one on each other
-        alive node as well, where the API already running there keeps its name and a node
-        without one gets the lowest free `api-N` (in the order of the nodes' ids)."""
+        alive node as well (`place_apis`)."""
         settings = self.settings
         first = alive_node(settings.api_node)
         if first is None:
             raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
         if not settings.api_per_node:
             return [(ApiActor.spec, settings.api_node)]
-        alive = set(alive_nodes())
-        placed = {ApiActor.spec.actor_name: first}
-        for name, node in sorted(self._api_nodes_now().items(), key=lambda item: replica_index(item[0])):
-            if node in alive and node not in placed.values():
-                placed[name] = node
-        free = (i for i in itertools.count(1) if ApiActor.spec.replica(i).actor_name not in placed)
-        for node in sorted(alive - set(placed.values())):
-            placed[ApiActor.spec.replica(next(free)).actor_name] = node
-        return sorted(((ApiActor.spec.replica(replica_index(n)), node) for n, node in placed.items()), key=_by_index)
+        beats = self._beats()
+        placed = place_apis(first, alive_nodes(), self._api_nodes_now(beats), api_names(beats))
+        return [(ApiActor.spec.replica(replica_index(name) or 0), node) for name, node in placed.items()]
 
-    def _api_nodes_now(self) -> dict[str, str | None]:
-        """The node of each API actor that runs: where this driver started it, else where it last
-        beat from (it is kept on its node); None if neither is known."""
-        beats = self._health().call_sync("snapshot", timeout_s=STOP_TIMEOUT_S)["subsystems"]
+    def _beats(self) -> dict[str, Any]:
+        """The HealthActor's view of every expected subsystem, by name."""
+        return self._health().call_sync("snapshot", timeout_s=STOP_TIMEOUT_S)["subsystems"]
+
+    def _api_nodes_now(self, beats: dict[str, Any]) -> dict[str, str | None]:
+        """The node of each API actor that runs: where it beats from (it is kept on its node), else
+        where this driver started it (it has not beaten yet); None if neither is known."""
         return {
-            spec.actor_name: self.api_placed.get(spec.actor_name) or (beats.get(spec.name) or {}).get("node")
+            spec.actor_name: (beats.get(spec.name) or {}).get("node") or self.api_placed.get(spec.actor_name)
             for spec in self._running_replicas(ApiActor.spec)
         }
 
     def follow_nodes(self) -> None:
         """With API_PER_NODE the APIs follow the Ray cluster's nodes: a node that joined gets an
         API, and the API of a node that left (its actor went with the node it is kept on) is no
-        longer expected, so liveness and /readyz stop waiting for it."""
+        longer expected, so liveness and /readyz stop waiting for it. That includes `api` when
+        API_NODE's node is lost; it is started again if that node comes back."""
         if not self.settings.api_per_node:
             return
         namespace = self.settings.ray_namespace
-        placement = self.api_nodes()
-        wanted = {spec.actor_name for spec, _ in placement}
-        expected = self._health().call_sync("snapshot", timeout_s=STOP_TIMEOUT_S)["subsystems"]
-        known = {s.actor_name for s in self._running_replicas(ApiActor.spec)}
-        known |= {name for name in expected if replica_index(name) is not None}
-        for name in sorted(known - wanted, key=replica_index):
-            ran = self._retire(ApiActor.spec.replica(replica_index(name)))
+        beats = self._beats()
+        running, expected, alive = self._api_nodes_now(beats), api_names(beats), set(alive_nodes())
+        placed = place_apis(alive_node(self.settings.api_node), alive, running, expected)
+        for name in sorted((set(running) | expected) - set(placed), key=lambda n: replica_index(n) or 0):
+            node = running.get(name) or (beats.get(name) or {}).get("node")
+            ran = self._retire(ApiActor.spec.replica(replica_index(name) or 0))
             self.api_placed.pop(name, None)
-            say(f"{name}: {'stopped' if ran else 'no longer expected'}: its node left the Ray cluster")
-        new = [(spec, node) for spec, node in placement if not NamedActor(spec.actor_name, namespace).exists()]
+            why = "its node left the Ray cluster" if node not in alive else "another API serves its node"
+            say(f"{name}: {'stopped' if ran else 'no longer expected'}: {why}")
+        new = [(ApiActor.spec.replica(replica_index(n) or 0), node) for n, node in placed.items() if n not in running]
         if not new:
             return
         expectations = [dataclasses.asdict(spec.expectation(namespace)) for spec, _ in new]
@@ -408,11 +405,35 @@ def replica_index(actor_name: str, spec: SubsystemSpec = ApiActor.spec) -> int |
     if actor_name == spec.actor_name:
         return 0
     suffix = actor_name.removeprefix(f"{spec.actor_name}-")
-    return int(suffix) if suffix != actor_name and suffix.isdigit() else None
+    return int(suffix) if suffix != actor_name and suffix.isascii() and suffix.isdigit() else None
 
 
-def _by_index(placed: tuple[SubsystemSpec, str]) -> int:
-    return replica_index(placed[0].actor_name) or 0
+def api_names(beats: Mapping[str, Any]) -> set[str]:
+    """The names of the API actors among the expected subsystems."""
+    return {name for name in beats if replica_index(name) is not None}
+
+
+def place_apis(
+    first: str | None, alive: Collection[str], running: Mapping[str, str | None], taken: Collection[str]
+) -> dict[str, str]:
+    """Where the APIs of an API per node run, actor name -> node, in the order of their names.
+
+    `api` runs on `first` (API_NODE's node; None: it is not alive). Each API in `running`
+    (name -> its node) keeps its name on its node while that node is alive and has no other.
+    Each alive node left gets the lowest `api-N` neither running nor `taken` (still expected:
+    a name is handed out again only once its old API is forgotten), in the order of the
+    nodes' ids.
+    """
+    api = ApiActor.spec.actor_name
+    placed = {api: first} if first is not None else {}
+    for name, node in sorted(running.items(), key=lambda item: replica_index(item[0]) or 0):
+        if name != api and node in alive and node not in placed.values():
+            placed[name] = node
+    used = {*placed, *running, *taken}
+    free = (n for i in itertools.count(1) if (n := ApiActor.spec.replica(i).actor_name) not in used)
+    for node in sorted(set(alive) - set(placed.values())):
+        placed[next(free)] = node
+    return dict(sorted(placed.items(), key=lambda item: replica_index(item[0]) or 0))
 
 
 def down(settings: Settings) -> None:

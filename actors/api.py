@@ -220,6 +220,7 @@ class ApiActor(Subsystem):
         self._server: uvicorn.Server | None = None
         self._probe_url = self.base_url
         self.events_read = 0
+        self.renewals_failed = 0  # WebSocket count renewals failed in a row (see _renew_connections)
         self.malformed = 0
         self._reading_since: float | None = None  # when its read under way began
         self.supervise(f"{self.name}.http", self._serve)
@@ -311,6 +312,7 @@ class ApiActor(Subsystem):
             "ws_clients": self.hub.clients,
             "ws_connections": self.hub.connections,
             "ws_overflows": self.hub.overflows,
+            "ws_count_renewals_failed": self.renewals_failed,
             **({"events_read": self.events_read, "malformed": self.malformed} if self.settings.api_per_node else {}),
         }
 
@@ -340,10 +342,15 @@ class ApiActor(Subsystem):
         while True:
             await asyncio.sleep(RENEW_S)
             try:
-                revoked = await connections.renew(self.redis, self.hub.held())
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                log.warning("%s: WebSocket counts not renewed: %s", self.name, exc)  # tried again next round
+                async with self.hub.counting:
+                    revoked, failed = await connections.renew(self.redis, self.hub.held())
+            except redis.exceptions.RedisError as exc:  # tried again next round; liveness shows the count
+                self.renewals_failed += 1
+                log.warning("%s: WebSocket counts not renewed: %s", self.name, exc)
                 continue
+            self.renewals_failed = self.renewals_failed + 1 if failed else 0
+            for tenant_id, error in failed.items():
+                log.warning("%s: WebSocket counts of tenant %s not renewed: %s", self.name, tenant_id, error)
             for tenant_id, found in revoked.items():
                 reason = "the tenant was deleted" if found.deleted else "the tenant's token was replaced"
                 self.hub.revoke(tenant_id, reason, found.members)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import secrets
 import socket
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
@@ -73,11 +74,14 @@ class Hub:
         # Every client until its connection ends, queued for or not (an overflowed one is not).
         self._held: dict[str, dict[str, Client]] = {}
         self._members = itertools.count(1)
-        self._prefix = f"{socket.gethostname()}#{os.getpid()}"
+        self._prefix = f"{socket.gethostname()}#{os.getpid()}.{secrets.token_hex(3)}"
+        # Held while the connections' counts are renewed, and by each release: a release that
+        # came during a renewal goes after it, or the renewal would count its connection again.
+        self.counting = asyncio.Lock()
 
     def new_member(self) -> str:
         """A name for one connection among its tenant's, unique across the APIs of a deployment
-        (its host and process, then a count)."""
+        (its host, process and a random part, then a count)."""
         return f"{self._prefix}:{next(self._members)}"
 
     @property
@@ -99,9 +103,6 @@ class Hub:
         """Each tenant's connections on this hub: member -> the digest of its token."""
         return {t: {m: c.digest for m, c in clients.items()} for t, clients in self._held.items()}
 
-    def open_connections(self, tenant_id: str) -> int:
-        return len(self._held.get(tenant_id, ()))
-
     def followed(self) -> dict[str, EventKey]:
         """Each tenant with clients, and the oldest `newest` among them: a reader of this hub's
         tenants that starts a tenant there misses nothing any of its clients still needs."""
@@ -122,7 +123,8 @@ class Hub:
         """Close the tenant's connections (4401 with `reason`), all or those of `members`: their
         token stopped working. How many."""
         held = self._held.get(tenant_id, {})
-        clients = [c for m, c in held.items() if members is None or m in members]
+        named = None if members is None else set(members)
+        clients = [c for m, c in held.items() if named is None or m in named]
         for client in clients:
             self.unregister(client)
             client.revoked = reason

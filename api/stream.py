@@ -3,9 +3,10 @@
 The connection registers with the hub before it reads the stream, so every event is either
 read from the stream or queued by the hub; ids at or below the last one sent are dropped,
 which removes the overlap at the seam and any redelivery. Close codes: 4400 bad request,
-4401 no valid token, 4429 over the tenant's `ws_connections` quota, 1013 fell behind
-(reconnect with `last_event_id`), storage down or the broadcaster not started yet, 1011
-internal error.
+4401 no valid token (before any event, or later once the token is replaced or the tenant
+deleted), 4429 over the tenant's `ws_connections` quota (counted in Redis over every API),
+1013 fell behind (reconnect with `last_event_id`), storage down or full, or the broadcaster
+not started yet, 1011 internal error.
 """
 
 from __future__ import annotations
@@ -82,18 +83,18 @@ async def _serve(websocket: WebSocket, hub: Hub) -> None:
     client: Client | None = None
     admitted: tuple[str, str] | None = None  # (tenant, member) counted in Redis
     code, reason = 0, ""
-    redis = context(websocket).redis
+    store = context(websocket).redis
     try:
         tenant_id, digest, last_event_id = await _admit(websocket)
         limit = (await context(websocket).share(tenant_id))["ws_connections"]
         # Counted in Redis, so the quota holds over every API a tenant's clients reach.
         member = hub.new_member()
-        admission = await connections.admit(redis, tenant_id, digest, member, limit)
+        admitted = tenant_id, member  # released even if the answer is lost: a release is harmless
+        admission = await connections.admit(store, tenant_id, digest, member, limit)
         if admission is Admission.REFUSED_TOKEN:
             raise Refused(UNAUTHORIZED, "invalid token")
         if admission is Admission.OVER_QUOTA:
             raise Refused(OVER_QUOTA, str(QuotaExceeded("ws_connections", limit)))
-        admitted = tenant_id, member
         # The start is fixed before the handshake completes: whatever is appended after the
         # client sees it open reaches the client (read by the replay below, or queued by the hub
         # from the moment it registers, which is before the replay starts).
@@ -106,6 +107,8 @@ async def _serve(websocket: WebSocket, hub: Hub) -> None:
     except STORAGE_ERRORS as exc:
         log.warning("event stream unavailable: %s", exc)
         code, reason = TRY_AGAIN, "event store unavailable; reconnect later"
+    except redis.exceptions.OutOfMemoryError:
+        code, reason = TRY_AGAIN, "the store is full; reconnect later"
     except (WebSocketDisconnect, OSError):
         return
     except Exception:
@@ -115,15 +118,16 @@ async def _serve(websocket: WebSocket, hub: Hub) -> None:
         if client is not None:
             hub.close(client)
         if admitted is not None:
-            await _release(redis, *admitted)
+            await _release(hub, store, *admitted)
     if code:
         await _close(websocket, code, reason)
 
 
-async def _release(redis: aioredis.Redis, tenant_id: str, member: str) -> None:
+async def _release(hub: Hub, store: aioredis.Redis, tenant_id: str, member: str) -> None:
     try:
-        await connections.release(redis, tenant_id, member)
-    except STORAGE_ERRORS as exc:  # it stops counting when its lease runs out
+        async with hub.counting:
+            await connections.release(store, tenant_id, member)
+    except redis.exceptions.RedisError as exc:  # it stops counting when its lease runs out
         log.warning("could not release a WebSocket's count: %s", exc)
 
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 
 from store import keys
-from store.scripts import Lua
+from store.scripts import Lua, translated
 from store.shards import NOW_FN
 
 LEASE_MS = 10_000  # several renewals (api: RENEW_S): a slow tick does not drop a connection's count
@@ -88,23 +88,31 @@ class Revoked(NamedTuple):
 
 async def renew(
     redis: aioredis.Redis, held: Mapping[str, Mapping[str, str]], lease_ms: int = LEASE_MS
-) -> dict[str, Revoked]:
+) -> tuple[dict[str, Revoked], dict[str, Exception]]:
     """Renew the connections an API holds (tenant -> member -> its token's digest) in one
-    round trip; returns, per tenant, the members whose token no longer opens it."""
+    round trip. Returns, per tenant, the members whose token no longer opens it, and the
+    tenants whose renewal failed (each on its own: one tenant's error renews no fewer others).
+
+    A member whose lease ran out (its API could not renew it for LEASE_MS) counts again, even
+    if that takes its tenant past its quota for a while: the connection is open.
+    """
     tenants = [t for t, members in held.items() if members]
     if not tenants:
-        return {}
+        return {}, {}
     async with redis.pipeline(transaction=False) as pipe:
         for tenant_id in tenants:
             flat = [part for member, digest in held[tenant_id].items() for part in (member, digest)]
             keys_ = [keys.tenant_ws_connections(tenant_id), keys.tenant(tenant_id)]
             await _RENEW(redis, keys_, [lease_ms, *flat], pipe=pipe)
-        answers = await pipe.execute()
-    return {
-        tenant_id: Revoked([m.decode() for m in revoked], deleted=not exists)
-        for tenant_id, (exists, revoked) in zip(tenants, answers, strict=True)
-        if revoked
-    }
+        answers = await pipe.execute(raise_on_error=False)
+    revoked: dict[str, Revoked] = {}
+    failed: dict[str, Exception] = {}
+    for tenant_id, answer in zip(tenants, answers, strict=True):
+        if isinstance(answer, Exception):
+            failed[tenant_id] = translated(answer)
+        elif answer[1]:
+            revoked[tenant_id] = Revoked([m.decode() for m in answer[1]], deleted=not answer[0])
+    return revoked, failed
 
 
 async def release(redis: aioredis.Redis, tenant_id: str, member: str) -> None:

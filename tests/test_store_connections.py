@@ -38,14 +38,15 @@ async def test_a_token_that_does_not_open_the_tenant_is_refused_and_not_counted(
 async def test_a_holder_that_stops_renewing_stops_counting_after_its_lease(store: aioredis.Redis) -> None:
     tenant = await tenants.create_tenant(store, "t")
     digest = tenants.token_digest(tenant["token"])
-    assert await connections.admit(store, tenant["id"], digest, "kept", 2, lease_ms=600) is Admission.ADMITTED
-    assert await connections.admit(store, tenant["id"], digest, "lost", 2, lease_ms=600) is Admission.ADMITTED
-    for _ in range(3):  # only "kept" is renewed, past the lease of both
-        await asyncio.sleep(0.3)
-        assert await connections.renew(store, {tenant["id"]: {"kept": digest}}, lease_ms=600) == {}
+    lease_ms = 1_500
+    assert await connections.admit(store, tenant["id"], digest, "kept", 2, lease_ms) is Admission.ADMITTED
+    assert await connections.admit(store, tenant["id"], digest, "lost", 2, lease_ms) is Admission.ADMITTED
+    for _ in range(4):  # only "kept" is renewed, past the lease of both
+        await asyncio.sleep(0.5)
+        assert await connections.renew(store, {tenant["id"]: {"kept": digest}}, lease_ms) == ({}, {})
     assert await connections.count(store, tenant["id"]) == 1
-    assert await connections.admit(store, tenant["id"], digest, "new", 2, lease_ms=600) is Admission.ADMITTED
-    assert 0 < await store.pttl(keys.tenant_ws_connections(tenant["id"])) <= 600  # nothing outlives its holders
+    assert await connections.admit(store, tenant["id"], digest, "new", 2, lease_ms) is Admission.ADMITTED
+    assert 0 < await store.pttl(keys.tenant_ws_connections(tenant["id"])) <= lease_ms  # nothing outlives them
 
 
 async def test_a_renewal_returns_the_connections_of_a_replaced_token_and_of_a_deleted_tenant(
@@ -66,10 +67,25 @@ async def test_a_renewal_returns_the_connections_of_a_replaced_token_and_of_a_de
         rotated["id"]: {"rotated:1": old, "rotated:2": new},
         deleted["id"]: {"deleted:1": tenants.token_digest(deleted["token"])},
     }
-    revoked = await connections.renew(store, held)
+    revoked, failed = await connections.renew(store, held)
+    assert not failed
     assert revoked == {
         rotated["id"]: connections.Revoked(["rotated:1"], deleted=False),
         deleted["id"]: connections.Revoked(["deleted:1"], deleted=True),
     }
     assert await connections.count(store, rotated["id"]) == 1  # the revoked one no longer counts
     assert await store.exists(keys.tenant_ws_connections(deleted["id"])) == 0
+
+
+async def test_one_tenants_failed_renewal_renews_no_fewer_others(store: aioredis.Redis) -> None:
+    good = await tenants.create_tenant(store, "good")
+    bad = await tenants.create_tenant(store, "bad")
+    digest = tenants.token_digest(good["token"])
+    assert await connections.admit(store, good["id"], digest, "m", 5, lease_ms=1_000) is Admission.ADMITTED
+    await store.set(keys.tenant_ws_connections(bad["id"]), "not a zset")
+    held = {bad["id"]: {"b": tenants.token_digest(bad["token"])}, good["id"]: {"m": digest}}
+    before = await store.zscore(keys.tenant_ws_connections(good["id"]), "m")
+    revoked, failed = await connections.renew(store, held, lease_ms=60_000)
+    assert not revoked and list(failed) == [bad["id"]] and "WRONGTYPE" in str(failed[bad["id"]])
+    after = await store.zscore(keys.tenant_ws_connections(good["id"]), "m")
+    assert after - before > 50_000  # renewed all the same, for the longer lease
