@@ -333,8 +333,13 @@ class TestAnApiOnEveryNode:
             await asyncio.sleep(1)  # any further refusal would come now (they are all made by now)
             refused_tasks = [t for t in closing if t.done()]
             refused = [t.result() for t in refused_tasks]
-            on = await asyncio.to_thread(lambda: [liveness()[n]["progress"]["ws_clients"] for n in names])
-            assert sum(on) == 12 and sorted(on)[-2] > 0, f"the 12 are not spread over the APIs: {on}"
+
+            def spread() -> list[int] | None:  # as each API last beat (every 2 s)
+                on = [liveness()[n]["progress"]["ws_clients"] for n in names]
+                return on if sum(on) == 12 else None
+
+            on = await asyncio.to_thread(wait_for, spread, 20, what="the 12 in the APIs' beats")
+            assert sorted(on)[-2] > 0, f"the 12 are not spread over the APIs: {on}"
             await asyncio.sleep(connections.LEASE_MS / 1000 + 1)  # counted still: renewed, not left to run out
             usage = (await asyncio.to_thread(http, "GET", url + "/tenant", token=tenant["token"]))[1]["usage"]
             assert usage["ws_connections"] == 12, usage
@@ -516,7 +521,8 @@ def test_the_apis_follow_a_node_that_joins_and_one_that_leaves(
 
         os.kill(raylet_pid(joined), signal.SIGKILL)
         wait_for(lambda: on_it[0] not in apis(), 120, interval_s=0.5, what=f"{on_it[0]} no longer expected")
-        assert {a["node"] for a in apis().values()} == before
+        left = {n: (a["node"], a["state"]) for n, a in apis().items()}
+        assert {node for node, _ in left.values()} == before, (left, before, node, on_it, node_ids(address))
         wait_for(lambda: http("GET", url + "/readyz")[0] == 200, 30, what="readyz 200 without the lost node's API")
         logs = job_cli(address, "logs", job_id).stdout
         assert f"{on_it[0]}: started on node {node}" in logs
