@@ -292,11 +292,20 @@ class TestAnApiOnEveryNode:
                     what=f"{name} running again",
                 )
             written = await writing
+            written_at = time.time()
             try:
                 await asyncio.gather(*readers)
             except TimeoutError:
-                seen = {t: [(len(c.ids), c.connections, c.closes[-3:]) for c in cs] for t, cs in clients.items()}
-                raise AssertionError(f"clients short of {per_tenant} events: {seen}; APIs {liveness()}") from None
+                # Whether a short client's last connection opened before or after the last write
+                # tells the live path (the API's reader) from the replay.
+                def state(c: Subscriber) -> tuple[Any, ...]:
+                    return len(c.ids), c.connections, c.closes[-3:], round(c.connected_at[-1] - written_at, 2)
+
+                seen = {t: [state(c) for c in cs] for t, cs in clients.items()}
+                raise AssertionError(
+                    f"clients short of {per_tenant} events (count, connections, last closes, last open minus "
+                    f"the last write's end, s): {seen}; APIs {liveness()}"
+                ) from None
             return written, clients
 
         written, clients = asyncio.run(run())

@@ -45,6 +45,7 @@ class Subscriber:
     received_at: list[float] = field(default_factory=list)
     closes: list[tuple[int | None, str]] = field(default_factory=list)
     connections: int = 0
+    connected_at: list[float] = field(default_factory=list)  # when each connection opened (time.time())
     opened: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -57,6 +58,7 @@ class Subscriber:
             ws_url(self.url, **params), additional_headers={"Authorization": f"Bearer {self.token}"}, open_timeout=5
         )
         self.connections += 1
+        self.connected_at.append(time.time())
         self.opened.set()
         return connection
 
