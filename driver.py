@@ -237,7 +237,7 @@ class Deployment:
             return [(ApiActor.spec, settings.api_node)]
         beats = self._beats()
         placed = place_apis(first, alive_nodes(), self._api_nodes_now(beats), api_names(beats))
-        return [(ApiActor.spec.replica(replica_index(name) or 0), node) for name, node in placed.items()]
+        return [(api_spec(name), node) for name, node in placed.items()]
 
     def _beats(self) -> dict[str, Any]:
         """The HealthActor's view of every expected subsystem, by name."""
@@ -264,11 +264,11 @@ class Deployment:
         placed = place_apis(alive_node(self.settings.api_node), alive, running, expected)
         for name in sorted((set(running) | expected) - set(placed), key=lambda n: replica_index(n) or 0):
             node = running.get(name) or (beats.get(name) or {}).get("node")
-            ran = self._retire(ApiActor.spec.replica(replica_index(name) or 0))
+            ran = self._retire(api_spec(name))
             self.api_placed.pop(name, None)
             why = "its node left the Ray cluster" if node not in alive else "another API serves its node"
             say(f"{name}: {'stopped' if ran else 'no longer expected'}: {why}")
-        new = [(ApiActor.spec.replica(replica_index(n) or 0), node) for n, node in placed.items() if n not in running]
+        new = [(api_spec(name), node) for name, node in placed.items() if name not in running]
         if not new:
             return
         expectations = [dataclasses.asdict(spec.expectation(namespace)) for spec, _ in new]
@@ -353,7 +353,7 @@ class Deployment:
         except Exception as exc:  # killed all the same; its leases run out
             log.warning("%s did not stop cleanly: %s", spec.actor_name, exc)
         actor.kill(restart=False)
-        NamedActor(HEALTH_ACTOR, namespace).call_sync("unregister", spec.name, timeout_s=30)
+        self._health().call_sync("unregister", spec.name, timeout_s=30)
         return True
 
     def drain(self) -> None:
@@ -406,6 +406,11 @@ def replica_index(actor_name: str, spec: SubsystemSpec = ApiActor.spec) -> int |
         return 0
     suffix = actor_name.removeprefix(f"{spec.actor_name}-")
     return int(suffix) if suffix != actor_name and suffix.isascii() and suffix.isdigit() else None
+
+
+def api_spec(actor_name: str) -> SubsystemSpec:
+    """The spec of the API actor of that name (`api` or `api-N`)."""
+    return ApiActor.spec.replica(replica_index(actor_name) or 0)
 
 
 def api_names(beats: Mapping[str, Any]) -> set[str]:

@@ -30,7 +30,8 @@ class Client:
     def __init__(self, tenant_id: str, limit: int, member: str = "", digest: str = "") -> None:
         self.tenant_id = tenant_id
         self.limit = limit
-        self.member = member  # what counts it among its tenant's connections (store.connections)
+        # What counts it among its tenant's connections (store.connections); unique in its hub.
+        self.member = member or f"local:{id(self)}"
         self.digest = digest  # of the token it was opened with
         self.overflowed = False
         self.revoked: str | None = None  # why its token stopped working (the connection closes 4401)
@@ -96,7 +97,7 @@ class Hub:
         if tenant_id not in self._tenants:
             self.followed_changed.set()
         self._tenants.setdefault(tenant_id, set()).add(client)
-        self._held.setdefault(tenant_id, {})[member or str(id(client))] = client
+        self._held.setdefault(tenant_id, {})[client.member] = client
         return client
 
     def held(self) -> dict[str, dict[str, str]]:
@@ -135,7 +136,7 @@ class Hub:
         """The client's connection ended: neither queued for nor held."""
         self.unregister(client)
         held = self._held.get(client.tenant_id, {})
-        held.pop(client.member or str(id(client)), None)
+        held.pop(client.member, None)
         if not held:
             self._held.pop(client.tenant_id, None)
 

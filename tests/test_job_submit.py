@@ -339,9 +339,6 @@ class TestAnApiOnEveryNode:
                         _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             except TimeoutError:
                 raise AssertionError(f"{36 - len(pending)} of 36 connections refused, not 24") from None
-            await asyncio.sleep(1)  # any further refusal would come now (they are all made by now)
-            refused_tasks = [t for t in closing if t.done()]
-            refused = [t.result() for t in refused_tasks]
 
             def spread() -> list[int] | None:  # as each API last beat (every 2 s)
                 on = [liveness()[n]["progress"]["ws_clients"] for n in names]
@@ -350,6 +347,8 @@ class TestAnApiOnEveryNode:
             on = await asyncio.to_thread(wait_for, spread, 20, what="the 12 in the APIs' beats")
             assert sorted(on)[-2] > 0, f"the 12 are not spread over the APIs: {on}"
             await asyncio.sleep(connections.LEASE_MS / 1000 + 1)  # counted still: renewed, not left to run out
+            refused_tasks = [t for t in closing if t.done()]  # a late refusal would be among them by now
+            refused = [t.result() for t in refused_tasks]
             usage = (await asyncio.to_thread(http, "GET", url + "/tenant", token=tenant["token"]))[1]["usage"]
             assert usage["ws_connections"] == 12, usage
             extra = await ws_connect(ws_url(url), additional_headers=headers, open_timeout=10)
