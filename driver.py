@@ -235,21 +235,22 @@ class Deployment:
             raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
         if not settings.api_per_node:
             return [(ApiActor.spec, settings.api_node)]
-        beats = self._beats()
-        placed = place_apis(first, alive_nodes(), self._api_nodes_now(beats), api_names(beats))
+        placed = place_apis(first, alive_nodes(), self._known_apis(self._beats())[0])
         return [(api_spec(name), node) for name, node in placed.items()]
 
     def _beats(self) -> dict[str, Any]:
         """The HealthActor's view of every expected subsystem, by name."""
         return self._health().call_sync("snapshot", timeout_s=STOP_TIMEOUT_S)["subsystems"]
 
-    def _api_nodes_now(self, beats: dict[str, Any]) -> dict[str, str | None]:
-        """The node of each API actor that runs: where it beats from (it is kept on its node), else
-        where this driver started it (it has not beaten yet); None if neither is known."""
+    def _known_apis(self, beats: dict[str, Any]) -> tuple[dict[str, str | None], set[str]]:
+        """Every API actor that runs or is expected -> its node: where it beats from (it is kept on
+        its node), else where this driver started it (it has not beaten yet); None if neither is
+        known. And the names of those that run."""
+        running = {spec.actor_name for spec in self._running_replicas(ApiActor.spec)}
         return {
-            spec.actor_name: (beats.get(spec.name) or {}).get("node") or self.api_placed.get(spec.actor_name)
-            for spec in self._running_replicas(ApiActor.spec)
-        }
+            name: (beats.get(name) or {}).get("node") or self.api_placed.get(name)
+            for name in running | api_names(beats)
+        }, running
 
     def follow_nodes(self) -> None:
         """With API_PER_NODE the APIs follow the Ray cluster's nodes: a node that joined gets an
@@ -260,10 +261,11 @@ class Deployment:
             return
         namespace = self.settings.ray_namespace
         beats = self._beats()
-        running, expected, alive = self._api_nodes_now(beats), api_names(beats), set(alive_nodes())
-        placed = place_apis(alive_node(self.settings.api_node), alive, running, expected)
-        for name in sorted((set(running) | expected) - set(placed), key=lambda n: replica_index(n) or 0):
-            node = running.get(name) or (beats.get(name) or {}).get("node")
+        known, running = self._known_apis(beats)
+        alive = set(alive_nodes())
+        placed = place_apis(alive_node(self.settings.api_node), alive, known)
+        for name in sorted(set(known) - set(placed), key=lambda n: replica_index(n) or 0):
+            node = known[name]
             ran = self._retire(api_spec(name))
             self.api_placed.pop(name, None)
             why = "its node left the Ray cluster" if node not in alive else "another API serves its node"
@@ -418,23 +420,22 @@ def api_names(beats: Mapping[str, Any]) -> set[str]:
     return {name for name in beats if replica_index(name) is not None}
 
 
-def place_apis(
-    first: str | None, alive: Collection[str], running: Mapping[str, str | None], taken: Collection[str]
-) -> dict[str, str]:
+def place_apis(first: str | None, alive: Collection[str], apis: Mapping[str, str | None]) -> dict[str, str]:
     """Where the APIs of an API per node run, actor name -> node, in the order of their names.
 
-    `api` runs on `first` (API_NODE's node; None: it is not alive). Each API in `running`
-    (name -> its node) keeps its name on its node while that node is alive and has no other.
-    Each alive node left gets the lowest `api-N` neither running nor `taken` (still expected:
-    a name is handed out again only once its old API is forgotten), in the order of the
-    nodes' ids.
+    `api` runs on `first` (API_NODE's node; None: it is not alive). Each API known (`apis`:
+    each one that runs or is expected -> its node, None if unknown) keeps its name on its node
+    while that node is alive and has no API of a lower name: one whose actor went while its
+    node is still alive is started again under its own name. Each alive node left gets the
+    lowest `api-N` not known (a name is handed out again only once its old API is forgotten),
+    in the order of the nodes' ids.
     """
     api = ApiActor.spec.actor_name
     placed = {api: first} if first is not None else {}
-    for name, node in sorted(running.items(), key=lambda item: replica_index(item[0]) or 0):
+    for name, node in sorted(apis.items(), key=lambda item: replica_index(item[0]) or 0):
         if name != api and node in alive and node not in placed.values():
             placed[name] = node
-    used = {*placed, *running, *taken}
+    used = {*placed, *apis}
     free = (n for i in itertools.count(1) if (n := ApiActor.spec.replica(i).actor_name) not in used)
     for node in sorted(set(alive) - set(placed.values())):
         placed[next(free)] = node
