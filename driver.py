@@ -235,22 +235,16 @@ class Deployment:
             raise RuntimeError(f"API_NODE={settings.api_node}: no alive Ray node by that name in the cluster")
         if not settings.api_per_node:
             return [(ApiActor.spec, settings.api_node)]
-        placed = place_apis(first, alive_nodes(), self._known_apis(self._beats())[0])
+        placed = place_apis(first, alive_nodes(), known_apis(self._api_actors(), self._beats(), self.api_placed))
         return [(api_spec(name), node) for name, node in placed.items()]
 
     def _beats(self) -> dict[str, Any]:
         """The HealthActor's view of every expected subsystem, by name."""
         return self._health().call_sync("snapshot", timeout_s=STOP_TIMEOUT_S)["subsystems"]
 
-    def _known_apis(self, beats: dict[str, Any]) -> tuple[dict[str, str | None], set[str]]:
-        """Every API actor that runs or is expected -> its node: where it beats from (it is kept on
-        its node), else where this driver started it (it has not beaten yet); None if neither is
-        known. And the names of those that run."""
-        running = {spec.actor_name for spec in self._running_replicas(ApiActor.spec)}
-        return {
-            name: (beats.get(name) or {}).get("node") or self.api_placed.get(name)
-            for name in running | api_names(beats)
-        }, running
+    def _api_actors(self) -> set[str]:
+        """The names of the API actors that exist (alive or restarting)."""
+        return {name for name in named_actors(self.settings.ray_namespace) if replica_index(name) is not None}
 
     def follow_nodes(self) -> None:
         """With API_PER_NODE the APIs follow the Ray cluster's nodes: a node that joined gets an
@@ -260,19 +254,17 @@ class Deployment:
         if not self.settings.api_per_node:
             return
         namespace = self.settings.ray_namespace
-        beats = self._beats()
-        known, running = self._known_apis(beats)
-        alive = set(alive_nodes())
-        placed = place_apis(alive_node(self.settings.api_node), alive, known)
-        for name in sorted(set(known) - set(placed), key=lambda n: replica_index(n) or 0):
-            node = known[name]
+        running = self._api_actors()
+        known, alive = known_apis(running, self._beats(), self.api_placed), set(alive_nodes())
+        start, retire = follow_apis(alive_node(self.settings.api_node), alive, running, known)
+        for name, node in retire.items():
             ran = self._retire(api_spec(name))
             self.api_placed.pop(name, None)
             why = "its node left the Ray cluster" if node not in alive else "another API serves its node"
             say(f"{name}: {'stopped' if ran else 'no longer expected'}: {why}")
-        new = [(api_spec(name), node) for name, node in placed.items() if name not in running]
-        if not new:
+        if not start:
             return
+        new = [(api_spec(name), node) for name, node in start.items()]
         expectations = [dataclasses.asdict(spec.expectation(namespace)) for spec, _ in new]
         self._health().call_sync("register", expectations, timeout_s=30)
         for spec, node in new:
@@ -418,6 +410,24 @@ def api_spec(actor_name: str) -> SubsystemSpec:
 def api_names(beats: Mapping[str, Any]) -> set[str]:
     """The names of the API actors among the expected subsystems."""
     return {name for name in beats if replica_index(name) is not None}
+
+
+def known_apis(running: Collection[str], beats: Mapping[str, Any], started: Mapping[str, str]) -> dict[str, str | None]:
+    """Every API actor that runs (`running`) or is expected (among `beats`, the registry's view)
+    -> its node: where it beats from (it is kept on its node), else where this driver started it
+    (`started`; it has not beaten yet), None if neither is known."""
+    return {name: (beats.get(name) or {}).get("node") or started.get(name) for name in {*running, *api_names(beats)}}
+
+
+def follow_apis(
+    first: str | None, alive: Collection[str], running: Collection[str], known: Mapping[str, str | None]
+) -> tuple[dict[str, str], dict[str, str | None]]:
+    """One look of following the nodes (`place_apis`): the APIs to start, placed and with no actor
+    running, and the APIs to retire, known and not placed; each -> its node."""
+    placed = place_apis(first, alive, known)
+    start = {name: node for name, node in placed.items() if name not in running}
+    retire = {name: known[name] for name in sorted(set(known) - set(placed), key=lambda n: replica_index(n) or 0)}
+    return start, retire
 
 
 def place_apis(first: str | None, alive: Collection[str], apis: Mapping[str, str | None]) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driver import place_apis, replica_index
+from driver import follow_apis, known_apis, place_apis, replica_index
 
 
 def test_each_alive_node_gets_one_api_in_the_order_of_its_id() -> None:
@@ -40,6 +40,31 @@ def test_an_expected_api_whose_actor_went_while_its_node_is_alive_keeps_its_name
     expected on a dead node, after the first is forgotten, until the next look)."""
     known = {"api": "h", "api-1": "a", "api-2": "b"}  # api-2 no longer runs
     assert place_apis("h", {"h", "a", "b"}, known) == {"api": "h", "api-1": "a", "api-2": "b"}
+
+
+def test_an_api_whose_actor_went_while_its_node_is_alive_is_started_again_under_its_name() -> None:
+    running = {"api", "api-1"}  # api-2's actor is gone; the registry still expects it, on b
+    known = known_apis(running, {"api": {"node": "h"}, "api-1": {"node": "a"}, "api-2": {"node": "b"}}, {})
+    assert follow_apis("h", {"h", "a", "b"}, running, known) == ({"api-2": "b"}, {})
+
+
+def test_api_is_retired_once_when_api_nodes_node_is_lost_and_started_again_when_it_is_back() -> None:
+    beats = {"api": {"node": "h"}, "api-1": {"node": "a"}}
+    known = known_apis({"api", "api-1"}, beats, {})
+    assert follow_apis(None, {"a"}, {"api", "api-1"}, known) == ({}, {"api": "h"})
+    # Retired: neither runs nor is expected, so the next looks leave it alone ...
+    beats = {"api-1": {"node": "a"}}
+    assert follow_apis(None, {"a"}, {"api-1"}, known_apis({"api-1"}, beats, {})) == ({}, {})
+    # ... until API_NODE's node is back (a new id): `api` is started there.
+    assert follow_apis("h2", {"h2", "a"}, {"api-1"}, known_apis({"api-1"}, beats, {})) == ({"api": "h2"}, {})
+
+
+def test_an_api_is_where_it_beats_from_else_where_it_was_started() -> None:
+    beats = {"api": {"node": "h"}, "api-1": {"node": None}, "scheduler": {"node": "h"}}
+    started = {"api": "elsewhere", "api-1": "a", "api-2": "b"}
+    assert known_apis({"api", "api-2", "api-3"}, beats, started) == {
+        "api": "h", "api-1": "a", "api-2": "b", "api-3": None,
+    }  # fmt: skip
 
 
 def test_replica_index_reads_only_the_apis_names() -> None:

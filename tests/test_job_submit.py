@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,20 +122,25 @@ def node_ids(address: str) -> dict[str, str]:
 class Liveness:
     """/admin/liveness through the port the APIs of an API per node share. Each API serves a
     snapshot of its own, up to a second old, and the kernel hands each connection to any of
-    them: two reads in a row may go back in time. Reads here never do; a body older than the
-    newest one seen is asked for again."""
+    them: two reads in a row may go back in time. Reads here never do: a body older than the
+    newest one seen is asked for again, and one far older (an API stuck on an old snapshot,
+    not one of a second ago delivered late on a loaded machine) fails the test."""
+
+    FAR_S = 5.0
 
     def __init__(self, url: str) -> None:
-        self.url, self.newest = url, ""
+        self.url, self.newest = url, 0.0
 
     def __call__(self) -> dict[str, Any]:
         deadline = time.monotonic() + 10
         while True:
             body = http("GET", self.url + "/admin/liveness", token=ADMIN_TOKEN)[1]
-            if body["checked_at"] >= self.newest:  # RFC 3339 UTC with milliseconds: ordered as text
-                self.newest = body["checked_at"]
+            checked_at = datetime.fromisoformat(body["checked_at"]).timestamp()
+            if checked_at >= self.newest:
+                self.newest = checked_at
                 return body["subsystems"]
-            assert time.monotonic() < deadline, f"no API served liveness newer than {self.newest}"
+            if self.newest - checked_at > self.FAR_S or time.monotonic() > deadline:
+                raise AssertionError(f"liveness checked {self.newest - checked_at:.1f} s before one already read")
             time.sleep(0.05)
 
 

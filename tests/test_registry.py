@@ -111,6 +111,22 @@ def test_stopped_and_unregistered_are_never_killed() -> None:
     assert reg.due_for_kill(T0 + 100) == []
 
 
+def test_a_name_expected_anew_starts_with_no_record_of_a_late_beat() -> None:
+    """An API forgotten when its node left beats once more on its way out; its name, given to a
+    new API on another node, must not read as that node's until the new one beats."""
+    reg = registry("api-3")
+    beat(reg, "api-3", T0)
+    reg.unregister("api-3")
+    beat(reg, "api-3", T0 + 1)  # late, from the actor that was forgotten
+    reg.register(Expectation("api-3", 1.0, registered_at=T0 + 2))
+    subsystem = reg.snapshot(T0 + 2)["subsystems"]["api-3"]
+    assert (subsystem["node"], subsystem["pid"], subsystem["last_tick_at"]) == (None, None, None)
+    beat(reg, "api-3", T0 + 3, pid=11)
+    assert reg.snapshot(T0 + 3)["subsystems"]["api-3"]["pid"] == 11
+    reg.register(Expectation("api-3", 1.0, registered_at=T0 + 2))  # registered again: its record stays
+    assert reg.snapshot(T0 + 3)["subsystems"]["api-3"]["pid"] == 11
+
+
 def test_restarted_registry_forgives_only_its_own_absence() -> None:
     old = registry("a")
     beat(old, "a", T0)

@@ -100,6 +100,10 @@ class Registry:
         self.dirty: set[str] = set()
 
     def register(self, expectation: Expectation) -> None:
+        """Expect a subsystem. A name expected anew starts with no record: one that a late beat
+        of the actor it was forgotten with left behind must not stand for the new one."""
+        if expectation.name not in self.expected:
+            self.records.pop(expectation.name, None)
         self.expected[expectation.name] = expectation
         self.dirty.add(expectation.name)
 
