@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -30,7 +31,33 @@ def redis_binary() -> str:
     return str(bundled)
 
 
+# Ports for servers that must bind the same port again (Redis, an API restarted in place) come
+# from here: above Ray's worker ports (10002-19999 by default) and below the kernel's ephemeral
+# range, which every bind to port 0 draws from (Ray's gRPC servers among them). A port taken
+# from that range can be taken by another process while its server restarts.
+FIXED_PORTS_FROM = 20_000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for binds to port 0 (Linux's default where it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A port nothing listens on now, outside the ranges other processes take ports from
+    (where the ephemeral range leaves none, any port the kernel gives)."""
+    ephemeral_low, ephemeral_high = ephemeral_ports()
+    low, high = FIXED_PORTS_FROM, ephemeral_low - 1
+    if high - low < 1000:  # an unusual ephemeral range: any port outside it
+        low, high = 1024, 65535
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if not ephemeral_low <= port <= ephemeral_high and port_is_free(port):
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -9,8 +9,18 @@ import psutil
 import pytest
 import redis
 
-from store.embedded import EmbeddedRedis, answers
+from store.embedded import FIXED_PORTS_FROM, EmbeddedRedis, answers, ephemeral_ports, free_port, port_is_free
 from tests.support import stranger_redis, wait_for
+
+
+def test_free_ports_lie_outside_the_kernels_ephemeral_range() -> None:
+    """A server that restarts binds its port again: one from the ephemeral range could be taken
+    meanwhile by any process binding port 0 (a Ray gRPC server took an API's that way)."""
+    low = ephemeral_ports()[0]
+    ports = [free_port() for _ in range(200)]
+    assert all(FIXED_PORTS_FROM <= p < low for p in ports), sorted(p for p in ports if not FIXED_PORTS_FROM <= p < low)
+    assert all(port_is_free(p) for p in ports[:20])
+    assert len(set(ports)) > 150  # spread, not one port handed out again and again
 
 
 def test_settings_port_reuse_and_adoption(tmp_path: Path) -> None:
